@@ -1,0 +1,136 @@
+"""The predictor: device choice, precision policy and sliding-window inference.
+
+The inferer itself comes from the bundle (MONAI's ``SlidingWindowInferer`` or any inferer with the
+same call signature). This module decides where and in which precision it runs, runs it without
+autograd bookkeeping, and retries with fewer windows per batch when a GPU runs out of memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PRECISIONS", "Predictor", "resolve_device", "resolve_precision"]
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Turn ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` into a device that exists here.
+
+    Raises:
+        ValueError: unknown name, or CUDA asked for where there is none (or not that index).
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    name = device.strip().lower()
+    if name == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine (use cpu or auto)")
+        index = 0 if name == "cuda" else name.split(":", 1)[1]
+        try:
+            index = int(index)
+        except ValueError as err:
+            raise ValueError(f"device {device!r}: expected cuda:N with an integer N") from err
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+        return torch.device(f"cuda:{index}")
+    raise ValueError(f"device {device!r}: expected auto, cpu, cuda or cuda:N")
+
+
+def _cpu_has_fast_bf16() -> bool:
+    # AMX or AVX-512 BF16 units make bf16 matrix products several times faster than fp32;
+    # without them bf16 on a CPU is emulated and slower, so ``auto`` keeps fp32 there.
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Pick the compute precision: ``auto`` means bf16 where the hardware runs it fast, else fp32.
+
+    On CUDA ``auto`` is bf16 on GPUs that support it, fp16 otherwise (AMP either way). fp16 on a CPU
+    is refused: PyTorch's CPU fp16 kernels are slow and add nothing over bf16.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if device.type == "cuda":
+        if precision == "auto":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return precision
+    if precision == "fp16":
+        raise ValueError("precision 'fp16' is for CUDA devices; on a CPU use bf16 or fp32")
+    if precision == "auto":
+        return "bf16" if _cpu_has_fast_bf16() else "fp32"
+    return precision
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: str) -> Iterator[None]:
+    """Autocast for bf16/fp16, nothing for fp32."""
+    if precision == "fp32":
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=_DTYPES[precision]):
+        yield
+
+
+@dataclass
+class Predictor:
+    """Runs a network through an inferer on one device in one precision.
+
+    Attributes:
+        network: the model, already holding its weights.
+        inferer: callable ``inferer(inputs, network) -> logits``, e.g. MONAI's SlidingWindowInferer.
+        device: where the network and the sliding window run.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (already resolved, see :func:`resolve_precision`).
+    """
+
+    network: torch.nn.Module
+    inferer: Callable[..., torch.Tensor]
+    device: torch.device
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        self.network = self.network.to(self.device).eval()
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """Predict per-class scores for a batch.
+
+        Args:
+            image: ``(B, C, H, W, D)`` float tensor, any device.
+
+        Returns:
+            ``(B, num_classes, H, W, D)`` float32 scores on ``self.device``.
+        """
+        inputs = image.to(self.device, non_blocking=True)
+        while True:
+            try:
+                with torch.inference_mode(), autocast(self.device, self.precision):
+                    logits = self.inferer(inputs, self.network)
+                return logits.float()
+            except torch.OutOfMemoryError:
+                if not self._fewer_windows():
+                    raise
+                torch.cuda.empty_cache()
+
+    def _fewer_windows(self) -> bool:
+        """Halve the inferer's windows per batch after an out-of-memory error; False when at 1."""
+        current = getattr(self.inferer, "sw_batch_size", None)
+        if self.device.type != "cuda" or not isinstance(current, int) or current <= 1:
+            return False
+        self.inferer.sw_batch_size = max(1, current // 2)  # type: ignore[attr-defined]
+        logger.warning(
+            "out of GPU memory with %d windows per batch; retrying with %d", current, self.inferer.sw_batch_size
+        )  # type: ignore[attr-defined]
+        return True

@@ -1,0 +1,197 @@
+"""Read NIfTI, NRRD, MHA/MHD and DICOM series into a :class:`Volume` with exact geometry."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.data import MetaTensor
+from monai.utils import MetaKeys, SpaceKeys
+
+from pipelines.io.dicom import find_dicom_series, select_series
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SUPPORTED_INPUTS", "Volume", "case_id_from_path", "read_volume", "to_metatensor"]
+
+SUPPORTED_INPUTS = "a NIfTI file (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) or a DICOM folder"
+_NIFTI = (".nii", ".nii.gz")
+_ITK = (".nrrd", ".nhdr", ".mha", ".mhd")
+# DICOM's patient coordinates are LPS; nibabel and MONAI use RAS. The two differ by this flip.
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A 3D image and its geometry.
+
+    Attributes:
+        array: voxels indexed ``(i, j, k)``, the file's own data type (int16 HU for most CT).
+        affine: 4x4 float64 matrix from ``(i, j, k, 1)`` to RAS world coordinates in mm.
+        path: what was read (file or DICOM folder).
+        format: ``"nifti"``, ``"itk"`` or ``"dicom"``.
+        modality: ``"CT"``, ``"MR"``... when the file says so (DICOM), else ``""``.
+        series_uid: SeriesInstanceUID for DICOM input.
+        dicom_files: the series' instance files in k order, for DICOM input.
+        nifti_header: the input's NIfTI header, to write outputs with the identical stored affine.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    path: Path
+    format: str
+    modality: str = ""
+    series_uid: str | None = None
+    dicom_files: tuple[Path, ...] = field(default_factory=tuple)
+    nifti_header: nib.Nifti1Header | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float]:
+        """Voxel size along i, j, k in mm."""
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+
+def case_id_from_path(path: str | Path) -> str:
+    """The input's name without its image extension: ``scan.nii.gz`` -> ``scan``; a folder -> its name."""
+    path = Path(path)
+    name = path.name
+    for ext in (*_NIFTI, *_ITK):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def read_volume(path: str | Path, *, series_uid: str | None = None) -> Volume:
+    """Read one 3D volume.
+
+    Args:
+        path: a NIfTI, NRRD or MetaImage file, or a folder of DICOM files.
+        series_uid: for a DICOM folder holding several series, the one to read. Without it the
+            series is chosen by :data:`pipelines.io.dicom.SELECTION_RULE` and the choice is logged.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a readable image, is truncated, or is not 3D.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder (expected {SUPPORTED_INPUTS})")
+    if path.is_dir():
+        volume = _read_dicom(path, series_uid)
+    elif path.name.lower().endswith(_NIFTI):
+        volume = _read_nifti(path)
+    elif path.name.lower().endswith(_ITK):
+        volume = _read_itk(path)
+    else:
+        raise ValueError(f"{path}: unsupported file type (expected {SUPPORTED_INPUTS})")
+    logger.debug("read %s: shape %s, spacing %s mm", path, volume.shape, volume.spacing_mm)
+    return volume
+
+
+def _as_3d(array: np.ndarray, path: Path) -> np.ndarray:
+    # A trailing singleton (a NIfTI "time" axis of length 1) is still a 3D image.
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise ValueError(f"{path}: expected a 3D image, got shape {tuple(array.shape)}")
+    if min(array.shape) < 1:
+        raise ValueError(f"{path}: image is empty, shape {tuple(array.shape)}")
+    return array
+
+
+def _read_nifti(path: Path) -> Volume:
+    try:
+        image = nib.load(path)
+    except Exception as err:  # nibabel raises several types for a file that is not NIfTI
+        raise ValueError(f"{path}: not a readable NIfTI image ({err})") from err
+    if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
+        raise ValueError(f"{path}: not a NIfTI image (read as {type(image).__name__})")
+    if len(image.shape) < 3 or (len(image.shape) > 3 and any(s != 1 for s in image.shape[3:])):
+        raise ValueError(f"{path}: expected a 3D image, got shape {tuple(image.shape)}")
+    try:
+        array = np.asanyarray(image.dataobj)
+    except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as err:
+        raise ValueError(f"{path}: truncated or corrupt image data ({err})") from err
+    return Volume(
+        array=_as_3d(array, path),
+        affine=np.asarray(image.affine, dtype=np.float64),
+        path=path,
+        format="nifti",
+        nifti_header=image.header,
+    )
+
+
+def _sitk_to_volume(image: sitk.Image, path: Path, fmt: str, **extra: object) -> Volume:
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        size = tuple(image.GetSize())
+        comps = image.GetNumberOfComponentsPerPixel()
+        shape = size if comps == 1 else (*size, comps)
+        raise ValueError(f"{path}: expected a 3D image, got shape {shape}")
+    # SimpleITK arrays are (k, j, i); reverse the axes to get the (i, j, k) voxel order.
+    array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
+    affine_lps = np.eye(4)
+    affine_lps[:3, :3] = direction * spacing
+    affine_lps[:3, 3] = np.asarray(image.GetOrigin(), dtype=np.float64)
+    return Volume(array=_as_3d(array, path), affine=_LPS_TO_RAS @ affine_lps, path=path, format=fmt, **extra)  # type: ignore[arg-type]
+
+
+def _read_itk(path: Path) -> Volume:
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[-1] if str(err).strip() else "unreadable"
+        raise ValueError(f"{path}: not a readable image ({first})") from err
+    return _sitk_to_volume(image, path, "itk")
+
+
+def _read_dicom(folder: Path, series_uid: str | None) -> Volume:
+    series = select_series(find_dicom_series(folder), folder, series_uid)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(f) for f in series.files])
+    try:
+        image = reader.Execute()
+    except RuntimeError as err:
+        raise ValueError(f"{folder}: could not read DICOM series {series.uid} ({str(err).strip()[-200:]})") from err
+    if image.GetDimension() == 3 and image.GetSize()[2] < 2:
+        raise ValueError(f"{folder}: expected a 3D image, series {series.uid} has a single slice")
+    return _sitk_to_volume(
+        image,
+        folder,
+        "dicom",
+        modality=series.modality,
+        series_uid=series.uid,
+        dicom_files=series.files,
+    )
+
+
+def to_metatensor(volume: Volume, *, dtype: torch.dtype = torch.float32) -> MetaTensor:
+    """The volume as MONAI's ``LoadImage`` would return it: no channel axis, RAS affine, meta keys set.
+
+    Bundles start their preprocessing with ``LoadImaged``; running the rest of that chain on this
+    tensor gives the same result as letting MONAI read the file, without reading it twice.
+    """
+    array = np.ascontiguousarray(volume.array)
+    tensor = torch.as_tensor(array).to(dtype)
+    affine = torch.as_tensor(volume.affine, dtype=torch.float64)
+    meta = {
+        MetaKeys.AFFINE: affine.clone(),
+        MetaKeys.ORIGINAL_AFFINE: affine.clone(),
+        MetaKeys.SPATIAL_SHAPE: np.asarray(volume.shape),
+        MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
+        MetaKeys.SPACE: SpaceKeys.RAS,
+        "filename_or_obj": str(volume.path),
+    }
+    return MetaTensor(tensor, meta=meta)

@@ -1,0 +1,363 @@
+"""One case end to end: read -> bundle preprocessing -> inference -> bundle postprocessing -> outputs.
+
+``medseg segment``, ``medseg batch`` and ``medseg demo`` all go through :class:`Segmenter`, so a
+case is processed the same way whichever command asked for it. The bundle is parsed with MONAI's
+``ConfigParser``; only the device (and, for outputs, the folder) is overridden. Stages are separate
+methods so that a batch run can overlap them across cases.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import monai
+import numpy as np
+import torch
+from monai.transforms import Compose, EnsureChannelFirst, LoadImage, LoadImaged, SaveImage, SaveImaged
+
+from pipelines import __version__, keys
+from pipelines.bundle import Bundle, load_bundle, load_weights, parse_config, sha256_file
+from pipelines.inference import Predictor, resolve_device, resolve_precision
+from pipelines.io import Volume, read_volume, to_metatensor, write_json, write_labels
+from pipelines.io.readers import case_id_from_path
+from pipelines.io.writers import current_umask
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_OUTPUTS", "OUTPUTS", "CaseResult", "SegmentOptions", "Segmenter", "segment_case"]
+
+OUTPUTS = ("labels", "dicom-seg", "stats", "preview")
+DEFAULT_OUTPUTS = ("labels", "stats", "preview")
+STAGES = ("load", "preprocess", "infer", "postprocess", "save")
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """What a run decides; everything else comes from the bundle.
+
+    Attributes:
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (see :func:`pipelines.inference.resolve_precision`).
+        outputs: which of :data:`OUTPUTS` to write; ``labels`` and ``run.json`` are always written.
+            ``dicom-seg`` is added automatically for DICOM input when ``outputs`` is None.
+        series_uid: for a DICOM folder with several series, the one to read.
+    """
+
+    device: str = "auto"
+    precision: str = "auto"
+    outputs: tuple[str, ...] | None = None
+    series_uid: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in self.outputs or ():
+            if name not in OUTPUTS:
+                raise ValueError(f"output {name!r}: expected some of {', '.join(OUTPUTS)}")
+
+
+@dataclass
+class CaseResult:
+    """What one case produced."""
+
+    case_id: str
+    case_dir: Path
+    files: dict[str, Path]
+    seconds: dict[str, float]
+    stats: list[dict[str, Any]] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    """A case after loading and preprocessing, ready for the network."""
+
+    volume: Volume
+    data: dict[str, Any]
+    seconds: dict[str, float]
+
+
+class Segmenter:
+    """A bundle loaded once and ready to segment many cases.
+
+    Args:
+        bundle: the bundle folder (or an already opened :class:`~pipelines.bundle.Bundle`).
+        options: device, precision, outputs, series choice.
+
+    Raises:
+        FileNotFoundError: no bundle / no ``configs/inference.json`` / no ``models/model.pt``.
+        ValueError: a config or weights file that does not fit.
+    """
+
+    def __init__(self, bundle: str | Path | Bundle, options: SegmentOptions | None = None) -> None:
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.options = options or SegmentOptions()
+        self.device = resolve_device(self.options.device)
+        self.precision = resolve_precision(self.options.precision, self.device)
+        # Fail on missing weights before parsing anything heavy: never predict with random weights.
+        self.weights_sha256 = sha256_file(self.bundle.weights) if self.bundle.weights.is_file() else None
+        parser = parse_config(self.bundle, "inference", {"device": f"$torch.device('{self.device}')"})
+        self.parser = parser
+        self.preprocessing: Compose = parser.get_parsed_content("preprocessing")
+        self.postprocessing: Compose = parser.get_parsed_content("postprocessing")
+        self.inferer = parser.get_parsed_content("inferer")
+        network = parser.get_parsed_content("network_def")
+        load_weights(network, self.bundle, "cpu")
+        self.predictor = Predictor(network, self.inferer, self.device, self.precision)
+        self._loader, self._after_load = _split_loader(self.preprocessing)
+        self._post_steps = Compose(
+            [t for t in self.postprocessing.transforms if not isinstance(t, SaveImaged | SaveImage)],
+            map_items=self.postprocessing.map_items,
+            unpack_items=self.postprocessing.unpack_items,
+        )
+
+    # -- stages ------------------------------------------------------------------------------
+    def load(self, path: str | Path) -> Volume:
+        """Read the input (file or DICOM folder)."""
+        return read_volume(path, series_uid=self.options.series_uid)
+
+    def preprocess(self, volume: Volume) -> dict[str, Any]:
+        """Apply the bundle's preprocessing (minus its file loader) to a loaded volume."""
+        loader = getattr(self._loader, "_loader", self._loader)  # LoadImaged wraps a LoadImage
+        dtype = getattr(loader, "dtype", None) or np.float32
+        image = to_metatensor(volume, dtype=monai.utils.get_equivalent_dtype(dtype, torch.Tensor))
+        if getattr(loader, "ensure_channel_first", False):
+            image = EnsureChannelFirst()(image)
+        return self._after_load({keys.IMAGE: image})
+
+    def infer(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Run the network over the preprocessed image; adds ``pred`` (C, H, W, D) scores."""
+        image = data[keys.IMAGE]
+        logits = self.predictor(image.unsqueeze(0))[0]
+        pred = monai.data.MetaTensor(logits, meta=image.meta) if isinstance(image, monai.data.MetaTensor) else logits
+        return {**data, keys.PRED: pred}
+
+    def postprocess(self, data: dict[str, Any], volume: Volume) -> np.ndarray:
+        """Run the bundle's postprocessing (without its writer) and return the label map ``(i, j, k)``."""
+        out = self._post_steps(data)
+        pred = out[keys.PRED]
+        array = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
+        if array.ndim == 4:
+            if array.shape[0] != 1:
+                raise ValueError(
+                    f"{self.bundle.config_path('inference')}: postprocessing returned {array.shape[0]} channels; "
+                    "expected one label map (does it end with AsDiscreted(argmax=True)?)"
+                )
+            array = array[0]
+        if tuple(array.shape) != volume.shape:
+            raise ValueError(
+                f"{self.bundle.config_path('inference')}: postprocessing returned shape {tuple(array.shape)}, "
+                f"input {volume.path} has {volume.shape}; the postprocessing must invert the preprocessing (Invertd)"
+            )
+        if np.issubdtype(array.dtype, np.floating):
+            array = np.rint(array)
+        high = array.max() if array.size else 0
+        return array.astype(np.uint8 if high <= 255 else np.uint16, copy=False)
+
+    # -- one case ----------------------------------------------------------------------------
+    def prepare(self, path: str | Path) -> Prepared:
+        """Load and preprocess one input (the part a batch run overlaps with inference)."""
+        seconds: dict[str, float] = {}
+        with _timed(seconds, "load"):
+            volume = self.load(path)
+        with _timed(seconds, "preprocess"):
+            data = self.preprocess(volume)
+        return Prepared(volume, data, seconds)
+
+    def predict(self, prepared: Prepared) -> np.ndarray:
+        """Inference and postprocessing: the label map on the input's grid."""
+        with _timed(prepared.seconds, "infer"):
+            data = self.infer(prepared.data)
+        with _timed(prepared.seconds, "postprocess"):
+            labels = self.postprocess(data, prepared.volume)
+        prepared.data = {}  # release the preprocessed image and the score maps
+        return labels
+
+    def run(self, path: str | Path, output_dir: str | Path, case_id: str | None = None) -> CaseResult:
+        """Segment one input and write its outputs into ``output_dir/<case_id>/``."""
+        path = Path(path)
+        case_id = case_id or case_id_from_path(path)
+        _check_case_id(case_id)
+        outputs = self._outputs_for(path)
+        prepared = self.prepare(path)
+        labels = self.predict(prepared)
+        return self.write(prepared, labels, output_dir, case_id, outputs)
+
+    def _outputs_for(self, path: Path) -> tuple[str, ...]:
+        if self.options.outputs is not None:
+            outputs = tuple(dict.fromkeys(("labels", *self.options.outputs)))
+            if "dicom-seg" in outputs and not path.is_dir():
+                raise ValueError(
+                    f"{path}: DICOM-SEG needs a DICOM series as input, this input is a file; "
+                    "drop dicom-seg from --outputs"
+                )
+            return outputs
+        return (*DEFAULT_OUTPUTS, "dicom-seg") if path.is_dir() else DEFAULT_OUTPUTS
+
+    def write(
+        self,
+        prepared: Prepared,
+        labels: np.ndarray,
+        output_dir: str | Path,
+        case_id: str,
+        outputs: Sequence[str] = ("labels",),
+    ) -> CaseResult:
+        """Write the outputs of one case. The case folder appears complete or not at all."""
+        volume = prepared.volume
+        seconds = prepared.seconds
+        result = CaseResult(case_id, Path(output_dir) / case_id, {}, seconds)
+        with _timed(seconds, "save"), _staged_case_dir(Path(output_dir), case_id) as staging:
+            result.files["labels"] = write_labels(
+                labels, volume.affine, staging / "labels.nii.gz", header=volume.nifti_header
+            )
+            names = self.bundle.labels or {int(v): f"label_{int(v)}" for v in np.unique(labels) if v}
+            extra = [o for o in outputs if o != "labels"]
+            if extra:
+                from pipelines import outputs as out  # optional heavy deps (matplotlib, highdicom)
+
+                if "stats" in extra or "preview" in extra:
+                    result.stats = out.compute_stats(labels, volume.array, volume.affine, names)
+                if "stats" in extra:
+                    result.files["stats_json"], result.files["stats_csv"] = out.write_stats(result.stats, staging)
+                if "preview" in extra:
+                    result.files["preview"] = out.write_preview(
+                        volume.array,
+                        labels,
+                        volume.affine,
+                        names,
+                        staging / "preview.png",
+                        modality=volume.modality or self.bundle.modality or "CT",
+                        title=f"{case_id} ({self.bundle.name})",
+                    )
+                if "dicom-seg" in extra:
+                    result.files["dicom_seg"] = out.write_dicom_seg(
+                        labels,
+                        volume,
+                        names,
+                        staging / "seg.dcm",
+                        algorithm_name=self.bundle.name,
+                        algorithm_version=self.bundle.version,
+                    )
+            result.provenance = self.provenance(volume, outputs, seconds)
+            result.files["run"] = write_json(result.provenance, staging / "run.json")
+        result.files = {k: result.case_dir / p.name for k, p in result.files.items()}
+        # run.json was written before "save" finished; record the final save time too.
+        result.provenance["seconds"] = {k: round(v, 4) for k, v in seconds.items()}
+        write_json(result.provenance, result.files["run"])
+        return result
+
+    def provenance(self, volume: Volume, outputs: Sequence[str], seconds: dict[str, float]) -> dict[str, Any]:
+        """The run.json record: what was read, with which model and software, how long each stage took."""
+        return {
+            "input": {
+                "path": str(volume.path.resolve()),
+                "sha256": input_sha256(volume),
+                "format": volume.format,
+                "series_uid": volume.series_uid,
+                "shape": list(volume.shape),
+                "spacing_mm": [round(s, 6) for s in volume.spacing_mm],
+            },
+            "bundle": {
+                "name": self.bundle.name,
+                "version": self.bundle.version,
+                "path": str(self.bundle.root),
+                "model_sha256": self.weights_sha256,
+            },
+            "software": {
+                "medseg": __version__,
+                "monai": monai.__version__,
+                "torch": torch.__version__,
+                "numpy": np.__version__,
+                "python": platform.python_version(),
+            },
+            "device": str(self.device),
+            "precision": self.precision,
+            "options": {**asdict(self.options), "outputs": list(outputs)},
+            "seconds": {k: round(v, 4) for k, v in seconds.items()},
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+
+def segment_case(
+    input_path: str | Path,
+    bundle: str | Path | Bundle,
+    output_dir: str | Path,
+    *,
+    case_id: str | None = None,
+    options: SegmentOptions | None = None,
+) -> CaseResult:
+    """Segment one NIfTI/NRRD/MHA file or DICOM folder with a bundle; see :class:`Segmenter`."""
+    # Check the input exists before the (slower) bundle set-up, so a typo fails fast.
+    if not Path(input_path).exists():
+        read_volume(input_path)
+    return Segmenter(bundle, options).run(input_path, output_dir, case_id)
+
+
+def input_sha256(volume: Volume) -> str:
+    """sha256 of the input file, or of a DICOM series' files concatenated in slice order."""
+    if volume.format != "dicom":
+        return sha256_file(volume.path)
+    import hashlib
+
+    digest = hashlib.sha256()
+    for f in volume.dicom_files:
+        digest.update(bytes.fromhex(sha256_file(f)))
+    return digest.hexdigest()
+
+
+def _split_loader(preprocessing: Compose) -> tuple[Any, Compose]:
+    """Split a bundle's preprocessing into its file loader and the rest.
+
+    We read inputs ourselves (DICOM series selection, exact geometry) and hand the rest of the
+    chain the same tensor ``LoadImaged`` would have produced. The remaining transforms are the very
+    same instances, so ``Invertd`` over the full ``preprocessing`` still finds their records.
+    """
+    transforms = list(preprocessing.transforms)
+    loader = None
+    if transforms and isinstance(transforms[0], LoadImaged | LoadImage):
+        loader = transforms.pop(0)
+    return loader, Compose(transforms, map_items=preprocessing.map_items, unpack_items=preprocessing.unpack_items)
+
+
+def _check_case_id(case_id: str) -> None:
+    if not case_id or case_id in (".", "..") or "/" in case_id or os.sep in case_id:
+        raise ValueError(f"case id {case_id!r}: must be a plain folder name (no path separators)")
+
+
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def _staged_case_dir(output_dir: Path, case_id: str) -> Iterator[Path]:
+    """Yield a hidden staging folder; on success it replaces ``output_dir/case_id`` in one rename."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{case_id}.", suffix=".partial", dir=output_dir))
+    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private; the case folder is not
+    final = output_dir / case_id
+    try:
+        yield staging
+        if final.exists():
+            old = final.with_name(f".{case_id}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(staging, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
