@@ -1,0 +1,202 @@
+"""medseg segment: the bundle runs end to end and labels land on the right voxels in physical space."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from pipelines.cli import main
+from pipelines.segment import SegmentOptions, segment_case
+from tests.conftest import write_nifti
+from tests.test_io import oriented_affine
+
+ZOO_INFERENCE = {
+    "imports": ["$import torch"],
+    "bundle_root": ".",
+    "output_dir": "$@bundle_root + '/eval'",
+    "device": "$torch.device('cpu')",
+    "network_def": {"_target_": "torch.nn.Conv3d", "in_channels": 1, "out_channels": 2, "kernel_size": 1},
+    "network": "$@network_def.to(@device)",
+    "preprocessing": {
+        "_target_": "Compose",
+        "transforms": [
+            {"_target_": "LoadImaged", "keys": "image"},
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+            {"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0], "mode": "bilinear"},
+            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": 0, "a_max": 1000, "b_min": 0.0, "b_max": 1.0, "clip": True},
+            {"_target_": "EnsureTyped", "keys": "image"},
+        ],
+    },
+    "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [32, 32, 32], "sw_batch_size": 2, "overlap": 0.25},
+    "postprocessing": {
+        "_target_": "Compose",
+        "transforms": [
+            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image", "nearest_interp": False},
+            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+            {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg", "resample": False},
+        ],
+    },
+}
+
+
+@pytest.fixture()
+def zoo_bundle(tmp_path: Path) -> Path:
+    """A two-class bundle in the Model Zoo shape using only MONAI and torch components, no medseg keys.
+
+    Its network is a 1x1x1 convolution set to call a voxel foreground when the scaled intensity
+    is above 0.5 (raw value 500), so the expected label map is known exactly from the input.
+    """
+    root = tmp_path / "zoo_threshold"
+    (root / "configs").mkdir(parents=True)
+    (root / "models").mkdir()
+    (root / "configs" / "inference.json").write_text(json.dumps(ZOO_INFERENCE, indent=1))
+    (root / "configs" / "metadata.json").write_text(json.dumps({"name": "zoo_threshold", "version": "0.0.1"}))
+    conv = torch.nn.Conv3d(1, 2, 1)
+    with torch.no_grad():
+        conv.weight[:] = torch.tensor([-20.0, 20.0]).view(2, 1, 1, 1, 1)
+        conv.bias[:] = torch.tensor([10.0, -10.0])
+    torch.save(conv.state_dict(), root / "models" / "model.pt")
+    return root
+
+
+def cube_scan(codes: str, shape=(40, 36, 18)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A scan with a bright box at a fixed WORLD position; returns (image, affine, truth mask)."""
+    affine = oriented_affine(codes, shape, spacing=(1.2, 1.0, 2.5))
+    ijk = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).reshape(-1, 3)
+    world = ijk @ affine[:3, :3].T + affine[:3, 3]
+    inside = (np.abs(world[:, 0] - 6) < 9) & (np.abs(world[:, 1] + 4) < 7) & (np.abs(world[:, 2] - 15) < 10)
+    truth = inside.reshape(shape)
+    return np.where(truth, 900, 100).astype(np.int16), affine, truth
+
+
+@pytest.mark.parametrize("codes", ["RAS", "LPS", "LAS"])
+def test_labels_land_on_the_right_voxels_in_any_orientation(tmp_path: Path, zoo_bundle: Path, codes: str) -> None:
+    image, affine, truth = cube_scan(codes)
+    path = write_nifti(tmp_path / f"scan_{codes}.nii.gz", image, affine)
+    result = segment_case(path, zoo_bundle, tmp_path / "out", options=SegmentOptions(device="cpu", precision="fp32", outputs=("labels",)))
+    assert result.case_dir == tmp_path / "out" / f"scan_{codes}"
+    labels_img = nib.load(result.files["labels"])
+    assert labels_img.shape == image.shape
+    np.testing.assert_array_equal(labels_img.affine, nib.load(path).affine)
+    labels = np.asarray(labels_img.dataobj)
+    assert labels.dtype == np.uint8
+    dice = 2 * np.sum((labels == 1) & truth) / (np.sum(labels == 1) + np.sum(truth))
+    assert dice > 0.9, f"{codes}: the box was segmented at the wrong place (Dice {dice:.3f})"
+
+
+def test_run_json_records_the_run(tmp_path: Path, zoo_bundle: Path) -> None:
+    image, affine, _ = cube_scan("LPS")
+    path = write_nifti(tmp_path / "scan.nii.gz", image, affine)
+    result = segment_case(path, zoo_bundle, tmp_path / "out", case_id="case7", options=SegmentOptions(device="cpu", outputs=("labels",)))
+    run = json.loads((tmp_path / "out" / "case7" / "run.json").read_text())
+    assert run["input"]["path"] == str(path.resolve())
+    assert len(run["input"]["sha256"]) == 64
+    assert run["bundle"]["name"] == "zoo_threshold" and run["bundle"]["version"] == "0.0.1"
+    assert len(run["bundle"]["model_sha256"]) == 64
+    assert run["device"] == "cpu" and run["precision"] in ("fp32", "bf16")
+    assert set(run["seconds"]) == {"load", "preprocess", "infer", "postprocess", "save"}
+    assert {"medseg", "monai", "torch", "python"} <= set(run["software"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case7"]  # no staging left over
+    assert result.seconds["infer"] > 0
+
+
+def test_cli_segment_exit_code_and_output(tmp_path: Path, zoo_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image, affine, _ = cube_scan("RAS")
+    path = write_nifti(tmp_path / "scan.nii.gz", image, affine)
+    code = main(["segment", str(path), "--bundle", str(zoo_bundle), "--output", str(tmp_path / "out"), "--device", "cpu", "--outputs", "labels"])
+    assert code == 0
+    assert (tmp_path / "out" / "scan" / "labels.nii.gz").is_file()
+    assert "wrote" in capsys.readouterr().out
+
+
+# -- bad input: one line naming the file, exit code 1, nothing left in OUTDIR -------------------
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    import gzip
+
+    empty = tmp_path / "empty_folder"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no images here")
+    text = tmp_path / "notes.nii.gz"
+    text.write_bytes(gzip.compress(b"hello" * 100))
+    full = write_nifti(tmp_path / "full.nii.gz", np.random.default_rng(0).random((40, 40, 40)).astype(np.float32), np.eye(4))
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    flat = write_nifti(tmp_path / "flat.nii.gz", np.zeros((20, 20), np.float32), np.eye(4))
+    four = write_nifti(tmp_path / "four.nii.gz", np.zeros((8, 8, 8, 3), np.float32), np.eye(4))
+    return {
+        "missing": (tmp_path / "missing.nii.gz", "missing.nii.gz: no such file or folder"),
+        "no dicom": (empty, "empty_folder: no DICOM series found"),
+        "not an image": (text, "notes.nii.gz: not a readable NIfTI image"),
+        "truncated": (cut, "cut.nii.gz: truncated or corrupt image data"),
+        "2d": (flat, "flat.nii.gz: expected a 3D image, got shape (20, 20)"),
+        "4d": (four, "four.nii.gz: expected a 3D image, got shape (8, 8, 8, 3)"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "no dicom", "not an image", "truncated", "2d", "4d"])
+def test_bad_inputs_fail_cleanly(tmp_path: Path, zoo_bundle: Path, capsys: pytest.CaptureFixture[str], case: str) -> None:
+    path, message = _bad_inputs(tmp_path)[case]
+    out = tmp_path / "out"
+    code = main(["segment", str(path), "--bundle", str(zoo_bundle), "--output", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert message in err
+    assert len(err.splitlines()) == 1, err
+    assert not out.exists() or not any(out.iterdir()), "no partial output may be left behind"
+
+
+def test_bundle_without_inference_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image, affine, _ = cube_scan("RAS")
+    path = write_nifti(tmp_path / "scan.nii.gz", image, affine)
+    (tmp_path / "nobundle" / "configs").mkdir(parents=True)
+    code = main(["segment", str(path), "--bundle", str(tmp_path / "nobundle"), "--output", str(tmp_path / "out")])
+    assert code == 1
+    assert "nobundle/configs/inference.json: bundle has no inference config" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_weights_say_where_they_go(tmp_path: Path, zoo_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (zoo_bundle / "models" / "model.pt").unlink()
+    image, affine, _ = cube_scan("RAS")
+    path = write_nifti(tmp_path / "scan.nii.gz", image, affine)
+    code = main(["segment", str(path), "--bundle", str(zoo_bundle), "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "models/model.pt: bundle zoo_threshold has no trained weights" in err and "medseg train" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cuda_request_without_cuda(tmp_path: Path, zoo_bundle: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        segment_case(tmp_path, zoo_bundle, tmp_path / "out", options=SegmentOptions(device="cuda"))
+
+
+# -- the real CT bundle on the real scans (random weights: geometry, not accuracy) ----------------
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize(("sub", "case_id"), [("ct_abdomen_3mm/image.nii.gz", "image"), ("ct_dicom_series/dicom", "dicom")])
+def test_ct_bundle_on_shared_scans_writes_labels_on_the_input_grid(
+    tmp_path: Path, shared_data: Path, unet_bundle: Path, sub: str, case_id: str
+) -> None:
+    from pipelines.io import read_volume
+
+    source = shared_data / sub
+    code = main(["segment", str(source), "--bundle", str(unet_bundle), "--output", str(tmp_path / "out"), "--outputs", "labels"])
+    assert code == 0
+    volume = read_volume(source)
+    labels = nib.load(tmp_path / "out" / case_id / "labels.nii.gz")
+    assert labels.shape == volume.shape
+    np.testing.assert_allclose(labels.affine, volume.affine, atol=1e-4)
+    assert set(np.unique(np.asarray(labels.dataobj))) <= set(range(6))
