@@ -1,0 +1,171 @@
+"""Training and evaluation through a bundle's own ``train.json`` / ``evaluate.json``.
+
+The bundle holds the whole recipe (network, loss, sampling, augmentation, validation, checkpoints)
+and MONAI's :class:`~monai.bundle.ConfigWorkflow` runs it with ignite. This module only points the
+recipe at a validated data manifest and decides run-level things: epochs, device, seed, resuming,
+and layering ``multi_gpu_train.json`` when started by ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.bundle import ConfigWorkflow
+from monai.handlers import CheckpointLoader
+
+from pipelines.bundle import Bundle, load_bundle
+from pipelines.manifests import ManifestError, load_manifest, validate_manifest
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainOptions", "TrainResult", "datalist", "latest_checkpoint", "train"]
+
+_LAST = re.compile(r"last_checkpoint_(?:epoch=)?(\d+)\.pt$")
+
+
+def datalist(manifest: str | Path, split: str) -> list[dict[str, Any]]:
+    """A manifest split as a MONAI datalist; what bundle configs call to get their data.
+
+    Args:
+        manifest: the manifest file (paths in it are relative to its folder).
+        split: ``training``, ``validation``, ``test`` or ``all``.
+    """
+    return load_manifest(manifest).datalist(split)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Run-level choices for :func:`train`.
+
+    Attributes:
+        max_epochs: overrides the bundle's ``max_epochs`` when set.
+        val_interval: overrides ``val_interval`` (epochs between validations) when set.
+        resume: continue from the newest ``models/last_checkpoint_<epoch>.pt``.
+        device: ``auto`` lets the bundle decide; else a torch device string.
+        seed: overrides the bundle's ``seed`` when set.
+        distributed: layer ``configs/multi_gpu_train.json`` (one process per device, under torchrun).
+        overrides: further MONAI config overrides, ``{"id#sub": value}``.
+    """
+
+    max_epochs: int | None = None
+    val_interval: int | None = None
+    resume: bool = False
+    device: str = "auto"
+    seed: int | None = None
+    distributed: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    """The outcome of a training run."""
+
+    best_metric: float
+    best_epoch: int
+    epochs: int
+    weights: Path
+    last_checkpoint: Path | None
+
+
+def latest_checkpoint(bundle: Bundle) -> Path | None:
+    """The newest resumable checkpoint in ``models/`` (written every epoch by train.json), or None."""
+    found = [(int(m.group(1)), p) for p in (bundle.root / "models").glob("last_checkpoint_*.pt") if (m := _LAST.search(p.name))]
+    return max(found)[1] if found else None
+
+
+def _check_manifest(manifest: Path) -> None:
+    problems = validate_manifest(manifest)
+    if problems:
+        raise ManifestError(problems)
+    loaded = load_manifest(manifest)
+    if not loaded.split("training"):
+        raise ValueError(f"{manifest}: no training cases (the 'training' list is empty)")
+    if not loaded.split("validation"):
+        raise ValueError(f"{manifest}: no validation cases; add a 'validation' list or run `medseg manifest split`")
+
+
+def train(bundle_dir: str | Path, manifest: str | Path, options: TrainOptions | None = None) -> TrainResult:
+    """Train a bundle on a manifest's ``training`` cases, validating on its ``validation`` cases.
+
+    The best checkpoint by validation mean Dice is saved as the bundle's ``models/model.pt``.
+
+    Raises:
+        ManifestError: the manifest has problems (all are listed); training does not start.
+        FileNotFoundError: no ``configs/train.json``, or ``resume`` without a checkpoint.
+    """
+    options = options or TrainOptions()
+    bundle = load_bundle(bundle_dir)
+    manifest = Path(manifest).resolve()
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest}: manifest does not exist")
+    _check_manifest(manifest)
+    train_config = bundle.config_path("train")
+    if not train_config.is_file():
+        raise FileNotFoundError(f"{train_config}: bundle {bundle.name} has no training config")
+    configs = [str(train_config)]
+    if options.distributed:
+        multi = bundle.config_path("multi_gpu_train")
+        if not multi.is_file():
+            raise FileNotFoundError(f"{multi}: bundle {bundle.name} has no multi-GPU training config")
+        configs.append(str(multi))
+    resume_from = None
+    if options.resume:
+        resume_from = latest_checkpoint(bundle)
+        if resume_from is None:
+            raise FileNotFoundError(
+                f"{bundle.root / 'models'}: --resume found no checkpoint (expected last_checkpoint_epoch=<N>.pt from an "
+                "earlier run); start without --resume"
+            )
+        logger.info("resuming from %s", resume_from)
+
+    overrides: dict[str, Any] = {"bundle_root": str(bundle.root), "manifest": str(manifest)}
+    if options.device != "auto":
+        overrides["device"] = f"$torch.device('{torch.device(options.device)}')"
+    if options.max_epochs is not None:
+        overrides["max_epochs"] = int(options.max_epochs)
+    if options.val_interval is not None:
+        overrides["val_interval"] = int(options.val_interval)
+    if options.seed is not None:
+        overrides["seed"] = int(options.seed)
+    overrides.update(options.overrides)
+
+    logging_file = bundle.root / "configs" / "logging.conf"
+    workflow = ConfigWorkflow(
+        config_file=configs if len(configs) > 1 else configs[0],
+        meta_file=str(bundle.root / "configs" / "metadata.json"),
+        logging_file=str(logging_file) if logging_file.is_file() else None,
+        workflow_type="train",
+        **overrides,
+    )
+    workflow.initialize()
+    try:
+        if resume_from is not None:
+            # The trainer cannot list a loader that refers back to itself in its own handlers
+            # (a circular reference for the config parser), so it is attached here.
+            parsed = workflow.parser.get_parsed_content
+            CheckpointLoader(
+                load_path=str(resume_from),
+                load_dict={"model": parsed("network"), "optimizer": parsed("optimizer"),
+                           "lr_scheduler": parsed("lr_scheduler"), "trainer": parsed("train#trainer")},
+                map_location=parsed("device"),
+            ).attach(parsed("train#trainer"))
+        workflow.run()
+        evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+        trainer = workflow.parser.get_parsed_content("train#trainer")
+        best = float(evaluator.state.best_metric) if evaluator.state.best_metric is not None else float("nan")
+        result = TrainResult(
+            best_metric=best,
+            best_epoch=int(evaluator.state.best_metric_epoch),
+            epochs=int(trainer.state.epoch),
+            weights=bundle.weights,
+            last_checkpoint=latest_checkpoint(bundle),
+        )
+    finally:
+        workflow.finalize()
+    logger.info("best validation mean Dice %.4f at epoch %d; weights in %s", result.best_metric, result.best_epoch, result.weights)
+    return result

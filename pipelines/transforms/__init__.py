@@ -1,0 +1,31 @@
+"""Our own MONAI-style transforms: each an array ``Transform`` plus a dictionary ``MapTransform``.
+
+Post-processing of integer label maps (after argmax and a cast to uint8 / uint16; casts are MONAI's
+``CastToTyped``), usable from bundle JSON with ``_target_``, e.g.
+``{"_target_": "pipelines.transforms.RemoveSmallIslandsd", "keys": "pred", "min_size_mm3": 100}``:
+
+- :class:`RemoveSmallIslands` / :class:`RemoveSmallIslandsd`: drop components below a size in mm³;
+- :class:`KeepLargestComponent` / :class:`KeepLargestComponentd`: one piece per listed label;
+- :class:`FillHoles` / :class:`FillHolesd`: fill enclosed background holes of labels.
+"""
+
+from __future__ import annotations
+
+from pipelines.transforms.holes import FillHoles, FillHolesd
+from pipelines.transforms.islands import (
+    KeepLargestComponent,
+    KeepLargestComponentd,
+    RemoveSmallIslands,
+    RemoveSmallIslandsd,
+)
+from pipelines.transforms.labels import spacing_from_affine
+
+__all__ = [
+    "FillHoles",
+    "FillHolesd",
+    "KeepLargestComponent",
+    "KeepLargestComponentd",
+    "RemoveSmallIslands",
+    "RemoveSmallIslandsd",
+    "spacing_from_affine",
+]
