@@ -7,7 +7,10 @@ Every subcommand is a thin wrapper around a typed library function. Errors a per
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -80,6 +83,77 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_options(p)
     p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser("demo", help="generate a CT phantom, segment it with the shipped CT bundle, score it")
+    p.add_argument("--output", "-o", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
+    p.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: the shipped ct_abdomen_unet)")
+    p.add_argument("--seed", type=int, default=None, help="phantom seed (default: the first demo seed)")
+    _add_run_options(p)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("phantoms", help="generate a CT phantom dataset with a manifest, labelled for a bundle")
+    p.add_argument("--output", "-o", type=Path, required=True, help="dataset folder (manifest goes inside)")
+    p.add_argument("--bundle", type=Path, default=None, help="bundle whose labels to use (default: ct_abdomen_unet)")
+    p.add_argument("--training", type=int, default=24)
+    p.add_argument("--validation", type=int, default=4)
+    p.add_argument("--test", type=int, default=10)
+    p.set_defaults(func=_cmd_phantoms)
+
+    p = sub.add_parser(
+        "train",
+        help="train a bundle on a manifest (under torchrun: data-parallel with multi_gpu_train.json)",
+        description="Train a bundle with its configs/train.json. Data-parallel: "
+        "torchrun --nproc_per_node N -m pipelines train --bundle DIR --manifest FILE "
+        "(one GPU per process; gloo on CPU); configs/multi_gpu_train.json is layered automatically.",
+    )
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--max-epochs", type=int, default=None)
+    p.add_argument("--val-interval", type=int, default=None, help="epochs between validations")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from the newest models/last_checkpoint_*.pt")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a bundle on a manifest split (Dice, HD95, ASD in mm)")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--output", "-o", type=Path, required=True)
+    p.add_argument("--split", default="test", choices=("training", "validation", "test", "all"))
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("metrics", help="Dice, HD95 and ASD (mm) between a predicted and a reference label map")
+    p.add_argument("pred", type=Path)
+    p.add_argument("label", type=Path)
+    p.add_argument("--labels", type=Path, default=None, help="JSON {id: name} (or a bundle folder); default: ids found")
+    p.add_argument("--output", "-o", type=Path, default=None, help="folder for metrics.csv / metrics.json")
+    p.set_defaults(func=_cmd_metrics)
+
+    p = sub.add_parser("manifest", help="validate, create or split data manifests")
+    msub = p.add_subparsers(dest="manifest_command", required=True, metavar="ACTION")
+    q = msub.add_parser("validate", help="report every problem of a manifest at once")
+    q.add_argument("file", type=Path)
+    q.set_defaults(func=_cmd_manifest_validate)
+    q = msub.add_parser("create", help="build a manifest from a folder of image/label pairs")
+    q.add_argument("folder", type=Path)
+    q.add_argument("--output", "-o", type=Path, default=None, help="manifest file (default: FOLDER/dataset.json)")
+    q.add_argument("--name", default=None)
+    q.add_argument("--modality", default="CT")
+    q.set_defaults(func=_cmd_manifest_create)
+    q = msub.add_parser("split", help="write k-fold splits beside the manifest")
+    q.add_argument("file", type=Path)
+    q.add_argument("--folds", type=int, required=True)
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=_cmd_manifest_split)
+
+    for hook in ("pipelines.batch:add_batch_parser", "pipelines.conformance:add_bundle_parser"):
+        module, name = hook.split(":")
+        try:
+            add = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        add(sub)
     return parser
 
 
@@ -93,6 +167,136 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     _print_stats(result.stats)
     total = sum(result.seconds.values())
     print(f"wrote {result.case_dir} ({', '.join(sorted(p.name for p in result.files.values()))}) in {total:.1f} s")
+    return 0
+
+
+def _default_bundle() -> Path:
+    """The CT U-Net bundle shipped beside the package (a source checkout or an editable install)."""
+    return Path(__file__).resolve().parents[1] / "bundles" / "ct_abdomen_unet"
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pipelines.demo import SEEDS, run_demo
+
+    bundle = args.bundle or _default_bundle()
+    seed = args.seed if args.seed is not None else SEEDS["demo"][0]
+    result = run_demo(args.output, bundle, seed=seed, device=args.device, precision=args.precision)
+    width = max(len("structure"), *(len(k) for k in result.dice))
+    print(f"{'structure':<{width}}  dice")
+    for name, value in result.dice.items():
+        print(f"{name:<{width}}  {value:.3f}")
+    print(f"{'mean (organs)':<{width}}  {result.mean_dice:.3f}")
+    print(f"wrote {result.output} (phantom/, {result.case_dir.name}/, metrics.json)")
+    return 0
+
+
+def _cmd_phantoms(args: argparse.Namespace) -> int:
+    from pipelines.demo import make_ct_dataset
+
+    counts = {"training": args.training, "validation": args.validation, "test": args.test}
+    manifest = make_ct_dataset(args.output, args.bundle or _default_bundle(), counts=counts)
+    print(f"wrote {sum(counts.values())} phantoms and {manifest}")
+    return 0
+
+
+def _distributed_env() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when started by torchrun, else None."""
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) < 2:
+        return None
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pipelines.train import TrainOptions, train
+
+    options = TrainOptions(
+        max_epochs=args.max_epochs,
+        val_interval=args.val_interval,
+        resume=args.resume,
+        device=args.device,
+        seed=args.seed,
+        distributed=_distributed_env() is not None,
+    )
+    result = train(args.bundle, args.manifest, options)
+    print(
+        f"best validation mean Dice {result.best_metric:.4f} at epoch {result.best_epoch} "
+        f"after {result.epochs} epochs; weights: {result.weights}"
+    )
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipelines.train import evaluate
+
+    summary = evaluate(args.bundle, args.manifest, output=args.output, split=args.split, device=args.device)
+    _print_metric_means(summary["mean"])
+    print(f"wrote {args.output / 'metrics.csv'} and {args.output / 'metrics.json'}")
+    return 0
+
+
+def _print_metric_means(mean: dict) -> None:
+    width = max(len("structure"), *(len(k) for k in mean)) if mean else len("structure")
+    print(f"{'structure':<{width}}  {'dice':>6}  {'hd95 mm':>8}  {'asd mm':>7}")
+    for name, m in mean.items():
+        print(f"{name:<{width}}  {m['dice']:>6.3f}  {m['hd95_mm']:>8.2f}  {m['asd_mm']:>7.2f}")
+
+
+def _cmd_metrics(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from pipelines.io import read_volume
+    from pipelines.metrics import metrics_for_files, summarize, write_metrics
+
+    if args.labels is None:
+        found = np.unique(read_volume(args.label).array)
+        labels = {int(v): f"label_{int(v)}" for v in found if v != 0}
+    elif args.labels.is_dir():
+        from pipelines.bundle import load_bundle
+
+        labels = {k: v for k, v in load_bundle(args.labels).labels.items() if k != 0}
+    else:
+        try:
+            labels = {int(k): str(v) for k, v in json.loads(args.labels.read_text()).items() if int(k) != 0}
+        except (json.JSONDecodeError, ValueError) as err:
+            raise ValueError(f"{args.labels}: expected a JSON object of label id -> name ({err})") from err
+    per_case = {args.pred.name: metrics_for_files(args.pred, args.label, labels=labels)}
+    _print_metric_means(summarize(per_case))
+    if args.output:
+        csv_path, json_path = write_metrics(per_case, args.output)
+        print(f"wrote {csv_path} and {json_path}")
+    return 0
+
+
+def _cmd_manifest_validate(args: argparse.Namespace) -> int:
+    from pipelines.manifests import validate_manifest
+
+    if not args.file.is_file():
+        raise FileNotFoundError(f"{args.file}: manifest does not exist")
+    problems = validate_manifest(args.file)
+    for problem in problems:
+        print(problem)
+    print(f"{args.file}: {len(problems)} problem(s)" if problems else f"{args.file}: OK")
+    return EXIT_ERROR if problems else 0
+
+
+def _cmd_manifest_create(args: argparse.Namespace) -> int:
+    from pipelines.manifests import create_manifest, write_manifest
+
+    target = args.output or args.folder / "dataset.json"
+    manifest = create_manifest(args.folder, name=args.name, modality=args.modality, manifest_dir=target.parent)
+    path = write_manifest(manifest, target)
+    counts = ", ".join(f"{len(manifest.get(k, []))} {k}" for k in ("training", "validation", "test"))
+    print(f"wrote {path} ({counts})")
+    return 0
+
+
+def _cmd_manifest_split(args: argparse.Namespace) -> int:
+    from pipelines.manifests import split_manifest, write_manifest
+
+    stem = args.file.name.removesuffix(".json")
+    for fold, manifest in enumerate(split_manifest(args.file, folds=args.folds, seed=args.seed)):
+        path = write_manifest(manifest, args.file.with_name(f"{stem}_fold{fold}.json"))
+        print(f"wrote {path} ({len(manifest['training'])} training, {len(manifest['validation'])} validation)")
     return 0
 
 

@@ -22,7 +22,7 @@ from pipelines.manifests import write_manifest
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SEEDS", "PhantomCase", "ct_case_geometry", "make_ct_dataset", "run_demo", "DemoResult"]
+__all__ = ["SEEDS", "DemoResult", "PhantomCase", "ct_case_geometry", "make_ct_dataset", "run_demo"]
 
 # Disjoint seed ranges (first seed, count available) per use.
 SEEDS: dict[str, range] = {
@@ -54,7 +54,7 @@ def ct_case_geometry(seed: int) -> PhantomCase:
     inplane = float(rng.uniform(1.2, 1.8))
     spacing = (inplane, inplane, float(rng.uniform(1.5, 3.0)))
     fov = np.asarray(ABDOMEN_FOV_MM) * rng.uniform(0.92, 1.08, 3)
-    shape = tuple(int(round(f / s)) for f, s in zip(fov, spacing, strict=True))
+    shape = tuple(round(f / s) for f, s in zip(fov, spacing, strict=True))
     orientation = ("RAS", "LPS", "LAS")[int(rng.integers(3))]
     return PhantomCase(seed, shape, spacing, orientation)  # type: ignore[arg-type]
 
@@ -102,13 +102,22 @@ def make_ct_dataset(
             case_dir = folder / split / case_id
             if not ((case_dir / "image.nii.gz").is_file() and (case_dir / "label.nii.gz").is_file()):
                 phantom = phantoms.make_ct_phantom(
-                    seed, shape=geometry.shape, spacing_mm=geometry.spacing_mm,
-                    orientation=geometry.orientation, label_ids=ids,
+                    seed,
+                    shape=geometry.shape,
+                    spacing_mm=geometry.spacing_mm,
+                    orientation=geometry.orientation,
+                    label_ids=ids,
                 )
                 phantoms.write_nifti(phantom, case_dir)
-                logger.info("generated %s %s %s mm %s", case_id, geometry.shape, geometry.spacing_mm, geometry.orientation)
+                logger.info(
+                    "generated %s %s %s mm %s", case_id, geometry.shape, geometry.spacing_mm, geometry.orientation
+                )
             manifest[split].append(
-                {"case_id": case_id, "image": f"{split}/{case_id}/image.nii.gz", "label": f"{split}/{case_id}/label.nii.gz"}
+                {
+                    "case_id": case_id,
+                    "image": f"{split}/{case_id}/image.nii.gz",
+                    "label": f"{split}/{case_id}/label.nii.gz",
+                }
             )
     return write_manifest(manifest, folder / f"{name}.json")
 
@@ -140,16 +149,19 @@ def run_demo(
     tumour Dice is reported but not part of the organ mean).
     """
     from pipelines.metrics import segmentation_metrics
-    from pipelines.segment import SegmentOptions, Segmenter
+    from pipelines.segment import Segmenter, SegmentOptions
 
     output = Path(output)
     segmenter = Segmenter(bundle, SegmentOptions(device=device, precision=precision, outputs=tuple(outputs)))
     geometry = ct_case_geometry(seed)
     phantom = phantoms.make_ct_phantom(
-        seed, shape=geometry.shape, spacing_mm=geometry.spacing_mm, orientation=geometry.orientation,
+        seed,
+        shape=geometry.shape,
+        spacing_mm=geometry.spacing_mm,
+        orientation=geometry.orientation,
         label_ids=_label_ids(segmenter.bundle),
     )
-    image_path, label_path = phantoms.write_nifti(phantom, output / "phantom")
+    image_path, _label_path = phantoms.write_nifti(phantom, output / "phantom")
     result = segmenter.run(image_path, output, case_id="phantom_seg")
     import nibabel as nib
 
@@ -165,8 +177,12 @@ def run_demo(
         "mean_dice": mean_dice,
         "mean_dice_over": sorted(k for k in dice if "tumor" not in k),
         "distances_mm": {k: {m: v[m] for m in ("hd95_mm", "asd_mm")} for k, v in metrics.items()},
-        "phantom": {"seed": seed, "shape": list(geometry.shape), "spacing_mm": list(geometry.spacing_mm),
-                    "orientation": geometry.orientation},
+        "phantom": {
+            "seed": seed,
+            "shape": list(geometry.shape),
+            "spacing_mm": list(geometry.spacing_mm),
+            "orientation": geometry.orientation,
+        },
         "bundle": {"name": segmenter.bundle.name, "version": segmenter.bundle.version},
         "seconds": result.seconds,
     }

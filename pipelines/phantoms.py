@@ -389,7 +389,8 @@ class _Tube:
     def _nearest(self, x: np.ndarray, y: np.ndarray, z: np.ndarray, want_y: bool):
         best = None
         best_y = None
-        for a, b, ra, rb in zip(self.points[:-1], self.points[1:], self.radii[:-1], self.radii[1:]):
+        segments = zip(self.points[:-1], self.points[1:], self.radii[:-1], self.radii[1:], strict=True)
+        for a, b, ra, rb in segments:
             ab = (b - a).astype(np.float32)
             length2 = float(ab @ ab)
             px, py, pz = x - np.float32(a[0]), y - np.float32(a[1]), z - np.float32(a[2])
@@ -710,7 +711,7 @@ class _Canvas:
 
     def block(self, lo: np.ndarray, hi: np.ndarray) -> tuple[slice, slice, slice] | None:
         slices = []
-        for coords, a, b in zip((self.x, self.y, self.z), lo, hi):
+        for coords, a, b in zip((self.x, self.y, self.z), lo, hi, strict=True):
             start = int(np.searchsorted(coords, a, side="left"))
             stop = int(np.searchsorted(coords, b, side="right"))
             if stop <= start:
@@ -1139,8 +1140,11 @@ def _brain_tissue(rng: np.random.Generator, grid: _Grid) -> np.ndarray:
     core = rng.uniform(0.35, 0.6)
     edema = rng.uniform(1.4, 1.9)
     # mass effect: structures near the tumour are pushed away radially
-    dx, dy, dz = x - np.float32(t_center[0]), y - np.float32(t_center[1]), z - np.float32(t_center[2])
-    push = np.float32(0.35) * np.exp(-(dx * dx + dy * dy + dz * dz) / np.float32(2 * (1.6 * radius) ** 2))
+    dx = x - np.float32(t_center[0])
+    dy = y - np.float32(t_center[1])
+    dz = z - np.float32(t_center[2])
+    width2 = np.float32(2 * (1.6 * radius) ** 2)
+    push = np.float32(0.35) * np.exp(-(dx * dx + dy * dy + dz * dz) / width2)
     xs, ys, zs = x - dx * push, y - dy * push, z - dz * push
     inner_level = head.level(xs, ys, zs)
 
@@ -1333,7 +1337,7 @@ def write_dicom_series(
             ds.ReferringPhysicianName = ""
             ds.StudyDescription = description
             ds.SeriesDescription = f"{description} series {series_number}"
-            ds.PatientName = patient_id
+            ds.PatientName = f"{patient_id}^"  # family name only, unambiguous
             ds.PatientID = patient_id
             ds.PatientBirthDate = "19700101"
             ds.PatientSex = "O"

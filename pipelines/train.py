@@ -74,7 +74,11 @@ class TrainResult:
 
 def latest_checkpoint(bundle: Bundle) -> Path | None:
     """The newest resumable checkpoint in ``models/`` (written every epoch by train.json), or None."""
-    found = [(int(m.group(1)), p) for p in (bundle.root / "models").glob("last_checkpoint_*.pt") if (m := _LAST.search(p.name))]
+    found = [
+        (int(m.group(1)), p)
+        for p in (bundle.root / "models").glob("last_checkpoint_*.pt")
+        if (m := _LAST.search(p.name))
+    ]
     return max(found)[1] if found else None
 
 
@@ -118,7 +122,8 @@ def train(bundle_dir: str | Path, manifest: str | Path, options: TrainOptions | 
         resume_from = latest_checkpoint(bundle)
         if resume_from is None:
             raise FileNotFoundError(
-                f"{bundle.root / 'models'}: --resume found no checkpoint (expected last_checkpoint_epoch=<N>.pt from an "
+                f"{bundle.root / 'models'}: --resume found no checkpoint "
+                "(expected last_checkpoint_epoch=<N>.pt from an "
                 "earlier run); start without --resume"
             )
         logger.info("resuming from %s", resume_from)
@@ -150,8 +155,12 @@ def train(bundle_dir: str | Path, manifest: str | Path, options: TrainOptions | 
             parsed = workflow.parser.get_parsed_content
             CheckpointLoader(
                 load_path=str(resume_from),
-                load_dict={"model": parsed("network"), "optimizer": parsed("optimizer"),
-                           "lr_scheduler": parsed("lr_scheduler"), "trainer": parsed("train#trainer")},
+                load_dict={
+                    "model": parsed("network"),
+                    "optimizer": parsed("optimizer"),
+                    "lr_scheduler": parsed("lr_scheduler"),
+                    "trainer": parsed("train#trainer"),
+                },
                 map_location=parsed("device"),
             ).attach(parsed("train#trainer"))
         workflow.run()
@@ -167,5 +176,74 @@ def train(bundle_dir: str | Path, manifest: str | Path, options: TrainOptions | 
         )
     finally:
         workflow.finalize()
-    logger.info("best validation mean Dice %.4f at epoch %d; weights in %s", result.best_metric, result.best_epoch, result.weights)
+    logger.info(
+        "best validation mean Dice %.4f at epoch %d; weights in %s",
+        result.best_metric,
+        result.best_epoch,
+        result.weights,
+    )
     return result
+
+
+def evaluate(
+    bundle_dir: str | Path,
+    manifest: str | Path,
+    *,
+    output: str | Path,
+    split: str = "test",
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Run the bundle's ``evaluate.json`` (layered over ``train.json``) on a manifest split.
+
+    The evaluator saves each prediction on its image's own grid; this function then scores them
+    against the reference labels with spacing-aware metrics (Dice, HD95 and ASD in mm) and writes
+    ``metrics.csv`` and ``metrics.json`` (per case and mean per structure) into ``output``.
+
+    Returns:
+        ``{"cases": {case_id: {structure: {metric: value}}}, "mean": {structure: {...}}}``.
+    """
+    from pipelines.metrics import metrics_for_files, summarize, write_metrics
+
+    bundle = load_bundle(bundle_dir)
+    manifest = Path(manifest).resolve()
+    loaded = load_manifest(manifest)
+    cases = [c for c in loaded.split(split) if c.label is not None]
+    if not cases:
+        raise ValueError(f"{manifest}: split {split!r} has no cases with labels to evaluate")
+    evaluate_config = bundle.config_path("evaluate")
+    if not evaluate_config.is_file():
+        raise FileNotFoundError(f"{evaluate_config}: bundle {bundle.name} has no evaluation config")
+    output = Path(output).resolve()
+    predictions = output / "predictions"
+    overrides: dict[str, Any] = {
+        "bundle_root": str(bundle.root),
+        "manifest": str(manifest),
+        "eval_split": split,
+        "output_dir": str(predictions),
+    }
+    if device != "auto":
+        overrides["device"] = f"$torch.device('{torch.device(device)}')"
+    workflow = ConfigWorkflow(
+        config_file=[str(bundle.config_path("train")), str(evaluate_config)],
+        meta_file=str(bundle.root / "configs" / "metadata.json"),
+        logging_file=None,
+        workflow_type=None,
+        **overrides,
+    )
+    workflow.initialize()
+    try:
+        workflow.run()
+    finally:
+        workflow.finalize()
+    names = {k: v for k, v in (bundle.labels or loaded.labels).items() if k != 0}
+    per_case: dict[str, Any] = {}
+    for case in cases:
+        image = case.image_paths[0]
+        relative = image.parent.relative_to(manifest.parent) if image.is_relative_to(manifest.parent) else Path()
+        stem = image.name.split(".")[0]
+        prediction = predictions / relative / f"{stem}_seg.nii.gz"
+        if not prediction.is_file():
+            raise FileNotFoundError(f"{prediction}: the evaluator wrote no prediction for case {case.case_id}")
+        per_case[case.case_id] = metrics_for_files(prediction, case.label, labels=names)
+    write_metrics(per_case, output)
+    return {"cases": per_case, "mean": summarize(per_case)}
