@@ -209,13 +209,15 @@ def _distributed_env() -> tuple[int, int, int] | None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from pipelines.train import TrainOptions, train
 
+    env = _distributed_env()
     options = TrainOptions(
         max_epochs=args.max_epochs,
         val_interval=args.val_interval,
         resume=args.resume,
         device=args.device,
         seed=args.seed,
-        distributed=_distributed_env() is not None,
+        distributed=env is not None,
+        world_size=env[1] if env else 1,
     )
     result = train(args.bundle, args.manifest, options)
     print(

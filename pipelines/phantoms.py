@@ -18,8 +18,9 @@ How a phantom is built:
    anatomy is the same in physical space whatever the array layout.
 
 Random streams: the seed feeds a :class:`numpy.random.SeedSequence` whose children drive, in this
-order, the anatomy, the liver lesions, the intensities and the noise. The anatomy of a seed is
-therefore the same for CT and MR, with and without lesions, and for every orientation.
+order, the anatomy, the liver lesions, the intensities and the noise. For a given field of view
+the anatomy of a seed is therefore the same for CT and MR, with and without lesions, at any
+spacing and in every orientation.
 """
 
 from __future__ import annotations
@@ -435,7 +436,12 @@ class _Op:
 
 
 class _Warp:
-    """Smooth random displacement field: a tensor product of low-frequency sines per axis."""
+    """Smooth random displacement field: a tensor product of low-frequency sines per axis.
+
+    Written here rather than upsampling a coarse random grid with scipy.ndimage.zoom because it
+    is defined in millimetres (the same deformation at every spacing, hence the same anatomy),
+    is exact on any sub-block of any slab, and costs three small matrix products per slab.
+    """
 
     def __init__(self, rng: np.random.Generator, extent_mm: np.ndarray, amplitude_mm: float) -> None:
         self.extent = np.maximum(np.asarray(extent_mm, dtype=float), 1.0)
@@ -617,8 +623,8 @@ def _abdomen_anatomy(
                 (-16, 14, -36)], 11.5),
         [(1.0, "bowel_wall", None), (0.7, "bowel_content", None)])
     # liver: right lobe + left lobe, hepatic veins inside
-    liver_right = b.ellipsoid((50, 2, 14), (60, 84, 80), (10, 0, 0), size_range=(0.95, 1.3))
-    liver_left = b.ellipsoid((-6, 40, 46), (58, 34, 32), (-12, 0, -6), size_range=(0.85, 1.25))
+    liver_right = b.ellipsoid((50, 2, 14), (61, 88, 80), (10, 0, 0), size_range=(0.95, 1.3))
+    liver_left = b.ellipsoid((-6, 40, 44), (62, 36, 36), (-12, 0, -6), size_range=(0.85, 1.25))
     add(liver_right, [(1.0, "liver", "liver")])
     add(liver_left, [(1.0, "liver", "liver")])
     for end in ((88, -6, 30), (42, 46, 24), (-12, 42, 50)):
@@ -630,13 +636,13 @@ def _abdomen_anatomy(
         [(1.0, "stomach_wall", "stomach"), (0.84, "stomach_content", "stomach")], gas=stomach_gas)
     add(b.ellipsoid((-2, 50, 22), (36, 16, 16), (12, 0, 0), size_range=(0.8, 1.2)),
         [(1.0, "stomach_wall", "stomach"), (0.72, "stomach_content", "stomach")], gas=stomach_gas)
-    add(b.ellipsoid((-72, -34, 44), (26, 56, 42), (30, 0, 10), size_range=(0.8, 1.3)),
+    add(b.ellipsoid((-72, -34, 44), (26, 56, 42), (30, 0, 10), size_range=(0.9, 1.35)),
         [(1.0, "spleen", "spleen")])
     add(b.ellipsoid((38, 50, -14), (14, 15, 30), (20, 0, 25), size_range=(0.7, 1.3)),
         [(1.0, "gallbladder", "gallbladder")])
     # kidneys: hilum turned anteromedially, upper poles medial, right one lower
     for side, name, z in ((1, "kidney_right", -30.0), (-1, "kidney_left", -16.0)):
-        add(b.ellipsoid((side * 60, -30, z), (27, 21, 54), (side * 35, side * 10, 0),
+        add(b.ellipsoid((side * 60, -30, z), (28, 22, 56), (side * 35, side * 10, 0),
                         size_range=(0.85, 1.25), modulation=0.06),
             [(1.0, "kidney_cortex", name), (0.66, "kidney_medulla", name)])
     # adrenal glands: two thin limbs each, above and medial to the upper poles
@@ -681,13 +687,19 @@ def _abdomen_anatomy(
         [(1.0, "esophagus", "esophagus")])
 
     # liver lesions, from their own stream so that lesions=False keeps the same anatomy
+    after_liver = ops[ops.index(next(op for op in ops if op.shape is liver_left)) + 1:]
+    carving = [op.shape for op in after_liver if op.only_in is None]
+    wall_mm = body["skin"] + body["fat"] + body["muscle"] + warp.max_mm
     lesion_ops = []
     for _ in range(int(lesion_rng.integers(1, 4))):
-        lobe = liver_right if lesion_rng.uniform() < 0.8 else liver_left
-        direction = lesion_rng.normal(size=3)
-        local = direction / np.linalg.norm(direction) * lesion_rng.uniform(0.0, 0.6)
-        center = lobe.center + lobe.rotation @ (local * lobe.semi)
         radius = lesion_rng.uniform(5.0, 15.0) * b.radius_scale
+        for _attempt in range(40):  # rejection sampling: a centre well inside liver parenchyma
+            lobe = liver_right if lesion_rng.uniform() < 0.8 else liver_left
+            direction = lesion_rng.normal(size=3)
+            local = direction / np.linalg.norm(direction) * lesion_rng.uniform(0.0, 0.75)
+            center = lobe.center + lobe.rotation @ (local * lobe.semi)
+            if _lesion_fits(center, radius, carving, body, wall_mm):
+                break
         semi = radius * np.exp(lesion_rng.normal(0, 0.1, 3))
         modulation = _capped(lesion_rng.normal(0, 0.06, 9), 0.3)
         lesion_ops.append(
@@ -695,6 +707,29 @@ def _abdomen_anatomy(
                 ((1.0, "liver_lesion", "liver_tumor"),), only_in=("liver", "hepatic_vein"))
         )
     return _Abdomen(ops, lesion_ops, warp, body, spine)
+
+
+def _lesion_fits(
+    center: np.ndarray,
+    radius: float,
+    carving: Sequence[_Ellipsoid | _Tube],
+    body: Mapping[str, float],
+    wall_mm: float,
+) -> bool:
+    """Whether a lesion at ``center`` stays clear of the abdominal wall and of every shape
+    painted after the liver (judged in the reference, unwarped frame)."""
+    point = [np.array([v], dtype=np.float32) for v in center]
+    if not _inside_body(body, *point, inset_mm=wall_mm + radius).all():
+        return False
+    for shape in carving:
+        lo, hi = shape.bbox()
+        if np.any(center < lo - radius) or np.any(center > hi + radius):
+            continue
+        level = float(np.asarray(shape.level(*point)).ravel()[0])
+        size = float(np.min(shape.semi)) if isinstance(shape, _Ellipsoid) else float(shape.radii.min())
+        if level <= 1.0 + radius / max(size, 1e-6):
+            return False
+    return True
 
 
 @dataclass
@@ -758,19 +793,24 @@ def _paint(canvas: _Canvas, op: _Op, label_of: Mapping[str | None, int], margin_
         label[mask] = label_of[structure]
 
 
-def _superellipse(canvas: _Canvas, body: dict[str, float], inset_mm: float) -> np.ndarray:
-    """Boolean (nx, ny, nz) cross-section of the body outline shrunk by ``inset_mm``."""
+def _inside_body(
+    body: Mapping[str, float], x: np.ndarray, y: np.ndarray, z: np.ndarray, inset_mm: float
+) -> np.ndarray:
+    """Boolean (nx, ny, nz): inside the body outline shrunk by ``inset_mm`` (x, y, z: 1D mm)."""
     p = body["p"]
-    wobble = 1.0 + body["wobble"] * np.sin(2 * np.pi * canvas.z / body["z_period"]
-                                           + body["wobble_phase"])
+    wobble = 1.0 + body["wobble"] * np.sin(2 * np.pi * z / body["z_period"] + body["wobble_phase"])
     a = np.maximum(body["a"] * wobble - inset_mm, 1.0)
-    dy = canvas.y - body["y0"]
+    dy = y - body["y0"]
     b = np.where(dy >= 0, body["b_front"] - inset_mm, body["b_back"] - inset_mm * 0.7)
     b = np.maximum(b, 1.0)
     # |x/a|^p + |y/b|^p, separable in (x) x (z) and (y) - cheap on large grids
-    term_x = (np.abs(canvas.x - body["x0"]) ** p)[:, None, None] * (a ** -p)[None, None, :]
+    term_x = (np.abs(x - body["x0"]) ** p)[:, None, None] * (a ** -p)[None, None, :]
     term_y = (np.abs(dy) / b) ** p
     return (term_x + term_y[None, :, None]) <= 1.0
+
+
+def _superellipse(canvas: _Canvas, body: Mapping[str, float], inset_mm: float) -> np.ndarray:
+    return _inside_body(body, canvas.x, canvas.y, canvas.z, inset_mm)
 
 
 def _paint_body(canvas: _Canvas, anatomy: _Abdomen) -> None:
@@ -1295,6 +1335,8 @@ def write_dicom_series(
     unit = axes / spacing
     if not np.allclose(unit.T @ unit, np.eye(3), atol=1e-6):
         raise ValueError(f"phantom.affine: axes must be orthogonal for a DICOM series, got {axes}")
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder}: exists and is not a folder")
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise FileExistsError(f"{folder}: folder exists and is not empty (pass overwrite=True)")
 

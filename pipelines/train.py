@@ -49,6 +49,7 @@ class TrainOptions:
         device: ``auto`` lets the bundle decide; else a torch device string.
         seed: overrides the bundle's ``seed`` when set.
         distributed: layer ``configs/multi_gpu_train.json`` (one process per device, under torchrun).
+        world_size: number of processes of a distributed run (each needs a validation case).
         overrides: further MONAI config overrides, ``{"id#sub": value}``.
     """
 
@@ -58,6 +59,7 @@ class TrainOptions:
     device: str = "auto"
     seed: int | None = None
     distributed: bool = False
+    world_size: int = 1
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -82,7 +84,7 @@ def latest_checkpoint(bundle: Bundle) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _check_manifest(manifest: Path) -> None:
+def _check_manifest(manifest: Path, world_size: int = 1) -> None:
     problems = validate_manifest(manifest)
     if problems:
         raise ManifestError(problems)
@@ -91,6 +93,11 @@ def _check_manifest(manifest: Path) -> None:
         raise ValueError(f"{manifest}: no training cases (the 'training' list is empty)")
     if not loaded.split("validation"):
         raise ValueError(f"{manifest}: no validation cases; add a 'validation' list or run `medseg manifest split`")
+    if len(loaded.split("validation")) < world_size:
+        raise ValueError(
+            f"{manifest}: {len(loaded.split('validation'))} validation case(s) for {world_size} processes; "
+            "a distributed run needs at least one validation case per process"
+        )
 
 
 def train(bundle_dir: str | Path, manifest: str | Path, options: TrainOptions | None = None) -> TrainResult:
@@ -107,7 +114,7 @@ def train(bundle_dir: str | Path, manifest: str | Path, options: TrainOptions | 
     manifest = Path(manifest).resolve()
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest}: manifest does not exist")
-    _check_manifest(manifest)
+    _check_manifest(manifest, options.world_size if options.distributed else 1)
     train_config = bundle.config_path("train")
     if not train_config.is_file():
         raise FileNotFoundError(f"{train_config}: bundle {bundle.name} has no training config")

@@ -1,0 +1,115 @@
+"""Training and evaluation go through the bundle's real train.json / evaluate.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipelines.bundle import load_bundle
+from pipelines.cli import main
+from pipelines.manifests import ManifestError, write_manifest
+from pipelines.phantoms import make_ct_phantom, write_nifti
+from pipelines.train import TrainOptions, evaluate, latest_checkpoint, train
+from tests.conftest import BUNDLES, REPO
+
+LABELS = {"0": "background", "1": "spleen", "2": "kidney_right", "3": "kidney_left", "4": "liver", "5": "liver_tumor"}
+IDS = {name: int(k) for k, name in LABELS.items() if k != "0"}
+FAST = {"samples_per_case": 1, "cache_workers": 1}
+
+
+def tiny_dataset(folder: Path, splits=("training",) * 3 + ("validation",) * 2 + ("test",)) -> Path:
+    """Small CT phantoms (48x40x32 voxels at 6 mm) and their manifest."""
+    manifest: dict = {"name": "tiny", "modality": "CT", "labels": LABELS, "training": [], "validation": [], "test": []}
+    for i, split in enumerate(splits):
+        phantom = make_ct_phantom(100 + i, shape=(48, 40, 32), spacing_mm=(6.0, 6.0, 6.0), label_ids=IDS)
+        write_nifti(phantom, folder / f"case{i}")
+        manifest[split].append({"case_id": f"case{i}", "image": f"case{i}/image.nii.gz", "label": f"case{i}/label.nii.gz"})
+    return write_manifest(manifest, folder / "tiny.json")
+
+
+@pytest.fixture()
+def bundle_copy(tmp_path: Path) -> Path:
+    import shutil
+
+    target = tmp_path / "ct_abdomen_unet"
+    shutil.copytree(BUNDLES / "ct_abdomen_unet", target, ignore=shutil.ignore_patterns("*.pt", "eval"))
+    return target
+
+
+@pytest.mark.slow
+def test_tiny_training_writes_a_checkpoint_and_resumes(tmp_path: Path, bundle_copy: Path) -> None:
+    manifest = tiny_dataset(tmp_path / "data")
+    first = train(bundle_copy, manifest, TrainOptions(max_epochs=1, val_interval=1, device="cpu", overrides=FAST))
+    assert first.epochs == 1 and first.best_epoch == 1
+    weights = bundle_copy / "models" / "model.pt"
+    assert weights.is_file()
+    state = torch.load(weights, weights_only=True)
+    assert "model.0.conv.unit0.conv.weight" in state  # a plain state_dict, as the Model Zoo ships
+    last = latest_checkpoint(load_bundle(bundle_copy))
+    assert last is not None and last.name == "last_checkpoint_epoch=1.pt"
+
+    resumed = train(bundle_copy, manifest, TrainOptions(max_epochs=2, val_interval=1, resume=True, device="cpu", overrides=FAST))
+    assert resumed.epochs == 2, "resume continues from epoch 1 instead of starting over"
+    assert latest_checkpoint(load_bundle(bundle_copy)).name == "last_checkpoint_epoch=2.pt"
+
+    summary = evaluate(bundle_copy, manifest, output=tmp_path / "eval", split="test", device="cpu")
+    assert set(summary["cases"]) == {"case5"}
+    assert set(summary["mean"]) == {"spleen", "kidney_right", "kidney_left", "liver", "liver_tumor"}
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert "case5" in written["cases"]
+    assert (tmp_path / "eval" / "metrics.csv").read_text().startswith("case_id,structure,dice,hd95_mm,asd_mm")
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path: Path, bundle_copy: Path) -> None:
+    manifest = tiny_dataset(tmp_path / "data", splits=("training", "validation"))
+    with pytest.raises(FileNotFoundError, match=r"--resume found no checkpoint"):
+        train(bundle_copy, manifest, TrainOptions(resume=True))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"name": "x", "labels": {"0": "background"}, "training": []}), "modality"),
+        (
+            json.dumps({"name": "x", "modality": "CT", "labels": LABELS,
+                        "training": [{"image": "nope/image.nii.gz", "label": "nope/label.nii.gz"}],
+                        "validation": [{"image": "nope2/image.nii.gz", "label": "nope2/label.nii.gz"}]}),
+            "nope/image.nii.gz",
+        ),
+    ],
+)
+def test_bad_manifest_never_starts_training(
+    tmp_path: Path, bundle_copy: Path, capsys: pytest.CaptureFixture[str], content: str, message: str
+) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(ManifestError):
+        train(bundle_copy, path, TrainOptions(max_epochs=1))
+    code = main(["train", "--bundle", str(bundle_copy), "--manifest", str(path)])
+    assert code == 1
+    assert message in capsys.readouterr().err
+    assert not list((bundle_copy / "models").glob("*.pt")), "training must not start on a bad manifest"
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_training_on_cpu(tmp_path: Path, bundle_copy: Path) -> None:
+    """multi_gpu_train.json layered by `medseg train` under torchrun: DDP with gloo, one checkpoint."""
+    manifest = tiny_dataset(tmp_path / "data", splits=("training",) * 4 + ("validation",) * 2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "pipelines", "train", "--bundle", str(bundle_copy), "--manifest", str(manifest),
+        "--max-epochs", "1", "--val-interval", "1", "--device", "cpu",
+    ]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in (bundle_copy / "models").glob("*.pt")) == ["last_checkpoint_epoch=1.pt", "model.pt"]
+    state = torch.load(bundle_copy / "models" / "model.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in state), "the DDP wrapper must not leak into saved weights"
