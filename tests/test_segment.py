@@ -200,3 +200,57 @@ def test_ct_bundle_on_shared_scans_writes_labels_on_the_input_grid(
     assert labels.shape == volume.shape
     np.testing.assert_allclose(labels.affine, volume.affine, atol=1e-4)
     assert set(np.unique(np.asarray(labels.dataobj))) <= set(range(6))
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_all_outputs_for_the_shared_dicom_series(
+    tmp_path: Path, shared_data: Path, unet_bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """labels, DICOM-SEG, stats and preview from one DICOM run; stats.csv agrees with the label map."""
+    import csv
+
+    import pydicom
+
+    code = main(["segment", str(shared_data / "ct_dicom_series" / "dicom"), "--bundle", str(unet_bundle),
+                 "--output", str(tmp_path / "out"), "--outputs", "labels,dicom-seg,stats,preview"])
+    assert code == 0
+    case = tmp_path / "out" / "dicom"
+    assert sorted(p.name for p in case.iterdir()) == [
+        "labels.nii.gz", "preview.png", "run.json", "seg.dcm", "stats.csv", "stats.json"]
+    labels = np.asarray(nib.load(case / "labels.nii.gz").dataobj)
+    rows = list(csv.DictReader((case / "stats.csv").open()))
+    assert rows, "random weights still label something"
+    for row in rows:
+        assert int(row["voxels"]) == int(np.sum(labels == int(row["label"])))
+        expected_ml = int(row["voxels"]) * 0.9765625 * 0.9765625 * 2.0 / 1000
+        assert float(row["volume_ml"]) == pytest.approx(expected_ml, rel=1e-6)
+    seg = pydicom.dcmread(case / "seg.dcm")
+    assert seg.Modality == "SEG" and len(seg.SegmentSequence) == len(rows)
+    run = json.loads((case / "run.json").read_text())
+    assert run["options"]["outputs"] == ["labels", "dicom-seg", "stats", "preview"]
+    assert run["input"]["format"] == "dicom"
+    table = capsys.readouterr().out
+    assert "structure" in table and "volume mL" in table  # the per-structure table printed when done
+
+
+@pytest.mark.slow
+def test_plain_monai_bundle_run_with_the_ct_bundle(tmp_path: Path, unet_bundle: Path) -> None:
+    """The bundle also runs without medseg's runner: `python -m monai.bundle run` with overrides."""
+    import subprocess
+    import sys
+
+    image, affine, _ = cube_scan("LPS")
+    path = write_nifti(tmp_path / "scan.nii.gz", image, affine)
+    command = [
+        sys.executable, "-m", "monai.bundle", "run",
+        "--config_file", str(unet_bundle / "configs" / "inference.json"),
+        "--bundle_root", str(unet_bundle),
+        "--datalist", f"['{path}']",
+        "--output_dir", str(tmp_path / "eval"),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    saved = nib.load(tmp_path / "eval" / "scan_seg.nii.gz")
+    assert saved.shape == image.shape
+    np.testing.assert_allclose(saved.affine, affine, atol=1e-4)
