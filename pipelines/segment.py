@@ -187,12 +187,17 @@ class Segmenter:
         path = Path(path)
         case_id = case_id or case_id_from_path(path)
         _check_case_id(case_id)
-        outputs = self._outputs_for(path)
+        outputs = self.outputs_for(path)
         prepared = self.prepare(path)
         labels = self.predict(prepared)
         return self.write(prepared, labels, output_dir, case_id, outputs)
 
-    def _outputs_for(self, path: Path) -> tuple[str, ...]:
+    def outputs_for(self, path: Path) -> tuple[str, ...]:
+        """The outputs to write for one input: the options' list (``labels`` first) or the defaults.
+
+        Raises:
+            ValueError: ``dicom-seg`` asked for an input that is a file, not a DICOM series.
+        """
         if self.options.outputs is not None:
             outputs = tuple(dict.fromkeys(("labels", *self.options.outputs)))
             if "dicom-seg" in outputs and not path.is_dir():

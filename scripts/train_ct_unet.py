@@ -37,7 +37,8 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from pipelines.demo import make_ct_dataset
+    from pipelines.demo import make_ct_dataset, relocated
+    from pipelines.manifests import write_manifest
     from pipelines.train import TrainOptions, evaluate, train
 
     start = time.perf_counter()
@@ -45,6 +46,10 @@ def main() -> int:
         args.data_dir, args.bundle, counts={"training": args.train, "validation": args.val, "test": args.test}
     )
     print(f"data: {manifest} ({time.perf_counter() - start:.0f} s)")
+    example = REPO / "data_manifests" / "ct_phantoms.json"
+    if args.data_dir.resolve() == (REPO / "data" / "phantoms" / "ct").resolve():
+        # The example manifest in data_manifests/ points at the same files, relative to itself.
+        write_manifest(relocated(manifest, example.parent), example)
     if args.stage in ("all", "train"):
         t0 = time.perf_counter()
         result = train(

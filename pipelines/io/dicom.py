@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
-import SimpleITK as sitk
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +53,8 @@ def find_dicom_series(folder: str | Path) -> list[DicomSeries]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
+    import SimpleITK as sitk
+
     reader = sitk.ImageSeriesReader()
     uids = reader.GetGDCMSeriesIDs(str(folder))
     series = []

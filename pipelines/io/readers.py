@@ -1,4 +1,8 @@
-"""Read NIfTI, NRRD, MHA/MHD and DICOM series into a :class:`Volume` with exact geometry."""
+"""Read NIfTI, NRRD, MHA/MHD and DICOM series into a :class:`Volume` with exact geometry.
+
+NIfTI goes through nibabel; everything else through SimpleITK, imported only when such a file is
+read (it is large and NIfTI-only runs, the common case, never need it).
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,18 @@ import logging
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 import torch
 from monai.data import MetaTensor
 from monai.utils import MetaKeys, SpaceKeys
 
 from pipelines.io.dicom import find_dicom_series, select_series
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +140,8 @@ def _read_nifti(path: Path) -> Volume:
 
 
 def _sitk_to_volume(image: sitk.Image, path: Path, fmt: str, **extra: object) -> Volume:
+    import SimpleITK as sitk
+
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         size = tuple(image.GetSize())
         comps = image.GetNumberOfComponentsPerPixel()
@@ -149,6 +158,8 @@ def _sitk_to_volume(image: sitk.Image, path: Path, fmt: str, **extra: object) ->
 
 
 def _read_itk(path: Path) -> Volume:
+    import SimpleITK as sitk
+
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as err:
@@ -158,6 +169,8 @@ def _read_itk(path: Path) -> Volume:
 
 
 def _read_dicom(folder: Path, series_uid: str | None) -> Volume:
+    import SimpleITK as sitk
+
     series = select_series(find_dicom_series(folder), folder, series_uid)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(f) for f in series.files])

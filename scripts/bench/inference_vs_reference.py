@@ -1,0 +1,213 @@
+#!/usr/bin/env python
+"""End-to-end inference benchmark: medseg segment against the Model Zoo style reference pipeline.
+
+Both pipelines run the same network and weights (the CT U-Net bundle's ``models/model.pt``) on
+the same inputs, each run in a fresh process, alternating reference and ours. Reported per input:
+median seconds per stage and in total, median peak RSS, the network's achieved GFLOP/s against
+this machine's measured fp32 and bf16 matrix-multiply peaks, and Dice per label between our label
+map and the reference's own argmax map.
+
+    python scripts/bench/inference_vs_reference.py                  # all inputs, 3 runs each
+    python scripts/bench/inference_vs_reference.py --runs 5 --inputs phantom_nifti shared_ct
+
+Inputs: ``phantom_nifti`` / ``phantom_dicom`` (a generated 512x512x200 CT at 0.8x0.8x2 mm, as NIfTI
+and as a DICOM series) and ``shared_ct`` (``../shared/data/ct_abdomen_3mm``). Results are written
+as JSON (``--json``, default ``bench_out/inference_vs_reference.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).resolve().parent / "worker.py"
+STAGES = ("load", "preprocess", "infer", "postprocess", "save", "total")
+
+
+def matmul_peak_gflops(dtype_name: str, size: int = 2048, repeats: int = 5) -> float:
+    """Best-of-N GFLOP/s of a square matrix product on the CPU (or the GPU when ``device`` is cuda)."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    device = "cuda" if os.environ.get("BENCH_DEVICE", "cpu").startswith("cuda") else "cpu"
+    if device == "cuda":
+        size = 8192
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * size**3 / best / 1e9
+
+
+def network_gflop_per_window(bundle: Path) -> float:
+    """FLOPs of one forward pass of the bundle's network on one 96³ window, in GFLOP."""
+    import torch
+    from monai.bundle import ConfigParser
+    from torch.utils.flop_counter import FlopCounterMode
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    net = parser.get_parsed_content("network_def").eval()
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        net(torch.zeros(1, 1, 96, 96, 96))
+    return counter.get_total_flops() / 1e9
+
+
+def make_inputs(work: Path, names: list[str], shared: Path) -> dict[str, Path]:
+    from pipelines import phantoms
+
+    inputs: dict[str, Path] = {}
+    big = None
+    if {"phantom_nifti", "phantom_dicom"} & set(names):
+        nifti = work / "phantom512" / "image.nii.gz"
+        dicom = work / "phantom512_dicom"
+        if not nifti.is_file() or ("phantom_dicom" in names and not dicom.is_dir()):
+            big = phantoms.make_ct_phantom(95_000, shape=(512, 512, 200), spacing_mm=(0.8, 0.8, 2.0), orientation="LPS")
+            phantoms.write_nifti(big, nifti.parent)
+            if "phantom_dicom" in names:
+                phantoms.write_dicom_series(big, dicom, overwrite=True)
+        if "phantom_nifti" in names:
+            inputs["phantom_nifti"] = nifti
+        if "phantom_dicom" in names:
+            inputs["phantom_dicom"] = dicom
+    if "shared_ct" in names:
+        path = shared / "ct_abdomen_3mm" / "image.nii.gz"
+        if path.is_file():
+            inputs["shared_ct"] = path
+        else:
+            print(f"skipping shared_ct: {path} not found", file=sys.stderr)
+    return inputs
+
+
+def run_worker(pipeline: str, source: Path, bundle: Path, out: Path, device: str, threads: int | None) -> dict:
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    command = [sys.executable, str(WORKER), "--pipeline", pipeline, "--input", str(source),
+               "--bundle", str(bundle), "--output", str(out), "--device", device]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
+    if done.returncode != 0:
+        raise RuntimeError(f"{pipeline} on {source} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def dice_per_label(ours: Path, reference: Path) -> dict[str, float]:
+    import nibabel as nib
+    import numpy as np
+
+    a = np.asarray(nib.load(ours).dataobj).astype(np.int32)
+    b = np.rint(np.asarray(nib.load(reference).dataobj)).astype(np.int32)
+    if a.shape != b.shape:
+        raise ValueError(f"label maps differ in shape: ours {a.shape}, reference {b.shape}")
+    result = {}
+    for label in sorted(set(np.unique(a)) | set(np.unique(b))):
+        if label == 0:
+            continue
+        x, y = a == label, b == label
+        denom = x.sum() + y.sum()
+        result[str(label)] = float(2 * np.logical_and(x, y).sum() / denom) if denom else 1.0
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=REPO / "bundles" / "ct_abdomen_unet")
+    parser.add_argument("--inputs", nargs="+", default=["phantom_nifti", "phantom_dicom", "shared_ct"])
+    parser.add_argument("--runs", type=int, default=3, help="runs per pipeline and input (median reported)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the workers")
+    parser.add_argument("--work", type=Path, default=REPO / "bench_out")
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    os.environ["BENCH_DEVICE"] = args.device
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    import torch
+
+    machine = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None,
+        "peak_gflops": {"fp32": matmul_peak_gflops("fp32"), "bf16": matmul_peak_gflops("bf16")},
+        "torch": torch.__version__,
+    }
+    gflop_window = network_gflop_per_window(args.bundle)
+    inputs = make_inputs(args.work / "inputs", args.inputs, args.shared)
+    report: dict = {"machine": machine, "gflop_per_window": gflop_window, "runs": args.runs, "inputs": {}}
+    for name, source in inputs.items():
+        runs: dict[str, list[dict]] = {"reference": [], "ours": []}
+        for i in range(args.runs):
+            for pipeline in ("reference", "ours"):
+                out = args.work / "runs" / name / f"{pipeline}{i}"
+                import shutil
+
+                shutil.rmtree(out, ignore_errors=True)
+                record = run_worker(pipeline, source, args.bundle, out, args.device, args.threads)
+                runs[pipeline].append(record)
+                print(f"{name} {pipeline} run {i + 1}: {record['seconds']['total']:.1f} s, "
+                      f"{record['peak_rss_mb']:.0f} MB", file=sys.stderr)
+        summary = {}
+        for pipeline, records in runs.items():
+            seconds = {s: statistics.median(r["seconds"][s] for r in records) for s in STAGES}
+            windows = records[0]["windows"]
+            summary[pipeline] = {
+                "seconds": seconds,
+                "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in records),
+                "precision": records[0]["precision"],
+                "windows": windows,
+                "network_gflops": windows * gflop_window / seconds["infer"],
+            }
+        dice = dice_per_label(Path(runs["ours"][-1]["labels"]), Path(runs["reference"][-1]["labels"]))
+        report["inputs"][name] = {
+            "path": str(source),
+            **summary,
+            "speedup_total": summary["reference"]["seconds"]["total"] / summary["ours"]["seconds"]["total"],
+            "rss_ratio": summary["ours"]["peak_rss_mb"] / summary["reference"]["peak_rss_mb"],
+            "dice_agreement": dice,
+            "min_dice_agreement": min(dice.values()) if dice else 1.0,
+        }
+    print_table(report)
+    target = args.json or args.work / "inference_vs_reference.json"
+    target.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {target}")
+    return 0
+
+
+def print_table(report: dict) -> None:
+    peak = report["machine"]["peak_gflops"]
+    print(f"machine: {report['machine']['processor']}, {report['machine']['cpu_count']} cores, "
+          f"device {report['machine']['device']}; matmul peak fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
+    print(f"network: {report['gflop_per_window']:.1f} GFLOP per 96^3 window; medians of {report['runs']} runs\n")
+    header = f"{'input':<14} {'pipeline':<10} " + " ".join(f"{s:>11}" for s in STAGES) + f" {'peak MB':>8} {'win':>4} {'GFLOP/s':>8}"
+    print(header)
+    for name, entry in report["inputs"].items():
+        for pipeline in ("reference", "ours"):
+            e = entry[pipeline]
+            stages = " ".join(f"{e['seconds'][s]:>11.2f}" for s in STAGES)
+            print(f"{name:<14} {pipeline:<10} {stages} {e['peak_rss_mb']:>8.0f} {e['windows']:>4} {e['network_gflops']:>8.0f}")
+        print(f"{'':<14} speed-up {entry['speedup_total']:.2f}x, peak RSS ratio {entry['rss_ratio']:.2f}, "
+              f"min Dice agreement {entry['min_dice_agreement']:.4f} ({entry['dice_agreement']})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

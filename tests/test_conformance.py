@@ -1,0 +1,294 @@
+"""Bundle conformance: every shipped bundle passes; broken copies give messages naming bundle, file and key."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from pipelines.conformance import (
+    QUICK_CHECKS,
+    add_bundle_parser,
+    bundle_info,
+    check_bundle,
+    default_bundles_folder,
+    list_bundles,
+    run_checks,
+)
+from tests.conftest import BUNDLES
+
+SHIPPED = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs").is_dir())
+SLOW_CHECKS = ("net_in_out", "export", "run")
+
+
+def cli(argv: list[str]) -> int:
+    """Run ``medseg bundle ...`` through the subcommands as added to the medseg parser."""
+    parser = argparse.ArgumentParser(prog="medseg")
+    add_bundle_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+def small_bundle(tmp_path: Path, name: str = "mri_brain_tumor") -> Path:
+    """A copy of a shipped bundle without weights, in ``tmp_path/<name>``."""
+    target = tmp_path / name
+    shutil.copytree(BUNDLES / name, target, ignore=shutil.ignore_patterns("models", "eval", "*.ts"))
+    return target
+
+
+def edit_json(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data, indent=1))
+
+
+# -- the shipped bundles ------------------------------------------------------------------------
+
+
+def test_every_bundle_folder_is_checked() -> None:
+    assert {"ct_abdomen_unet", "ct_multiorgan_unetr", "mri_brain_tumor"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_bundle_files_metadata_and_config_ids(name: str) -> None:
+    assert check_bundle(BUNDLES / name, checks=QUICK_CHECKS) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_bundle_network_export_and_plain_monai_run(name: str) -> None:
+    result = run_checks(BUNDLES / name, checks=SLOW_CHECKS, device="cpu")
+    assert result.problems == []
+    assert set(result.seconds) == set(SLOW_CHECKS)
+    if not (BUNDLES / name / "models" / "model.pt").is_file():
+        assert any("randomly initialised weights" in note for note in result.notes)
+
+
+# -- broken copies ------------------------------------------------------------------------------
+
+
+def _drop(*keys: str) -> Callable[[dict[str, Any]], None]:
+    def change(data: dict[str, Any]) -> None:
+        node = data
+        for key in keys[:-1]:
+            node = node[key]
+        del node[keys[-1]]
+
+    return change
+
+
+def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def change(data: dict[str, Any]) -> None:
+        data[key] = value
+
+    return change
+
+
+BROKEN: dict[str, tuple[str, Callable[[dict[str, Any]], None], str]] = {
+    "no numpy_version": ("metadata.json", _drop("numpy_version"), "configs/metadata.json: missing key 'numpy_version'"),
+    "no inferer": ("inference.json", _drop("inferer"), "configs/inference.json: missing key 'inferer'"),
+    "changelog behind version": (
+        "metadata.json", _set("version", "0.2.0"),
+        "configs/metadata.json: key 'changelog': no entry for the current version '0.2.0'",
+    ),
+    "no modality": (
+        "metadata.json", _drop("network_data_format", "inputs", "image", "modality"),
+        "configs/metadata.json: missing key 'network_data_format#inputs#image#modality'",
+    ),
+    "channel_def disagrees": (
+        "metadata.json",
+        lambda d: d["network_data_format"]["outputs"]["pred"].update(num_channels=3),
+        "configs/metadata.json: key 'network_data_format#outputs#pred#channel_def': names 2 channel(s), "
+        "num_channels is 3",
+    ),
+    "no copyright": ("metadata.json", _drop("copyright"), "configs/metadata.json: missing key 'copyright'"),
+    "no dataset": (
+        "inference.json", _drop("dataset"), "configs/inference.json: missing key 'dataset' (MONAI InferProperties",
+    ),
+    "no trainer": (
+        "train.json", _drop("train", "trainer"), "configs/train.json: missing key 'train#trainer' (MONAI TrainProperties",
+    ),
+    "no max_epochs in trainer": (
+        "train.json", _drop("train", "trainer", "max_epochs"),
+        "configs/train.json: missing key 'train#trainer#max_epochs'",
+    ),
+    "fixed max_epochs": (
+        "train.json", lambda d: d["train"]["trainer"].update(max_epochs=3),
+        "configs/train.json: key 'train#trainer#max_epochs': expected '@max_epochs'",
+    ),
+    "no val_interval": ("train.json", _drop("val_interval"), "configs/train.json: missing key 'val_interval'"),
+    "no validate handlers": (
+        "evaluate.json", _drop("validate#handlers"),
+        "configs/evaluate.json: missing key 'validate#handlers'",
+    ),
+    "no Invertd": (
+        "inference.json", lambda d: d["postprocessing"]["transforms"].pop(4),
+        "configs/inference.json: key 'postprocessing': no Invertd",
+    ),
+    "no LoadImaged": (
+        "inference.json", lambda d: d["preprocessing"]["transforms"].pop(0),
+        "configs/inference.json: key 'preprocessing#transforms#0': expected LoadImaged first",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_bundle_messages_name_bundle_file_and_key(tmp_path: Path, case: str) -> None:
+    config, change, message = BROKEN[case]
+    bundle = small_bundle(tmp_path)
+    edit_json(bundle / "configs" / config, change)
+    problems = check_bundle(bundle, checks=QUICK_CHECKS)
+    assert any(p.startswith(f"{bundle}: ") and message in p for p in problems), problems
+
+
+def test_messages_name_the_bundle_as_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bundle = small_bundle(tmp_path, "mri_brain_tumor")
+    edit_json(bundle / "configs" / "metadata.json", _drop("numpy_version"))
+    monkeypatch.chdir(tmp_path)
+    assert check_bundle("mri_brain_tumor", checks=QUICK_CHECKS) == [
+        "mri_brain_tumor: configs/metadata.json: missing key 'numpy_version'"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("remove", "message"),
+    [
+        ("docs/README.md", "docs/README.md: missing file (Model Zoo layout)"),
+        ("configs/logging.conf", "configs/logging.conf: missing file"),
+        ("configs/train.json", "configs/evaluate.json: is layered over configs/train.json, which is missing"),
+    ],
+)
+def test_missing_files(tmp_path: Path, remove: str, message: str) -> None:
+    bundle = small_bundle(tmp_path)
+    (bundle / remove).unlink()
+    assert f"{bundle}: {message}" in check_bundle(bundle, checks=QUICK_CHECKS)
+
+
+def test_invalid_json_names_line_and_column(tmp_path: Path) -> None:
+    bundle = small_bundle(tmp_path)
+    (bundle / "configs" / "inference.json").write_text('{\n  "device": "cpu",\n  oops\n}')
+    problems = check_bundle(bundle, checks=QUICK_CHECKS)
+    assert any(p.startswith(f"{bundle}: configs/inference.json: not valid JSON: line 3") for p in problems), problems
+
+
+def test_slow_checks_are_skipped_with_a_note_when_the_bundle_is_unusable(tmp_path: Path) -> None:
+    bundle = small_bundle(tmp_path)
+    edit_json(bundle / "configs" / "inference.json", _drop("network_def"))
+    result = run_checks(bundle, checks=("net_in_out", "export", "run"))
+    assert result.problems == []
+    assert result.notes == [f"{c} check skipped: configs/inference.json has no 'network_def'" for c in SLOW_CHECKS]
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nowhere: bundle folder does not exist"):
+        check_bundle(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match=r"checks \['speed'\]: expected some of layout"):
+        check_bundle(BUNDLES / "mri_brain_tumor", checks=["speed"])
+
+
+def test_export_uses_a_nested_checkpoint_and_reports_weights_that_do_not_fit(tmp_path: Path) -> None:
+    from monai.bundle import ConfigParser
+
+    bundle = small_bundle(tmp_path)
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    network = parser.get_parsed_content("network_def")
+    (bundle / "models").mkdir()
+    torch.save({"model": network.state_dict(), "epoch": 3}, bundle / "models" / "model.pt")
+    result = run_checks(bundle, checks=["export"])
+    assert result.problems == [] and result.notes == []
+
+    parser["num_classes"] = 3
+    torch.save(parser.get_parsed_content("network_def", lazy=False).state_dict(), bundle / "models" / "model.pt")
+    problems = check_bundle(bundle, checks=["export"])
+    assert len(problems) == 1 and problems[0].startswith(f"{bundle}: models/model.pt: weights do not fit 'network_def'")
+
+
+def test_net_in_out_catches_metadata_that_disagrees_with_the_network(tmp_path: Path) -> None:
+    bundle = small_bundle(tmp_path)
+    edit_json(bundle / "configs" / "inference.json", lambda d: d.update(num_classes=3))
+    problems = check_bundle(bundle, checks=["net_in_out"])
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{bundle}: configs/inference.json: verify_net_in_out")
+    assert "output channel number `3` doesn't match: `2`" in problems[0]
+
+
+@pytest.mark.slow
+def test_run_check_catches_a_label_map_off_the_input_grid(tmp_path: Path) -> None:
+    bundle = small_bundle(tmp_path)
+    edit_json(bundle / "configs" / "inference.json", lambda d: d["postprocessing"]["transforms"].pop(4))  # Invertd
+    problems = check_bundle(bundle, checks=["run"])
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{bundle}: configs/inference.json: `python -m monai.bundle run")
+    assert "the postprocessing must invert the preprocessing" in problems[0]
+
+
+# -- info, list and the command line ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("ct_multiorgan_unetr", {"modality": "CT", "network": "UNETR", "pixdim": [1.5, 1.5, 2.0],
+                                 "roi_size": [96, 96, 96], "num_channels": 1}),
+        ("mri_brain_tumor", {"modality": "MR", "network": "SegResNet", "pixdim": [1.25, 1.25, 3.0],
+                             "roi_size": [96, 96, 32], "num_channels": 1, "labels": {0: "background", 1: "tumor"}}),
+        ("ct_abdomen_unet", {"modality": "CT", "network": "UNet", "pixdim": [1.5, 1.5, 2.0]}),
+    ],
+)
+def test_bundle_info(name: str, expected: dict[str, Any]) -> None:
+    info = bundle_info(BUNDLES / name)
+    assert {k: info[k] for k in expected} == expected
+    assert info["version"] and info["name"] and "inference" in info["configs"]
+
+
+def test_unetr_labels_are_the_13_btcv_organs() -> None:
+    from pipelines.phantoms import CT_STRUCTURES
+
+    labels = bundle_info(BUNDLES / "ct_multiorgan_unetr")["labels"]
+    assert labels == {0: "background", **{i: n for n, i in CT_STRUCTURES.items() if n != "liver_tumor"}}
+
+
+def test_list_bundles(tmp_path: Path) -> None:
+    assert default_bundles_folder() == BUNDLES
+    assert [Path(i["path"]).name for i in list_bundles(BUNDLES)] == [
+        n for n in SHIPPED if (BUNDLES / n / "configs" / "inference.json").is_file()
+    ]
+    small_bundle(tmp_path)
+    (tmp_path / "broken" / "configs").mkdir(parents=True)
+    (tmp_path / "broken" / "configs" / "inference.json").write_text("{}")
+    (tmp_path / "broken" / "configs" / "metadata.json").write_text("{not json")
+    (tmp_path / "not_a_bundle").mkdir()
+    infos = list_bundles(tmp_path)
+    assert [Path(i["path"]).name for i in infos] == ["broken", "mri_brain_tumor"]
+    assert "not valid JSON" in infos[0]["error"]
+    with pytest.raises(FileNotFoundError, match="nowhere: bundles folder does not exist"):
+        list_bundles(tmp_path / "nowhere")
+
+
+def test_cli_check_prints_problems_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bundle = small_bundle(tmp_path)
+    assert cli(["bundle", "check", "--quick", str(bundle)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"{bundle}: OK (layout, metadata, configs; ")
+    edit_json(bundle / "configs" / "metadata.json", _drop("numpy_version"))
+    assert cli(["bundle", "check", "--quick", str(bundle)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"{bundle}: configs/metadata.json: missing key 'numpy_version'", f"{bundle}: 1 problem(s)"]
+
+
+def test_cli_list_and_info(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(["bundle", "list", str(BUNDLES)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["folder", "name", "version", "modality", "labels", "network", "weights"]
+    assert any(line.startswith("ct_multiorgan_unetr") and " 13 " in line and "UNETR" in line for line in table)
+    assert cli(["bundle", "info", str(BUNDLES / "mri_brain_tumor")]) == 0
+    text = capsys.readouterr().out
+    assert "MRI brain tumour SegResNet" in text and "1 tumor" in text and "[1.25, 1.25, 3.0] mm" in text
+    assert cli(["bundle", "info", "--json", str(BUNDLES / "mri_brain_tumor")]) == 0
+    assert json.loads(capsys.readouterr().out)["roi_size"] == [96, 96, 32]
