@@ -1134,7 +1134,8 @@ def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=(
             "Segment every case of a manifest split into OUTPUT/<case_id>/, recording each case in "
             "OUTPUT/ledger.jsonl and writing OUTPUT/report.html. Scale out with "
-            "`torchrun --nproc_per_node N -m pipelines batch ...`."
+            "`torchrun --nproc_per_node N -m pipelines batch ...` (several nodes: OUTPUT and the "
+            "inputs must be on a filesystem every node sees)."
         ),
     )
     p.add_argument("manifest", type=Path, help="data manifest (JSON, Decathlon dataset.json style)")
