@@ -6,11 +6,14 @@ Post-processing of integer label maps (after argmax and a cast to uint8 / uint16
 
 - :class:`RemoveSmallIslands` / :class:`RemoveSmallIslandsd`: drop components below a size in mm³;
 - :class:`KeepLargestComponent` / :class:`KeepLargestComponentd`: one piece per listed label;
-- :class:`FillHoles` / :class:`FillHolesd`: fill enclosed background holes of labels.
+- :class:`FillHoles` / :class:`FillHolesd`: fill enclosed background holes of labels;
+- :class:`ResampleLabelsToGrid` / :class:`ResampleLabelsToOriginald`: back to the input's grid,
+  nearest neighbour, without the float copies and dense grids ``Invertd`` builds.
 """
 
 from __future__ import annotations
 
+from pipelines.transforms.grid import ResampleLabelsToGrid, ResampleLabelsToOriginald
 from pipelines.transforms.holes import FillHoles, FillHolesd
 from pipelines.transforms.islands import (
     KeepLargestComponent,
@@ -27,5 +30,7 @@ __all__ = [
     "KeepLargestComponentd",
     "RemoveSmallIslands",
     "RemoveSmallIslandsd",
+    "ResampleLabelsToGrid",
+    "ResampleLabelsToOriginald",
     "spacing_from_affine",
 ]
