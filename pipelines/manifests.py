@@ -38,7 +38,6 @@ from typing import Any
 import jsonschema
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 
 from pipelines import keys
 from pipelines.io import atomic_path, find_dicom_series, read_volume, select_series
@@ -473,6 +472,8 @@ def _dicom_grid(folder: Path) -> _Grid:
     pixel decoding): i runs along the first ImageOrientationPatient vector, j along the second,
     k across the slices in their sorted order.
     """
+    import SimpleITK as sitk  # imported here: NIfTI-only manifests never need it
+
     files = select_series(find_dicom_series(folder), folder).files
 
     def header(name: Path) -> sitk.ImageFileReader:
@@ -501,6 +502,8 @@ def _image_grid(path: Path) -> _Grid:
         if len(shape) < 3:
             raise ValueError(f"expected a 3D image, got shape {shape}")
         return _Grid(shape[:3], np.asarray(image.affine, dtype=np.float64))
+    import SimpleITK as sitk
+
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
