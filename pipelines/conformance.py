@@ -115,6 +115,9 @@ _TRAIN_EXTRA: dict[str, str] = {
     "lr_scheduler": "medseg train --resume restores it",
     "run": "the default run id of `python -m monai.bundle run`",
 }
+_GRID_RESTORERS: tuple[str, ...] = ("Invertd", "ResampleLabelsToOriginald")
+"""Postprocessing transforms that return the prediction to the input's grid (MONAI's, ours)."""
+
 _EVALUATE_IDS: dict[str, str] = {
     "validate#evaluator": "the engine medseg evaluate runs",
     "validate#dataset": "the evaluation cases",
@@ -337,9 +340,10 @@ def _check_configs(root: Path, label: str) -> list[str]:
         post = _transform_list(parser, "postprocessing")
         if post is not None:
             names = [_target_name(t) for t in post]
-            if "Invertd" not in names:
+            if not any(n in _GRID_RESTORERS for n in names):
                 problems.append(
-                    f"{where}: key 'postprocessing': no Invertd; the label map must go back to the input's grid"
+                    f"{where}: key 'postprocessing': no Invertd (or {', '.join(_GRID_RESTORERS[1:])}); "
+                    "the label map must go back to the input's grid"
                 )
             if "SaveImaged" not in names:
                 problems.append(

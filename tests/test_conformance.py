@@ -112,7 +112,8 @@ BROKEN: dict[str, tuple[str, Callable[[dict[str, Any]], None], str]] = {
         "inference.json", _drop("dataset"), "configs/inference.json: missing key 'dataset' (MONAI InferProperties",
     ),
     "no trainer": (
-        "train.json", _drop("train", "trainer"), "configs/train.json: missing key 'train#trainer' (MONAI TrainProperties",
+        "train.json", _drop("train", "trainer"),
+        "configs/train.json: missing key 'train#trainer' (MONAI TrainProperties",
     ),
     "no max_epochs in trainer": (
         "train.json", _drop("train", "trainer", "max_epochs"),
@@ -123,9 +124,10 @@ BROKEN: dict[str, tuple[str, Callable[[dict[str, Any]], None], str]] = {
         "configs/train.json: key 'train#trainer#max_epochs': expected '@max_epochs'",
     ),
     "no val_interval": ("train.json", _drop("val_interval"), "configs/train.json: missing key 'val_interval'"),
-    "no validate handlers": (
-        "evaluate.json", _drop("validate#handlers"),
-        "configs/evaluate.json: missing key 'validate#handlers'",
+    "no eval_split": (
+        "evaluate.json", _drop("eval_split"),
+        "configs/evaluate.json: missing key 'eval_split' (medseg evaluate sets the manifest split) "
+        "(evaluate.json is layered over train.json)",
     ),
     "no Invertd": (
         "inference.json", lambda d: d["postprocessing"]["transforms"].pop(4),
@@ -160,7 +162,7 @@ def test_messages_name_the_bundle_as_given(tmp_path: Path, monkeypatch: pytest.M
     ("remove", "message"),
     [
         ("docs/README.md", "docs/README.md: missing file (Model Zoo layout)"),
-        ("configs/logging.conf", "configs/logging.conf: missing file"),
+        ("configs/logging.conf", "configs/logging.conf: missing file (Model Zoo layout)"),
         ("configs/train.json", "configs/evaluate.json: is layered over configs/train.json, which is missing"),
     ],
 )
@@ -292,3 +294,23 @@ def test_cli_list_and_info(capsys: pytest.CaptureFixture[str]) -> None:
     assert "MRI brain tumour SegResNet" in text and "1 tumor" in text and "[1.25, 1.25, 3.0] mm" in text
     assert cli(["bundle", "info", "--json", str(BUNDLES / "mri_brain_tumor")]) == 0
     assert json.loads(capsys.readouterr().out)["roi_size"] == [96, 96, 32]
+
+
+@pytest.mark.slow
+def test_a_four_channel_mri_bundle_passes_every_check(tmp_path: Path) -> None:
+    """num_channels set to 4 in the three places the bundle docs name: the checks feed 4-channel data."""
+    from pipelines.phantoms import MR_CONTRASTS
+
+    bundle = small_bundle(tmp_path)
+    for config in ("inference.json", "train.json"):
+        edit_json(bundle / "configs" / config, _set("num_channels", 4))
+
+    def four_inputs(meta: dict[str, Any]) -> None:
+        meta["network_data_format"]["inputs"]["image"].update(
+            num_channels=4, channel_def={str(i): c for i, c in enumerate(MR_CONTRASTS)}
+        )
+
+    edit_json(bundle / "configs" / "metadata.json", four_inputs)
+    result = run_checks(bundle)
+    assert result.problems == []
+    assert bundle_info(bundle)["num_channels"] == 4

@@ -1,0 +1,355 @@
+"""The bundles end to end: a Model Zoo style bundle, the UNETR and the MRI bundle through `medseg segment`,
+their training and evaluation configs, and the phantom datasets they train on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from pipelines.bundle import load_bundle, parse_config
+from pipelines.cli import main
+from tests.conftest import BUNDLES, copy_bundle_with_random_weights, write_nifti
+
+# A two-class, spleen-style bundle written only with MONAI components and Model Zoo key names.
+SPLEEN_STYLE_INFERENCE = {
+    "imports": ["$import glob", "$import os", "$import torch"],
+    "bundle_root": ".",
+    "output_dir": "$@bundle_root + '/eval'",
+    "dataset_dir": "/workspace/data/Task09_Spleen",
+    "datalist": "$list(sorted(glob.glob(@dataset_dir + '/imagesTs/*.nii.gz')))",
+    "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+    "network_def": {
+        "_target_": "UNet",
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 2,
+        "channels": [4, 8, 16],
+        "strides": [2, 2],
+        "num_res_units": 1,
+        "norm": "batch",
+    },
+    "network": "$@network_def.to(@device)",
+    "preprocessing": {
+        "_target_": "Compose",
+        "transforms": [
+            {"_target_": "LoadImaged", "keys": "image"},
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+            {"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0], "mode": "bilinear"},
+            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -57, "a_max": 164, "b_min": 0, "b_max": 1,
+             "clip": True},
+            {"_target_": "EnsureTyped", "keys": "image"},
+        ],
+    },
+    "dataset": {
+        "_target_": "Dataset",
+        "data": "$[{'image': i} for i in @datalist]",
+        "transform": "@preprocessing",
+    },
+    "dataloader": {
+        "_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False, "num_workers": 0,
+    },
+    "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [32, 32, 32], "sw_batch_size": 4, "overlap": 0.5},
+    "postprocessing": {
+        "_target_": "Compose",
+        "transforms": [
+            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+             "meta_key_postfix": "meta_dict", "nearest_interp": False, "to_tensor": True},
+            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+            {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
+             "separate_folder": False, "resample": False},
+        ],
+    },
+    "handlers": [
+        {"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/model.pt'",
+         "load_dict": {"model": "@network"}},
+        {"_target_": "StatsHandler", "iteration_log": False},
+    ],
+    "evaluator": {
+        "_target_": "SupervisedEvaluator",
+        "device": "@device",
+        "val_data_loader": "@dataloader",
+        "network": "@network",
+        "inferer": "@inferer",
+        "postprocessing": "@postprocessing",
+        "val_handlers": "@handlers",
+        "amp": True,
+    },
+    "initialize": ["$monai.utils.set_determinism(seed=0)"],
+    "run": ["$@evaluator.run()"],
+}
+
+SPLEEN_STYLE_METADATA = {
+    "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json",
+    "version": "0.5.2",
+    "changelog": {"0.5.2": "smaller network for tests", "0.5.1": "first version"},
+    "monai_version": "1.6.1",
+    "pytorch_version": "2.13.0",
+    "numpy_version": "2.4.6",
+    "required_packages_version": {"nibabel": "5.4.2"},
+    "name": "Spleen CT segmentation (test)",
+    "task": "Decathlon spleen segmentation",
+    "description": "A pre-trained model for volumetric (3D) segmentation of the spleen from CT image",
+    "authors": "test",
+    "copyright": "Copyright (c) test",
+    "network_data_format": {
+        "inputs": {"image": {
+            "type": "image", "format": "hounsfield", "modality": "CT", "num_channels": 1,
+            "spatial_shape": [32, 32, 32], "dtype": "float32", "value_range": [0, 1], "is_patch_data": True,
+            "channel_def": {"0": "image"},
+        }},
+        "outputs": {"pred": {
+            "type": "image", "format": "segmentation", "num_channels": 2, "spatial_shape": [32, 32, 32],
+            "dtype": "float32", "value_range": [0, 1], "is_patch_data": True,
+            "channel_def": {"0": "background", "1": "spleen"},
+        }},
+    },
+}
+
+
+@pytest.fixture()
+def spleen_style_bundle(tmp_path: Path) -> Path:
+    root = tmp_path / "spleen_ct_segmentation"
+    (root / "configs").mkdir(parents=True)
+    (root / "models").mkdir()
+    (root / "configs" / "inference.json").write_text(json.dumps(SPLEEN_STYLE_INFERENCE, indent=1))
+    (root / "configs" / "metadata.json").write_text(json.dumps(SPLEEN_STYLE_METADATA, indent=1))
+    torch.manual_seed(10)  # a seed whose random network labels both classes widely on abdomen_scan
+    parser = parse_config(load_bundle(root))
+    torch.save(parser.get_parsed_content("network_def").state_dict(), root / "models" / "model.pt")
+    return root
+
+
+def abdomen_scan(
+    path: Path, codes: str = "LPS", shape=(56, 48, 30), spacing=(2.0, 2.0, 3.0)
+) -> tuple[Path, np.ndarray]:
+    """A CT-like scan: a soft-tissue body with a brighter ellipsoid, written as NIfTI in ``codes``."""
+    from tests.test_io import oriented_affine
+
+    affine = oriented_affine(codes, shape, spacing=spacing)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    body = (grid**2).sum(0) < 0.9
+    organ = (((grid - np.array([0.3, -0.2, 0.1])[:, None, None, None]) / 0.35) ** 2).sum(0) < 1
+    rng = np.random.default_rng(0)
+    image = np.where(body, 40, -1000) + np.where(organ, 80, 0) + rng.normal(0, 8, shape)
+    return write_nifti(path, image.astype(np.int16), affine), affine
+
+
+def test_zoo_style_bundle_runs_unchanged_and_matches_plain_monai(tmp_path: Path, spleen_style_bundle: Path) -> None:
+    """medseg segment on a Zoo bundle gives the label map `monai.bundle run` gives, on the input's grid."""
+    from monai.bundle import run
+
+    scan, affine = abdomen_scan(tmp_path / "spleen_07.nii.gz")
+    code = main(["segment", str(scan), "--bundle", str(spleen_style_bundle), "--output", str(tmp_path / "out"),
+                 "--device", "cpu", "--precision", "fp32", "--outputs", "labels"])
+    assert code == 0
+    ours = nib.load(tmp_path / "out" / "spleen_07" / "labels.nii.gz")
+    assert ours.shape == (56, 48, 30)
+    np.testing.assert_allclose(ours.affine, affine, atol=1e-5)
+    labels = np.asarray(ours.dataobj)
+    assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1}
+    assert 0.05 < labels.mean() < 0.95, "both classes must be common for the comparison below to mean much"
+
+    run(
+        config_file=str(spleen_style_bundle / "configs" / "inference.json"),
+        meta_file=str(spleen_style_bundle / "configs" / "metadata.json"),
+        bundle_root=str(spleen_style_bundle),
+        datalist=[str(scan)],
+        output_dir=str(tmp_path / "plain"),
+        device="$torch.device('cpu')",
+        **{"evaluator#amp": False},  # the Zoo default (amp on) is for CUDA
+    )
+    plain = nib.load(tmp_path / "plain" / "spleen_07_seg.nii.gz")
+    np.testing.assert_allclose(plain.affine, affine, atol=1e-5)
+    agreement = np.mean(np.rint(np.asarray(plain.dataobj)).astype(np.uint8) == labels)
+    assert agreement > 0.999, f"medseg and plain monai.bundle run disagree on {1 - agreement:.2%} of the voxels"
+
+
+def test_zoo_style_bundle_passes_the_metadata_and_config_checks(spleen_style_bundle: Path) -> None:
+    from pipelines.conformance import check_bundle
+
+    problems = check_bundle(spleen_style_bundle, checks=("metadata", "configs", "net_in_out"))
+    assert problems == []
+
+
+# -- the UNETR bundle -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_unetr_bundle_segments_a_small_phantom_on_its_grid(tmp_path: Path) -> None:
+    from pipelines import phantoms
+
+    bundle = copy_bundle_with_random_weights("ct_multiorgan_unetr", tmp_path / "bundles")
+    ids = {n: i for n, i in phantoms.CT_STRUCTURES.items() if n != "liver_tumor"}
+    phantom = phantoms.make_ct_phantom(5, shape=(64, 52, 30), spacing_mm=(3.0, 3.0, 4.0), orientation="LPS",
+                                       label_ids=ids)
+    image, _ = phantoms.write_nifti(phantom, tmp_path / "case")
+    code = main(["segment", str(image), "--bundle", str(bundle), "--output", str(tmp_path / "out"),
+                 "--device", "cpu", "--outputs", "labels", "--case-id", "unetr"])
+    assert code == 0
+    labels = nib.load(tmp_path / "out" / "unetr" / "labels.nii.gz")
+    assert labels.shape == phantom.image.shape
+    np.testing.assert_allclose(labels.affine, phantom.affine, atol=1e-5)
+    assert set(np.unique(np.asarray(labels.dataobj))) <= set(range(14))
+
+
+def test_unetr_training_patches_are_class_balanced_96_cubes(tmp_path: Path) -> None:
+    """train.json's sampling: 4 patches of 96³ per case, indices precomputed and not carried along."""
+    from pipelines import phantoms
+
+    ids = {n: i for n, i in phantoms.CT_STRUCTURES.items() if n != "liver_tumor"}
+    phantom = phantoms.make_ct_phantom(1, shape=(60, 48, 30), spacing_mm=(3.0, 3.0, 4.0), orientation="LAS",
+                                       label_ids=ids)
+    image, label = phantoms.write_nifti(phantom, tmp_path / "case")
+    parser = parse_config(load_bundle(BUNDLES / "ct_multiorgan_unetr"), "train", {"manifest": "unused"})
+    patches = parser.get_parsed_content("train#preprocessing")({"image": str(image), "label": str(label)})
+    assert len(patches) == parser["samples_per_case"] == 4
+    for patch in patches:
+        assert tuple(patch["image"].shape) == (1, 96, 96, 96) and tuple(patch["label"].shape) == (1, 96, 96, 96)
+        assert patch["label"].dtype == torch.long and "label_cls_indices" not in patch
+
+
+# -- the MRI brain tumour bundle ------------------------------------------------------------------
+
+
+@pytest.mark.shared_data
+def test_mri_bundle_on_the_shared_brain_scan_keeps_its_exact_grid(tmp_path: Path, shared_data: Path) -> None:
+    from pipelines.io import read_volume
+
+    bundle = copy_bundle_with_random_weights("mri_brain_tumor", tmp_path / "bundles")
+    source = shared_data / "mri_brain_tumor" / "image.nrrd"
+    code = main(["segment", str(source), "--bundle", str(bundle), "--output", str(tmp_path / "out"),
+                 "--device", "cpu", "--outputs", "labels"])
+    assert code == 0
+    volume = read_volume(source)
+    labels = nib.load(tmp_path / "out" / "image" / "labels.nii.gz")
+    assert labels.shape == volume.shape == (256, 256, 25)
+    np.testing.assert_allclose(labels.affine, volume.affine, atol=1e-6)
+    assert set(np.unique(np.asarray(labels.dataobj))) <= {0, 1}
+
+
+def test_mri_bundle_takes_several_contrasts_as_channels(tmp_path: Path) -> None:
+    """A manifest entry listing four contrast files loads as four channels; num_channels sizes the network."""
+    from pipelines.demo import make_brain_dataset
+    from pipelines.manifests import load_manifest, validate_manifest
+    from pipelines.phantoms import MR_CONTRASTS
+    from pipelines.train import datalist
+
+    manifest = make_brain_dataset(tmp_path / "data", BUNDLES / "mri_brain_tumor",
+                                  counts={"training": 1, "test": 1}, channels=4, fov_scale=0.3)
+    assert validate_manifest(manifest) == []
+    loaded = load_manifest(manifest)
+    assert loaded.modality == ",".join(MR_CONTRASTS) and loaded.labels == {0: "background", 1: "tumor"}
+    case = datalist(manifest, "training")[0]
+    assert [Path(p).name for p in case["image"]] == [f"image_{c.lower()}.nii.gz" for c in MR_CONTRASTS]
+
+    parser = parse_config(load_bundle(BUNDLES / "mri_brain_tumor"), "train", {"manifest": str(manifest),
+                                                                                "num_channels": 4})
+    data = parser.get_parsed_content("validate#preprocessing")(case)
+    first = nib.load(case["image"][0])
+    assert data["image"].shape[0] == 4 and data["label"].shape[0] == 1
+    assert data["image"].shape[1:] == data["label"].shape[1:]
+    # channel order = file order: channel 2 (T2) differs from channel 0 (T1c)
+    assert not torch.allclose(data["image"][0], data["image"][2])
+    assert first.shape == nib.load(case["label"]).shape
+    network = parser.get_parsed_content("network_def")
+    assert network(torch.rand(1, 4, 32, 32, 16)).shape == (1, 2, 32, 32, 16)
+
+    patches = parser.get_parsed_content("train#preprocessing")(case)
+    assert len(patches) == 4 and tuple(patches[0]["image"].shape) == (4, 96, 96, 32)
+
+
+def test_mri_evaluation_config_saves_predictions_on_the_image_grid(tmp_path: Path) -> None:
+    """evaluate.json over train.json: dataset from the manifest's test split, Invertd back to the image grid."""
+    from monai.bundle import ConfigParser
+
+    from pipelines.demo import make_brain_dataset
+
+    manifest = make_brain_dataset(tmp_path / "data", BUNDLES / "mri_brain_tumor", counts={"test": 1}, fov_scale=0.3)
+    root = BUNDLES / "mri_brain_tumor"
+    parser = ConfigParser()
+    parser.read_config([str(root / "configs" / "train.json"), str(root / "configs" / "evaluate.json")])
+    parser.update({"bundle_root": str(root), "manifest": str(manifest), "output_dir": str(tmp_path / "pred")})
+    item = parser.get_parsed_content("validate#dataset")[0]
+    item["pred"] = torch.stack([-item["image"][0], item["image"][0]])  # "tumour" where brighter than average
+    out = parser.get_parsed_content("validate#postprocessing")(item)
+    saved = nib.load(tmp_path / "pred" / "test" / "brain_50000" / "image_seg.nii.gz")
+    image = nib.load(tmp_path / "data" / "test" / "brain_50000" / "image.nii.gz")
+    assert saved.shape == image.shape
+    np.testing.assert_allclose(saved.affine, image.affine, atol=1e-5)
+    assert out["pred"].shape[0] == 2  # one-hot for the Dice metric
+
+
+# -- phantom datasets -----------------------------------------------------------------------------
+
+
+def test_brain_dataset_geometry_is_seeded_and_regenerated_when_it_changes(tmp_path: Path) -> None:
+    from pipelines.demo import brain_case_geometry, make_brain_dataset
+
+    assert brain_case_geometry(7) == brain_case_geometry(7)
+    g = brain_case_geometry(7)
+    assert 0.7 <= g.spacing_mm[0] <= 1.2 and 2.0 <= g.spacing_mm[2] <= 6.5 and g.orientation in ("RAS", "LPS", "LAS")
+    bundle = BUNDLES / "mri_brain_tumor"
+    manifest = make_brain_dataset(tmp_path, bundle, counts={"validation": 1}, fov_scale=0.25)
+    image = tmp_path / "validation" / "brain_10000" / "image.nii.gz"
+    small = nib.load(image).shape
+    make_brain_dataset(tmp_path, bundle, counts={"validation": 1}, fov_scale=0.3)
+    assert nib.load(image).shape != small
+    entry = json.loads(manifest.read_text())["validation"][0]
+    assert entry == {"case_id": "brain_10000", "image": "validation/brain_10000/image.nii.gz",
+                     "label": "validation/brain_10000/label.nii.gz"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"kind": "pet"}, "kind 'pet': expected one of ct, brain"),
+        ({"kind": "ct", "channels": 2}, "channels: CT phantoms have one channel, got 2"),
+        ({"kind": "brain", "channels": 5}, r"channels: expected an int in 1..4, got 5"),
+        ({"kind": "brain", "fov_scale": 1.5}, r"fov_scale: expected a number in \(0, 1\], got 1.5"),
+        ({"kind": "brain", "counts": {"holdout": 1}}, "split 'holdout': expected one of training"),
+    ],
+)
+def test_phantom_dataset_bad_arguments(tmp_path: Path, kwargs: dict, message: str) -> None:
+    from pipelines.demo import make_phantom_dataset
+
+    kwargs = {"counts": {"training": 1}, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        make_phantom_dataset(tmp_path, BUNDLES / "mri_brain_tumor", **kwargs)
+
+
+def test_brain_dataset_needs_a_tumour_bundle(tmp_path: Path) -> None:
+    from pipelines.demo import make_brain_dataset
+
+    with pytest.raises(ValueError, match=r"brain tumour phantoms label \{1: 'tumor'\}; the bundle's channel_def has"):
+        make_brain_dataset(tmp_path, BUNDLES / "ct_abdomen_unet", counts={"training": 1})
+
+
+@pytest.mark.slow
+def test_mri_training_script_smoke_run(tmp_path: Path) -> None:
+    """scripts/train_mri_tumor.py: data, one epoch of training and the evaluation, on a copy of the bundle."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    bundle = tmp_path / "mri_brain_tumor"
+    shutil.copytree(BUNDLES / "mri_brain_tumor", bundle, ignore=shutil.ignore_patterns("models", "eval"))
+    command = [sys.executable, str(REPO / "scripts" / "train_mri_tumor.py"), "--bundle", str(bundle),
+               "--data-dir", str(tmp_path / "data"), "--train", "2", "--val", "1", "--test", "1", "--max-epochs", "1",
+               "--val-interval", "1", "--fov-scale", "0.4", "--samples-per-case", "1", "--device", "cpu"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (bundle / "models" / "model.pt").is_file()
+    assert "train: best validation Dice" in done.stdout
+    assert json.loads((tmp_path / "data" / "eval" / "metrics.json").read_text())
+    bad = subprocess.run([*command[:2], "--bundle", str(bundle), "--channels", "4", "--stage", "data"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "set num_channels to 4 in configs/inference.json" in bad.stderr
