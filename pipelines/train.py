@@ -254,3 +254,64 @@ def evaluate(
         per_case[case.case_id] = metrics_for_files(prediction, case.label, labels=names)
     write_metrics(per_case, output)
     return {"cases": per_case, "mean": summarize(per_case)}
+
+
+class BatchNormRecalibration:
+    """Re-estimate BatchNorm running statistics from training batches before each validation.
+
+    BatchNorm layers evaluate with running averages of the activation statistics collected while
+    the weights were changing. Early in training, with a high learning rate and few patches per
+    epoch, those averages lag behind the weights and a network that segments well with batch
+    statistics can fail in eval mode. This handler resets the running statistics and re-estimates
+    them as a plain average over ``num_batches`` training batches with the current weights (the
+    "precise BN" recipe), so validation, and the checkpoint it selects, see statistics that match
+    the weights. Networks without BatchNorm are left untouched.
+
+    Args:
+        network: the network being trained (a DistributedDataParallel wrapper is fine).
+        data_loader: yields training batches as dicts with an ``image`` key.
+        num_batches: batches to average over.
+        interval: run every ``interval`` epochs (set it to the validation interval).
+        precision: ``fp32``, ``bf16`` or ``fp16``, as used for training.
+    """
+
+    def __init__(
+        self, network: torch.nn.Module, data_loader: Any, num_batches: int = 8, interval: int = 1, precision: str = "fp32"
+    ) -> None:
+        if num_batches < 1 or interval < 1:
+            raise ValueError(f"BatchNormRecalibration: num_batches and interval must be >= 1, got {num_batches}, {interval}")
+        self.network = network
+        self.data_loader = data_loader
+        self.num_batches = num_batches
+        self.interval = interval
+        self.precision = precision
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+
+    def __call__(self, engine: Any) -> None:
+        from pipelines.inference import autocast
+
+        layers = [m for m in self.network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if not layers:
+            return
+        momenta = [m.momentum for m in layers]
+        for m in layers:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches below
+        was_training = self.network.training
+        self.network.train()
+        device = next(self.network.parameters()).device
+        seen = 0
+        with torch.no_grad(), autocast(device, self.precision):
+            for batch in self.data_loader:
+                self.network(batch["image"].to(device))
+                seen += 1
+                if seen >= self.num_batches:
+                    break
+        for m, momentum in zip(layers, momenta, strict=True):
+            m.momentum = momentum
+        self.network.train(was_training)
+        logger.info("re-estimated BatchNorm statistics of %d layers over %d batches", len(layers), seen)
