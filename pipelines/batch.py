@@ -288,6 +288,7 @@ def merge_ledger(output: str | Path) -> Path:
     if not shards:
         return target
     from pipelines.io import atomic_path
+
     records = read_ledger(output)
     with atomic_path(target) as temporary, temporary.open("w", encoding="utf-8") as handle:
         for record in records:
@@ -723,8 +724,9 @@ class _Pipeline:
             show = sys.stderr.isatty()
         show = bool(show) and self.ranks.rank == 0
         label = "batch" if self.ranks.world_size == 1 else f"batch rank 0/{self.ranks.world_size}"
-        with tqdm(total=len(cases), desc=label, unit="case", disable=not show, file=sys.stderr) as bar, (
-            _redirect_logging_to(bar) if show else contextlib.nullcontext()
+        with (
+            tqdm(total=len(cases), desc=label, unit="case", disable=not show, file=sys.stderr) as bar,
+            _redirect_logging_to(bar) if show else contextlib.nullcontext(),
         ):
             ledger = _LedgerWriter(self.ledger_path)
             loader = threading.Thread(target=self._guard, args=(self._load, cases), name="batch-load", daemon=True)

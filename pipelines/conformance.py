@@ -78,16 +78,38 @@ README = "docs/README.md"
 WEIGHTS = "models/model.pt"
 
 META_KEYS: tuple[str, ...] = (
-    "version", "changelog", "monai_version", "pytorch_version", "numpy_version",
-    "name", "task", "description", "authors", "copyright", "network_data_format",
+    "version",
+    "changelog",
+    "monai_version",
+    "pytorch_version",
+    "numpy_version",
+    "name",
+    "task",
+    "description",
+    "authors",
+    "copyright",
+    "network_data_format",
 )
 """Top-level ``metadata.json`` keys of a Model Zoo bundle (``MetaProperties`` plus the Zoo's)."""
 
 INPUT_FIELDS: tuple[str, ...] = (
-    "type", "format", "modality", "num_channels", "spatial_shape", "dtype", "value_range", "channel_def",
+    "type",
+    "format",
+    "modality",
+    "num_channels",
+    "spatial_shape",
+    "dtype",
+    "value_range",
+    "channel_def",
 )
 OUTPUT_FIELDS: tuple[str, ...] = (
-    "type", "format", "num_channels", "spatial_shape", "dtype", "value_range", "channel_def",
+    "type",
+    "format",
+    "num_channels",
+    "spatial_shape",
+    "dtype",
+    "value_range",
+    "channel_def",
 )
 
 # Ids that medseg's own workflows use beyond MONAI's required properties, with the reason.
@@ -307,9 +329,7 @@ def _check_io_spec(spec: dict[str, Any], where: str) -> list[str]:
         if not isinstance(channel_def, dict) or not all(str(k).isdigit() for k in channel_def):
             problems.append(f"{where}#channel_def': expected an object channel index -> name, got {channel_def!r}")
         elif isinstance(channels, int) and len(channel_def) != channels:
-            problems.append(
-                f"{where}#channel_def': names {len(channel_def)} channel(s), num_channels is {channels}"
-            )
+            problems.append(f"{where}#channel_def': names {len(channel_def)} channel(s), num_channels is {channels}")
     return problems
 
 
@@ -561,13 +581,22 @@ def _check_run(root: Path, label: str, device: str, notes: list[str], timeout_s:
         affine = _tiny_volume(volume, channels, modality, pixdim[:3])
         output = tmp / "out"
         command = [
-            sys.executable, "-m", "monai.bundle", "run",
-            "--config_file", str(copy / INFERENCE),
-            "--meta_file", str(copy / METADATA),
-            "--bundle_root", str(copy),
-            "--datalist", repr([str(volume)]),
-            "--output_dir", str(output),
-            "--device", f"$torch.device('{device}')",
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            str(copy / INFERENCE),
+            "--meta_file",
+            str(copy / METADATA),
+            "--bundle_root",
+            str(copy),
+            "--datalist",
+            repr([str(volume)]),
+            "--output_dir",
+            str(output),
+            "--device",
+            f"$torch.device('{device}')",
         ]
         # The child imports this package for `pipelines.*` targets in the configs, installed or not.
         env = dict(os.environ)
@@ -835,10 +864,17 @@ def _cmd_list(args: argparse.Namespace) -> int:
         if "error" in info:
             rows.append((folder_name, f"(unreadable: {info['error']})", "", "", "", "", ""))
             continue
-        rows.append((
-            folder_name, info["name"], info["version"], info["modality"] or "?",
-            str(len([k for k in info["labels"] if k != 0])), info["network"] or "?", "yes" if info["weights"] else "no",
-        ))
+        rows.append(
+            (
+                folder_name,
+                info["name"],
+                info["version"],
+                info["modality"] or "?",
+                str(len([k for k in info["labels"] if k != 0])),
+                info["network"] or "?",
+                "yes" if info["weights"] else "no",
+            )
+        )
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

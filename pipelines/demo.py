@@ -330,7 +330,9 @@ def make_phantom_dataset(
             images = [case_dir / f"{n}.nii.gz" for n in image_names]
             if not _case_on_disk([*images, case_dir / "label.nii.gz"], geometry.shape):
                 common = {
-                    "shape": geometry.shape, "spacing_mm": geometry.spacing_mm, "orientation": geometry.orientation,
+                    "shape": geometry.shape,
+                    "spacing_mm": geometry.spacing_mm,
+                    "orientation": geometry.orientation,
                 }
                 if kind == "ct":
                     phantom = phantoms.make_ct_phantom(seed, label_ids=_label_ids(bundle), **common)
@@ -369,8 +371,9 @@ def make_brain_dataset(
             f"{bundle.root}: brain tumour phantoms label {{1: 'tumor'}}; the bundle's channel_def has "
             f"{ {k: v for k, v in bundle.labels.items() if k} }"
         )
-    return make_phantom_dataset(folder, bundle, counts=counts, kind="brain", name=name, channels=channels,
-                                fov_scale=fov_scale)
+    return make_phantom_dataset(
+        folder, bundle, counts=counts, kind="brain", name=name, channels=channels, fov_scale=fov_scale
+    )
 
 
 def relocated(manifest: str | Path, folder: str | Path) -> dict[str, Any]:

@@ -167,9 +167,7 @@ class Case:
         Returns:
             ``{"image": str | list[str], "label": str (only when present), "case_id": str}``.
         """
-        image: str | list[str] = (
-            [str(p) for p in self.image] if isinstance(self.image, tuple) else str(self.image)
-        )
+        image: str | list[str] = [str(p) for p in self.image] if isinstance(self.image, tuple) else str(self.image)
         item: dict[str, Any] = {keys.IMAGE: image, keys.CASE_ID: self.case_id}
         if self.label is not None:
             item[keys.LABEL] = str(self.label)
@@ -209,9 +207,7 @@ class Manifest:
         if name == "all":
             return self.cases
         if name not in SPLITS:
-            raise ValueError(
-                f"{self.path}: unknown split {name!r}; expected one of {', '.join(SPLITS)} or 'all'"
-            )
+            raise ValueError(f"{self.path}: unknown split {name!r}; expected one of {', '.join(SPLITS)} or 'all'")
         return tuple(case for case in self.cases if case.split == name)
 
     def datalist(self, name: str = "all") -> list[dict[str, Any]]:
@@ -450,8 +446,9 @@ class _Grid:
         return f"shape {self.shape} spacing {spacing} mm origin ({origin}) mm"
 
 
-def _sitk_affine(size: Sequence[int], spacing: Sequence[float], origin: Sequence[float],
-                 direction: Sequence[float]) -> np.ndarray:
+def _sitk_affine(
+    size: Sequence[int], spacing: Sequence[float], origin: Sequence[float], direction: Sequence[float]
+) -> np.ndarray:
     """4x4 RAS affine from ITK geometry (LPS world, direction row-major, axes in i, j, k order)."""
     dim = len(size)
     direction_matrix = np.asarray(direction, dtype=np.float64).reshape(dim, dim)[:3, :3]
@@ -556,7 +553,7 @@ def _reason(err: Exception, path: Path) -> str:
     text = str(err).strip() or type(err).__name__
     for prefix in (f"{path}: ", f"{path.absolute()}: "):
         if text.startswith(prefix):
-            return text[len(prefix):]
+            return text[len(prefix) :]
     return text
 
 
@@ -598,9 +595,12 @@ def _check_case(case: Case, labels: Mapping[int, str], check_images: bool) -> li
     for image, grid in grids[1:]:
         if not _grids_match(grids[0][1], grid):
             problems.append(
-                Problem(case.case_id, image,
-                        f"channel grid {grid.describe()} differs from first channel {grids[0][0].name} "
-                        f"{grids[0][1].describe()}")
+                Problem(
+                    case.case_id,
+                    image,
+                    f"channel grid {grid.describe()} differs from first channel {grids[0][0].name} "
+                    f"{grids[0][1].describe()}",
+                )
             )
 
     if case.label is None or not label_exists:
@@ -622,14 +622,20 @@ def _check_case(case: Case, labels: Mapping[int, str], check_images: bool) -> li
         unexpected = sorted({int(v) for v in values.tolist()} - set(labels))
         if unexpected:
             problems.append(
-                Problem(case.case_id, case.label,
-                        f"label values not in labels: {_ranges(unexpected)} (labels has {_ranges(labels)})")
+                Problem(
+                    case.case_id,
+                    case.label,
+                    f"label values not in labels: {_ranges(unexpected)} (labels has {_ranges(labels)})",
+                )
             )
     if grids and not _grids_match(grids[0][1], label_grid):
         image, grid = grids[0]
         problems.append(
-            Problem(case.case_id, case.label,
-                    f"label grid {label_grid.describe()} differs from image {image.name} {grid.describe()}")
+            Problem(
+                case.case_id,
+                case.label,
+                f"label grid {label_grid.describe()} differs from image {image.name} {grid.describe()}",
+            )
         )
     return problems
 
@@ -666,8 +672,9 @@ def validate_manifest(
         seen: dict[str, int] = {}
         for case in manifest.cases:
             seen[case.case_id] = seen.get(case.case_id, 0) + 1
-        problems += [Problem(c, manifest.path, f"duplicate case id, used by {n} entries")
-                     for c, n in seen.items() if n > 1]
+        problems += [
+            Problem(c, manifest.path, f"duplicate case id, used by {n} entries") for c, n in seen.items() if n > 1
+        ]
         if manifest.labels and 0 not in manifest.labels:
             problems.append(Problem(None, manifest.path, "labels has no '0' (background) entry"))
         problems += _unlabelled(manifest.cases)
@@ -726,6 +733,7 @@ def _match_template(folder: Path, template: str) -> dict[str, list[Path]]:
 def _auto_layouts(folder: Path) -> list[tuple[list[str], list[str], bool]]:
     """The layouts to look for: (image templates, label templates, whether an unlabelled image
     is unexpected there). Each layout lists every extension, so image.nrrd pairs with label.nii.gz."""
+
     def each(template: str) -> list[str]:
         return [template.replace("{ext}", ext) for ext in IMAGE_EXTENSIONS]
 
@@ -869,8 +877,9 @@ def create_manifest(
                     f"{labels_file}: not valid JSON: line {err.lineno} column {err.colno}: {err.msg}"
                 ) from err
             if not isinstance(labels, dict):
-                raise ValueError(f"{labels_file}: expected an object of label value to name, got "
-                                 f"{type(labels).__name__}")
+                raise ValueError(
+                    f"{labels_file}: expected an object of label value to name, got {type(labels).__name__}"
+                )
         else:
             logger.warning("%s: no labels given and no labels.json; writing background only", folder)
             labels = {}

@@ -305,9 +305,7 @@ def write_metrics(
             }
             for case_id, structures in per_case.items()
         },
-        "mean": {
-            name: {m: _json_number(v) for m, v in values.items()} for name, values in summarize(per_case).items()
-        },
+        "mean": {name: {m: _json_number(v) for m, v in values.items()} for name, values in summarize(per_case).items()},
     }
     json_path = folder / "metrics.json"
     with atomic_path(json_path) as temporary:

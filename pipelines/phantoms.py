@@ -87,11 +87,37 @@ TISSUES: dict[str, int] = {
     name: index
     for index, name in enumerate(
         (
-            "air", "skin", "fat", "muscle", "visceral_fat", "lung", "bone_cortical", "bone_marrow",
-            "disc", "csf", "liver", "hepatic_vein", "liver_lesion", "spleen", "kidney_cortex",
-            "kidney_medulla", "gallbladder", "esophagus", "stomach_wall", "stomach_content", "gas",
-            "artery", "vein", "portal_vein", "pancreas", "adrenal", "bowel_wall", "bowel_content",
-            "myocardium", "blood", "rib",
+            "air",
+            "skin",
+            "fat",
+            "muscle",
+            "visceral_fat",
+            "lung",
+            "bone_cortical",
+            "bone_marrow",
+            "disc",
+            "csf",
+            "liver",
+            "hepatic_vein",
+            "liver_lesion",
+            "spleen",
+            "kidney_cortex",
+            "kidney_medulla",
+            "gallbladder",
+            "esophagus",
+            "stomach_wall",
+            "stomach_content",
+            "gas",
+            "artery",
+            "vein",
+            "portal_vein",
+            "pancreas",
+            "adrenal",
+            "bowel_wall",
+            "bowel_content",
+            "myocardium",
+            "blood",
+            "rib",
         )
     )
 }
@@ -101,8 +127,16 @@ BRAIN_TISSUES: dict[str, int] = {
     name: index
     for index, name in enumerate(
         (
-            "air", "scalp", "skull", "csf", "grey_matter", "white_matter", "ventricle",
-            "tumor_core", "tumor_rim", "edema",
+            "air",
+            "scalp",
+            "skull",
+            "csf",
+            "grey_matter",
+            "white_matter",
+            "ventricle",
+            "tumor_core",
+            "tumor_rim",
+            "edema",
         )
     )
 }
@@ -118,42 +152,120 @@ _HEAD_FOV_MM = np.array([160.0, 196.0, 172.0])
 
 # Per-case intensity ranges (uniform draws). CT in HU, contrast-enhanced portal-venous-like phase.
 _CT_HU: dict[str, tuple[float, float]] = {
-    "air": (-1000, -1000), "skin": (20, 50), "fat": (-115, -85), "muscle": (40, 60),
-    "visceral_fat": (-110, -80), "lung": (-880, -820), "bone_cortical": (700, 1100),
-    "bone_marrow": (180, 300), "disc": (70, 100), "csf": (5, 15), "liver": (90, 130),
-    "hepatic_vein": (130, 180), "spleen": (100, 140), "kidney_cortex": (150, 200),
-    "kidney_medulla": (90, 130), "gallbladder": (0, 20), "esophagus": (35, 60),
-    "stomach_wall": (70, 100), "stomach_content": (0, 25), "gas": (-1000, -960),
-    "artery": (150, 250), "vein": (110, 160), "portal_vein": (140, 200), "pancreas": (80, 120),
-    "adrenal": (50, 80), "bowel_wall": (50, 90), "bowel_content": (0, 40),
-    "myocardium": (80, 120), "blood": (140, 220), "rib": (350, 600),
+    "air": (-1000, -1000),
+    "skin": (20, 50),
+    "fat": (-115, -85),
+    "muscle": (40, 60),
+    "visceral_fat": (-110, -80),
+    "lung": (-880, -820),
+    "bone_cortical": (700, 1100),
+    "bone_marrow": (180, 300),
+    "disc": (70, 100),
+    "csf": (5, 15),
+    "liver": (90, 130),
+    "hepatic_vein": (130, 180),
+    "spleen": (100, 140),
+    "kidney_cortex": (150, 200),
+    "kidney_medulla": (90, 130),
+    "gallbladder": (0, 20),
+    "esophagus": (35, 60),
+    "stomach_wall": (70, 100),
+    "stomach_content": (0, 25),
+    "gas": (-1000, -960),
+    "artery": (150, 250),
+    "vein": (110, 160),
+    "portal_vein": (140, 200),
+    "pancreas": (80, 120),
+    "adrenal": (50, 80),
+    "bowel_wall": (50, 90),
+    "bowel_content": (0, 40),
+    "myocardium": (80, 120),
+    "blood": (140, 220),
+    "rib": (350, 600),
 }
 # T1-weighted-like MR signal (arbitrary units): fat bright, fluid dark, flowing blood dark.
 _MR_T1: dict[str, tuple[float, float]] = {
-    "air": (0, 0), "skin": (320, 380), "fat": (850, 950), "muscle": (250, 320),
-    "visceral_fat": (800, 900), "lung": (20, 40), "bone_cortical": (20, 40),
-    "bone_marrow": (500, 650), "disc": (200, 280), "csf": (60, 100), "liver": (420, 520),
-    "hepatic_vein": (100, 160), "spleen": (300, 380), "kidney_cortex": (380, 440),
-    "kidney_medulla": (230, 300), "gallbladder": (60, 120), "esophagus": (280, 330),
-    "stomach_wall": (300, 350), "stomach_content": (60, 120), "gas": (0, 5),
-    "artery": (60, 150), "vein": (100, 180), "portal_vein": (100, 180), "pancreas": (480, 560),
-    "adrenal": (300, 360), "bowel_wall": (300, 360), "bowel_content": (80, 160),
-    "myocardium": (280, 330), "blood": (80, 150), "rib": (60, 120),
+    "air": (0, 0),
+    "skin": (320, 380),
+    "fat": (850, 950),
+    "muscle": (250, 320),
+    "visceral_fat": (800, 900),
+    "lung": (20, 40),
+    "bone_cortical": (20, 40),
+    "bone_marrow": (500, 650),
+    "disc": (200, 280),
+    "csf": (60, 100),
+    "liver": (420, 520),
+    "hepatic_vein": (100, 160),
+    "spleen": (300, 380),
+    "kidney_cortex": (380, 440),
+    "kidney_medulla": (230, 300),
+    "gallbladder": (60, 120),
+    "esophagus": (280, 330),
+    "stomach_wall": (300, 350),
+    "stomach_content": (60, 120),
+    "gas": (0, 5),
+    "artery": (60, 150),
+    "vein": (100, 180),
+    "portal_vein": (100, 180),
+    "pancreas": (480, 560),
+    "adrenal": (300, 360),
+    "bowel_wall": (300, 360),
+    "bowel_content": (80, 160),
+    "myocardium": (280, 330),
+    "blood": (80, 150),
+    "rib": (60, 120),
 }
 # Brain contrasts (arbitrary units): mean value per tissue, jittered per case.
 _BRAIN_SIGNAL: dict[str, dict[str, float]] = {
-    "T1c": {"air": 0, "scalp": 800, "skull": 60, "csf": 180, "grey_matter": 480,
-            "white_matter": 640, "ventricle": 180, "tumor_core": 220, "tumor_rim": 900,
-            "edema": 420},
-    "T1": {"air": 0, "scalp": 800, "skull": 60, "csf": 170, "grey_matter": 470,
-           "white_matter": 630, "ventricle": 170, "tumor_core": 210, "tumor_rim": 430,
-           "edema": 410},
-    "T2": {"air": 0, "scalp": 450, "skull": 50, "csf": 1000, "grey_matter": 560,
-           "white_matter": 400, "ventricle": 1000, "tumor_core": 900, "tumor_rim": 620,
-           "edema": 780},
-    "FLAIR": {"air": 0, "scalp": 400, "skull": 40, "csf": 90, "grey_matter": 560,
-              "white_matter": 430, "ventricle": 90, "tumor_core": 450, "tumor_rim": 700,
-              "edema": 850},
+    "T1c": {
+        "air": 0,
+        "scalp": 800,
+        "skull": 60,
+        "csf": 180,
+        "grey_matter": 480,
+        "white_matter": 640,
+        "ventricle": 180,
+        "tumor_core": 220,
+        "tumor_rim": 900,
+        "edema": 420,
+    },
+    "T1": {
+        "air": 0,
+        "scalp": 800,
+        "skull": 60,
+        "csf": 170,
+        "grey_matter": 470,
+        "white_matter": 630,
+        "ventricle": 170,
+        "tumor_core": 210,
+        "tumor_rim": 430,
+        "edema": 410,
+    },
+    "T2": {
+        "air": 0,
+        "scalp": 450,
+        "skull": 50,
+        "csf": 1000,
+        "grey_matter": 560,
+        "white_matter": 400,
+        "ventricle": 1000,
+        "tumor_core": 900,
+        "tumor_rim": 620,
+        "edema": 780,
+    },
+    "FLAIR": {
+        "air": 0,
+        "scalp": 400,
+        "skull": 40,
+        "csf": 90,
+        "grey_matter": 560,
+        "white_matter": 430,
+        "ventricle": 90,
+        "tumor_core": 450,
+        "tumor_rim": 700,
+        "edema": 850,
+    },
 }
 
 _CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -205,14 +317,10 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
         values = tuple(shape)
     except TypeError:
         raise ValueError(f"shape: expected 3 ints, got {shape!r}") from None
-    if len(values) != 3 or not all(
-        isinstance(v, int | np.integer) and not isinstance(v, bool) for v in values
-    ):
+    if len(values) != 3 or not all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in values):
         raise ValueError(f"shape: expected 3 ints, got {shape!r}")
     if min(values) < _MIN_VOXELS:
-        raise ValueError(
-            f"shape: expected at least {_MIN_VOXELS} voxels along every axis, got {values}"
-        )
+        raise ValueError(f"shape: expected at least {_MIN_VOXELS} voxels along every axis, got {values}")
     return tuple(int(v) for v in values)  # type: ignore[return-value]
 
 
@@ -245,9 +353,7 @@ def _check_label_ids(label_ids: Mapping[str, int] | None, default: Mapping[str, 
         raise TypeError(f"label_ids: expected a mapping name -> id, got {type(label_ids).__name__}")
     unknown = sorted(set(label_ids) - set(CT_STRUCTURES))
     if unknown:
-        raise ValueError(
-            f"label_ids: unknown structure(s) {unknown}; expected names from {sorted(CT_STRUCTURES)}"
-        )
+        raise ValueError(f"label_ids: unknown structure(s) {unknown}; expected names from {sorted(CT_STRUCTURES)}")
     ids: dict[str, int] = {}
     for name, value in label_ids.items():
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or not 1 <= value <= 255:
@@ -352,8 +458,7 @@ class _Ellipsoid:
         return self.center - half, self.center + half
 
     def level(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-        dx, dy, dz = (x - np.float32(self.center[0]), y - np.float32(self.center[1]),
-                      z - np.float32(self.center[2]))
+        dx, dy, dz = (x - np.float32(self.center[0]), y - np.float32(self.center[1]), z - np.float32(self.center[2]))
         r = self.rotation
         u = [
             (dx * np.float32(r[0, k]) + dy * np.float32(r[1, k]) + dz * np.float32(r[2, k]))
@@ -469,9 +574,7 @@ class _Warp:
         return out
 
 
-def _smooth_field(
-    rng: np.random.Generator, grid: _Grid, amplitude: float, x=None, y=None, z=None
-) -> np.ndarray:
+def _smooth_field(rng: np.random.Generator, grid: _Grid, amplitude: float, x=None, y=None, z=None) -> np.ndarray:
     """A smooth random scalar field on the grid (float32), values within about ±amplitude."""
     warp = _Warp(rng, grid.fov_mm, amplitude)
     x = grid.axis(0) if x is None else x
@@ -550,9 +653,7 @@ class _Builder:
         return _Tube(pts, r * self.radius_scale)
 
 
-def _abdomen_anatomy(
-    rng: np.random.Generator, lesion_rng: np.random.Generator, grid: _Grid
-) -> _Abdomen:
+def _abdomen_anatomy(rng: np.random.Generator, lesion_rng: np.random.Generator, grid: _Grid) -> _Abdomen:
     """Draw one abdomen. Reference coordinates: mm, RAS (+x = patient's right), origin at the
     centre of a 290 x 230 x 190 mm field of view from the lung bases to the iliac crests."""
     s_xy = min(1.0, *(grid.fov_mm[:2] / _ABDOMEN_FOV_MM[:2]))
@@ -563,22 +664,34 @@ def _abdomen_anatomy(
     b = _Builder(rng, scale, offset)
 
     body = {
-        "x0": offset[0], "y0": offset[1] + 4.0 * scale[1],
-        "a": 136.0 * scale[0], "b_front": 100.0 * scale[1], "b_back": 92.0 * scale[1],
-        "p": rng.uniform(2.1, 2.5), "fat": rng.uniform(8.0, 22.0) * scale[0],
-        "muscle": rng.uniform(8.0, 12.0) * scale[0], "skin": 2.0 * min(scale[0], 1.0),
-        "wobble": rng.uniform(0.0, 0.05), "wobble_phase": rng.uniform(0, 2 * np.pi),
+        "x0": offset[0],
+        "y0": offset[1] + 4.0 * scale[1],
+        "a": 136.0 * scale[0],
+        "b_front": 100.0 * scale[1],
+        "b_back": 92.0 * scale[1],
+        "p": rng.uniform(2.1, 2.5),
+        "fat": rng.uniform(8.0, 22.0) * scale[0],
+        "muscle": rng.uniform(8.0, 12.0) * scale[0],
+        "skin": 2.0 * min(scale[0], 1.0),
+        "wobble": rng.uniform(0.0, 0.05),
+        "wobble_phase": rng.uniform(0, 2 * np.pi),
         "z_period": 260.0 * scale[2],
-        "rib_period": rng.uniform(26.0, 32.0) * scale[2], "rib_phase": rng.uniform(0, 1),
-        "rib_slope": rng.uniform(0.3, 0.45), "rib_bottom": rng.uniform(-30.0, -10.0) * scale[2]
-        + offset[2],
+        "rib_period": rng.uniform(26.0, 32.0) * scale[2],
+        "rib_phase": rng.uniform(0, 1),
+        "rib_slope": rng.uniform(0.3, 0.45),
+        "rib_bottom": rng.uniform(-30.0, -10.0) * scale[2] + offset[2],
     }
     spine = {
-        "x0": offset[0], "y0": offset[1] - 38.0 * scale[1],
-        "a": 22.0 * scale[0], "b": 16.5 * scale[1],
-        "canal_y": offset[1] - 63.0 * scale[1], "canal_r": 9.0 * scale[0],
-        "arch_r": 15.0 * scale[0], "spinous_y": offset[1] - 82.0 * scale[1],
-        "period": rng.uniform(32.0, 37.0) * scale[2], "phase": rng.uniform(0, 1),
+        "x0": offset[0],
+        "y0": offset[1] - 38.0 * scale[1],
+        "a": 22.0 * scale[0],
+        "b": 16.5 * scale[1],
+        "canal_y": offset[1] - 63.0 * scale[1],
+        "canal_r": 9.0 * scale[0],
+        "arch_r": 15.0 * scale[0],
+        "spinous_y": offset[1] - 82.0 * scale[1],
+        "period": rng.uniform(32.0, 37.0) * scale[2],
+        "phase": rng.uniform(0, 1),
         "disc": rng.uniform(0.18, 0.24),
     }
     warp = _Warp(rng, grid.fov_mm, rng.uniform(6.0, 12.0) * s_xy)
@@ -590,104 +703,173 @@ def _abdomen_anatomy(
 
     # muscles beside and behind the spine (not warped: they follow the skeleton)
     for side in (1, -1):
-        add(b.ellipsoid((side * 29, -68, 0), (21, 14, 400), modulation=0.0, jitter_mm=1.0,
-                        rot_jitter_deg=0.0, aspect_sd=0.0), [(1.0, "muscle", None)], warp=False,
-            clip="body")
-        add(b.tube([(side * 22, -34, 30), (side * 40, -40, -60), (side * 58, -30, -170)],
-                   [4.0, 17.0, 22.0], jitter_mm=1.5), [(1.0, "muscle", None)], warp=False)
+        add(
+            b.ellipsoid(
+                (side * 29, -68, 0), (21, 14, 400), modulation=0.0, jitter_mm=1.0, rot_jitter_deg=0.0, aspect_sd=0.0
+            ),
+            [(1.0, "muscle", None)],
+            warp=False,
+            clip="body",
+        )
+        add(
+            b.tube(
+                [(side * 22, -34, 30), (side * 40, -40, -60), (side * 58, -30, -170)], [4.0, 17.0, 22.0], jitter_mm=1.5
+            ),
+            [(1.0, "muscle", None)],
+            warp=False,
+        )
     # lungs: flat-bottomed columns above the diaphragm; the domes of liver and spleen carve them
     for side, x in ((1, 64), (-1, -62)):
         lung_bottom = rng.uniform(28.0, 45.0)
-        add(b.ellipsoid((x, -8, lung_bottom + 400), (66, 82, 400), (side * 5, 0, 0),
-                        modulation=0.0, size_range=(1.0, 1.0), aspect_sd=0.0, rot_jitter_deg=2.0),
-            [(1.0, "lung", None)])
+        add(
+            b.ellipsoid(
+                (x, -8, lung_bottom + 400),
+                (66, 82, 400),
+                (side * 5, 0, 0),
+                modulation=0.0,
+                size_range=(1.0, 1.0),
+                aspect_sd=0.0,
+                rot_jitter_deg=2.0,
+            ),
+            [(1.0, "lung", None)],
+        )
     # heart: only its inferior part reaches the top of the field of view
-    add(b.ellipsoid((-18, 28, 140), (58, 46, 56), (-30, 0, 0), size_range=(0.9, 1.1)),
-        [(1.0, "myocardium", None), (0.72, "blood", None)])
+    add(
+        b.ellipsoid((-18, 28, 140), (58, 46, 56), (-30, 0, 0), size_range=(0.9, 1.1)),
+        [(1.0, "myocardium", None), (0.72, "blood", None)],
+    )
     # colon and small bowel (unlabelled), painted first so solid organs push them aside
-    add(b.tube([(76, 18, -150), (80, 5, -60), (80, 10, -30), (70, 35, -12), (30, 62, -32),
-                (-30, 60, -26), (-78, 28, 0), (-84, -6, -40), (-82, -10, -110), (-50, 10, -170)],
-               [21, 20, 20, 19, 18, 18, 18, 17, 17, 16], jitter_mm=4.0),
+    add(
+        b.tube(
+            [
+                (76, 18, -150),
+                (80, 5, -60),
+                (80, 10, -30),
+                (70, 35, -12),
+                (30, 62, -32),
+                (-30, 60, -26),
+                (-78, 28, 0),
+                (-84, -6, -40),
+                (-82, -10, -110),
+                (-50, 10, -170),
+            ],
+            [21, 20, 20, 19, 18, 18, 18, 17, 17, 16],
+            jitter_mm=4.0,
+        ),
         [(1.0, "bowel_wall", None), (0.84, "bowel_content", None)],
-        gas=("bowel_content", rng.uniform(-6.0, 6.0) * s_xy))
+        gas=("bowel_content", rng.uniform(-6.0, 6.0) * s_xy),
+    )
     for _ in range(22):
         start = np.array([rng.uniform(-70, 70), rng.uniform(5, 60), rng.uniform(-180, -15)])
         direction = rng.normal(size=3)
         direction /= np.linalg.norm(direction)
         end = start + direction * rng.uniform(25, 60)
         middle = (start + end) / 2 + rng.normal(0, 10, 3)
-        add(b.tube([start, middle, end], rng.uniform(9, 13), jitter_mm=0.0),
+        add(
+            b.tube([start, middle, end], rng.uniform(9, 13), jitter_mm=0.0),
             [(1.0, "bowel_wall", None), (0.7, "bowel_content", None)],
-            gas=("bowel_content", rng.uniform(4.0, 20.0) * s_xy))
-    add(b.tube([(22, 50, 16), (46, 32, 10), (54, 14, -12), (46, 10, -38), (12, 10, -44),
-                (-16, 14, -36)], 11.5),
-        [(1.0, "bowel_wall", None), (0.7, "bowel_content", None)])
+            gas=("bowel_content", rng.uniform(4.0, 20.0) * s_xy),
+        )
+    add(
+        b.tube([(22, 50, 16), (46, 32, 10), (54, 14, -12), (46, 10, -38), (12, 10, -44), (-16, 14, -36)], 11.5),
+        [(1.0, "bowel_wall", None), (0.7, "bowel_content", None)],
+    )
     # liver: right lobe + left lobe, hepatic veins inside
     liver_right = b.ellipsoid((50, 2, 14), (61, 88, 80), (10, 0, 0), size_range=(0.95, 1.3))
     liver_left = b.ellipsoid((-6, 40, 44), (62, 36, 36), (-12, 0, -6), size_range=(0.85, 1.25))
     add(liver_right, [(1.0, "liver", "liver")])
     add(liver_left, [(1.0, "liver", "liver")])
     for end in ((88, -6, 30), (42, 46, 24), (-12, 42, 50)):
-        add(b.tube([(24, -8, 76), (45, 10, 60), end], [5.5, 4.5, 2.5]),
-            [(1.0, "hepatic_vein", "liver")], only_in=("liver",))
+        add(
+            b.tube([(24, -8, 76), (45, 10, 60), end], [5.5, 4.5, 2.5]),
+            [(1.0, "hepatic_vein", "liver")],
+            only_in=("liver",),
+        )
     # stomach (fundus/body + antrum), gas anteriorly in a supine patient
     stomach_gas = ("stomach_content", rng.uniform(4.0, 20.0) * s_xy)
-    add(b.ellipsoid((-50, 28, 52), (36, 30, 42), (-25, 0, 0), size_range=(0.8, 1.2)),
-        [(1.0, "stomach_wall", "stomach"), (0.84, "stomach_content", "stomach")], gas=stomach_gas)
-    add(b.ellipsoid((-2, 50, 22), (36, 16, 16), (12, 0, 0), size_range=(0.8, 1.2)),
-        [(1.0, "stomach_wall", "stomach"), (0.72, "stomach_content", "stomach")], gas=stomach_gas)
-    add(b.ellipsoid((-72, -34, 44), (26, 56, 42), (30, 0, 10), size_range=(0.9, 1.35)),
-        [(1.0, "spleen", "spleen")])
-    add(b.ellipsoid((38, 50, -14), (14, 15, 30), (20, 0, 25), size_range=(0.7, 1.3)),
-        [(1.0, "gallbladder", "gallbladder")])
+    add(
+        b.ellipsoid((-50, 28, 52), (36, 30, 42), (-25, 0, 0), size_range=(0.8, 1.2)),
+        [(1.0, "stomach_wall", "stomach"), (0.84, "stomach_content", "stomach")],
+        gas=stomach_gas,
+    )
+    add(
+        b.ellipsoid((-2, 50, 22), (36, 16, 16), (12, 0, 0), size_range=(0.8, 1.2)),
+        [(1.0, "stomach_wall", "stomach"), (0.72, "stomach_content", "stomach")],
+        gas=stomach_gas,
+    )
+    add(b.ellipsoid((-72, -34, 44), (26, 56, 42), (30, 0, 10), size_range=(0.9, 1.35)), [(1.0, "spleen", "spleen")])
+    add(
+        b.ellipsoid((38, 50, -14), (14, 15, 30), (20, 0, 25), size_range=(0.7, 1.3)),
+        [(1.0, "gallbladder", "gallbladder")],
+    )
     # kidneys: hilum turned anteromedially, upper poles medial, right one lower
     for side, name, z in ((1, "kidney_right", -30.0), (-1, "kidney_left", -16.0)):
-        add(b.ellipsoid((side * 60, -30, z), (28, 22, 56), (side * 35, side * 10, 0),
-                        size_range=(0.85, 1.25), modulation=0.06),
-            [(1.0, "kidney_cortex", name), (0.66, "kidney_medulla", name)])
+        add(
+            b.ellipsoid(
+                (side * 60, -30, z), (28, 22, 56), (side * 35, side * 10, 0), size_range=(0.85, 1.25), modulation=0.06
+            ),
+            [(1.0, "kidney_cortex", name), (0.66, "kidney_medulla", name)],
+        )
     # adrenal glands: two thin limbs each, above and medial to the upper poles
     for side, name, center, limb in (
         (1, "adrenal_gland_right", (36, -30, 38), (40, -34, 30)),
         (-1, "adrenal_gland_left", (-36, -22, 30), (-40, -27, 22)),
     ):
-        add(b.ellipsoid(center, (3.5, 12, 15), (side * 20, 0, 0), jitter_mm=2.0,
-                        modulation=0.05), [(1.0, "adrenal", name)])
-        add(b.ellipsoid(limb, (3.0, 10, 11), (-side * 25, 0, 0), jitter_mm=2.0,
-                        modulation=0.05), [(1.0, "adrenal", name)])
+        add(
+            b.ellipsoid(center, (3.5, 12, 15), (side * 20, 0, 0), jitter_mm=2.0, modulation=0.05),
+            [(1.0, "adrenal", name)],
+        )
+        add(
+            b.ellipsoid(limb, (3.0, 10, 11), (-side * 25, 0, 0), jitter_mm=2.0, modulation=0.05),
+            [(1.0, "adrenal", name)],
+        )
     # pancreas: head in the duodenal sweep, body across the spine, tail at the splenic hilum
-    add(b.tube([(32, 14, -6), (10, 20, 6), (-22, 12, 14), (-55, -8, 24), (-68, -20, 30)],
-               [18, 11, 12, 10, 8.5], jitter_mm=3.0, size_range=(0.9, 1.15)),
-        [(1.0, "pancreas", "pancreas")])
+    add(
+        b.tube(
+            [(32, 14, -6), (10, 20, 6), (-22, 12, 14), (-55, -8, 24), (-68, -20, 30)],
+            [18, 11, 12, 10, 8.5],
+            jitter_mm=3.0,
+            size_range=(0.9, 1.15),
+        ),
+        [(1.0, "pancreas", "pancreas")],
+    )
     # veins and arteries (renal vessels, iliacs and mesenterics unlabelled)
     add(b.tube([(-48, -22, -6), (-14, 10, -2), (22, -6, 0)], 5.0), [(1.0, "vein", None)])
     add(b.tube([(46, -24, -16), (22, -8, -10)], 5.0), [(1.0, "vein", None)])
     add(b.tube([(6, 4, 6), (8, 18, -45), (10, 25, -100)], [6.5, 5.0, 4.0]), [(1.0, "vein", None)])
-    add(b.tube([(-8, 2, -2), (-4, 20, -45), (-2, 28, -100)], [4.5, 3.5, 3.0]),
-        [(1.0, "artery", None)])
-    add(b.tube([(6, 4, 6), (-30, -4, 15), (-60, -20, 26), (-72, -26, 34)], [5.5, 5.0, 4.5, 4.5]),
-        [(1.0, "portal_vein", "portal_vein")])
-    add(b.tube([(6, 4, 6), (34, 10, 26), (50, 8, 34)], [7.5, 7.0, 6.5]),
-        [(1.0, "portal_vein", "portal_vein")])
+    add(b.tube([(-8, 2, -2), (-4, 20, -45), (-2, 28, -100)], [4.5, 3.5, 3.0]), [(1.0, "artery", None)])
+    add(
+        b.tube([(6, 4, 6), (-30, -4, 15), (-60, -20, 26), (-72, -26, 34)], [5.5, 5.0, 4.5, 4.5]),
+        [(1.0, "portal_vein", "portal_vein")],
+    )
+    add(b.tube([(6, 4, 6), (34, 10, 26), (50, 8, 34)], [7.5, 7.0, 6.5]), [(1.0, "portal_vein", "portal_vein")])
     for end in ((82, 4, 40), (6, 36, 42)):
-        add(b.tube([(50, 8, 34), end], [5.0, 2.5]), [(1.0, "portal_vein", "liver")],
-            only_in=("liver", "hepatic_vein"))
+        add(b.tube([(50, 8, 34), end], [5.0, 2.5]), [(1.0, "portal_vein", "liver")], only_in=("liver", "hepatic_vein"))
     bifurcation_z = rng.uniform(-90.0, -70.0)
     for side in (1, -1):
-        add(b.tube([(side * 3 - 10, -4, bifurcation_z), (side * 40, -8, -190)], 7.0),
-            [(1.0, "artery", None)])
-        add(b.tube([(18, -6, bifurcation_z - 5), (side * 45 + 10, -14, -190)], 8.0),
-            [(1.0, "vein", None)])
-    add(b.tube([(18, -6, bifurcation_z - 5), (22, -8, 0), (25, -12, 40), (24, -8, 78),
-                (20, -4, 96)], [10.5, 11.0, 11.5, 12.0, 12.5]),
-        [(1.0, "vein", "inferior_vena_cava")])
-    add(b.tube([(-10, -4, bifurcation_z), (-10, -6, 0), (-12, -10, 58), (-24, -24, 110),
-                (-28, -28, 260)], [10.0, 11.5, 12.0, 12.5, 12.5]),
-        [(1.0, "artery", "aorta")])
-    add(b.tube([(2, -4, 260), (0, 0, 100), (-16, 14, 70), (-34, 24, 56)], [8.0, 8.0, 7.5, 7.5]),
-        [(1.0, "esophagus", "esophagus")])
+        add(b.tube([(side * 3 - 10, -4, bifurcation_z), (side * 40, -8, -190)], 7.0), [(1.0, "artery", None)])
+        add(b.tube([(18, -6, bifurcation_z - 5), (side * 45 + 10, -14, -190)], 8.0), [(1.0, "vein", None)])
+    add(
+        b.tube(
+            [(18, -6, bifurcation_z - 5), (22, -8, 0), (25, -12, 40), (24, -8, 78), (20, -4, 96)],
+            [10.5, 11.0, 11.5, 12.0, 12.5],
+        ),
+        [(1.0, "vein", "inferior_vena_cava")],
+    )
+    add(
+        b.tube(
+            [(-10, -4, bifurcation_z), (-10, -6, 0), (-12, -10, 58), (-24, -24, 110), (-28, -28, 260)],
+            [10.0, 11.5, 12.0, 12.5, 12.5],
+        ),
+        [(1.0, "artery", "aorta")],
+    )
+    add(
+        b.tube([(2, -4, 260), (0, 0, 100), (-16, 14, 70), (-34, 24, 56)], [8.0, 8.0, 7.5, 7.5]),
+        [(1.0, "esophagus", "esophagus")],
+    )
 
     # liver lesions, from their own stream so that lesions=False keeps the same anatomy
-    after_liver = ops[ops.index(next(op for op in ops if op.shape is liver_left)) + 1:]
+    after_liver = ops[ops.index(next(op for op in ops if op.shape is liver_left)) + 1 :]
     carving = [op.shape for op in after_liver if op.only_in is None]
     wall_mm = body["skin"] + body["fat"] + body["muscle"] + warp.max_mm
     lesion_ops = []
@@ -703,8 +885,11 @@ def _abdomen_anatomy(
         semi = radius * np.exp(lesion_rng.normal(0, 0.1, 3))
         modulation = _capped(lesion_rng.normal(0, 0.06, 9), 0.3)
         lesion_ops.append(
-            _Op(_Ellipsoid(center, semi, _rotation(lesion_rng.uniform(0, 180)), modulation),
-                ((1.0, "liver_lesion", "liver_tumor"),), only_in=("liver", "hepatic_vein"))
+            _Op(
+                _Ellipsoid(center, semi, _rotation(lesion_rng.uniform(0, 180)), modulation),
+                ((1.0, "liver_lesion", "liver_tumor"),),
+                only_in=("liver", "hepatic_vein"),
+            )
         )
     return _Abdomen(ops, lesion_ops, warp, body, spine)
 
@@ -793,9 +978,7 @@ def _paint(canvas: _Canvas, op: _Op, label_of: Mapping[str | None, int], margin_
         label[mask] = label_of[structure]
 
 
-def _inside_body(
-    body: Mapping[str, float], x: np.ndarray, y: np.ndarray, z: np.ndarray, inset_mm: float
-) -> np.ndarray:
+def _inside_body(body: Mapping[str, float], x: np.ndarray, y: np.ndarray, z: np.ndarray, inset_mm: float) -> np.ndarray:
     """Boolean (nx, ny, nz): inside the body outline shrunk by ``inset_mm`` (x, y, z: 1D mm)."""
     p = body["p"]
     wobble = 1.0 + body["wobble"] * np.sin(2 * np.pi * z / body["z_period"] + body["wobble_phase"])
@@ -804,7 +987,7 @@ def _inside_body(
     b = np.where(dy >= 0, body["b_front"] - inset_mm, body["b_back"] - inset_mm * 0.7)
     b = np.maximum(b, 1.0)
     # |x/a|^p + |y/b|^p, separable in (x) x (z) and (y) - cheap on large grids
-    term_x = (np.abs(x - body["x0"]) ** p)[:, None, None] * (a ** -p)[None, None, :]
+    term_x = (np.abs(x - body["x0"]) ** p)[:, None, None] * (a**-p)[None, None, :]
     term_y = (np.abs(dy) / b) ** p
     return (term_x + term_y[None, :, None]) <= 1.0
 
@@ -844,9 +1027,7 @@ def _paint_bones(canvas: _Canvas, anatomy: _Abdomen) -> None:
     canal_d = np.sqrt((x - sp["x0"]) ** 2 + (y - sp["canal_y"]) ** 2)
     arch = (canal_d <= sp["arch_r"]) & (y < sp["y0"])
     canal = canal_d <= sp["canal_r"]
-    spinous = (np.abs(x - sp["x0"]) <= 0.25 * sp["a"]) & (y < sp["canal_y"]) & (
-        y >= sp["spinous_y"]
-    )
+    spinous = (np.abs(x - sp["x0"]) <= 0.25 * sp["a"]) & (y < sp["canal_y"]) & (y >= sp["spinous_y"])
     transverse = (np.abs(x - sp["x0"]) <= 1.7 * sp["a"] - np.abs(y - sp["canal_y"] - 6)) & (
         np.abs(y - sp["canal_y"] - 6) <= 4
     )
@@ -892,8 +1073,7 @@ def _render_abdomen(
     for k0 in range(0, grid.shape[2], step):
         k1 = min(grid.shape[2], k0 + step)
         zs = z[k0:k1]
-        canvas = _Canvas(x, y, zs, tissue[:, :, k0:k1], label[:, :, k0:k1],
-                         anatomy.warp.field(x, y, zs), {})
+        canvas = _Canvas(x, y, zs, tissue[:, :, k0:k1], label[:, :, k0:k1], anatomy.warp.field(x, y, zs), {})
         _paint_body(canvas, anatomy)
         for op in ops:
             _paint(canvas, op, label_of, margin)
@@ -924,17 +1104,14 @@ def _correlated_noise(
     """Gaussian noise with a little in-plane correlation (as reconstruction kernels give)."""
     noise = rng.standard_normal(size=shape, dtype=np.float32)
     if in_plane_sigma_vox > 0:
-        ndimage.gaussian_filter(noise, sigma=(in_plane_sigma_vox, in_plane_sigma_vox, 0),
-                                output=noise, mode="wrap")
+        ndimage.gaussian_filter(noise, sigma=(in_plane_sigma_vox, in_plane_sigma_vox, 0), output=noise, mode="wrap")
         noise *= np.float32(std / _gaussian_weights_energy(in_plane_sigma_vox))
     else:
         noise *= np.float32(std)
     return noise
 
 
-def _lookup(
-    rng: np.random.Generator, table: Mapping[str, tuple[float, float]]
-) -> dict[str, float]:
+def _lookup(rng: np.random.Generator, table: Mapping[str, tuple[float, float]]) -> dict[str, float]:
     return {name: float(rng.uniform(*table[name])) if name in table else 0.0 for name in TISSUES}
 
 
@@ -984,8 +1161,7 @@ def make_ct_phantom(
     """
     seed, shape, spacing, codes = _validated_common(seed, shape, spacing_mm, orientation)
     ids = _check_label_ids(label_ids, CT_STRUCTURES)
-    tissue, label, grid, transform, streams = _abdomen_maps(seed, shape, spacing, codes, ids,
-                                                            lesions)
+    tissue, label, grid, transform, streams = _abdomen_maps(seed, shape, spacing, codes, ids, lesions)
     intensity_rng, noise_rng = streams
     hu = _lookup(intensity_rng, _CT_HU)
     hu["liver_lesion"] = hu["liver"] - intensity_rng.uniform(30.0, 50.0)
@@ -1000,17 +1176,14 @@ def make_ct_phantom(
     np.rint(image, out=image)
     np.clip(image, *_CT_CLIP_HU, out=image)
     affine, image, label, tissue = _reorient(grid, transform, image.astype(np.int16), label, tissue)
-    logger.debug("CT phantom seed=%d shape=%s spacing=%s orientation=%s", seed, shape, spacing,
-                 "".join(codes))
-    return Phantom(image, label, affine, _labels_dict(ids), "CT", tissue,
-                   {i: n for n, i in TISSUES.items()})
+    logger.debug("CT phantom seed=%d shape=%s spacing=%s orientation=%s", seed, shape, spacing, "".join(codes))
+    return Phantom(image, label, affine, _labels_dict(ids), "CT", tissue, {i: n for n, i in TISSUES.items()})
 
 
 def _abdomen_maps(seed, shape, spacing, codes, ids, lesions):
     grid, transform = _canonical_grid(shape, spacing, codes)
     anatomy_ss, lesion_ss, intensity_ss, noise_ss = np.random.SeedSequence(seed).spawn(4)
-    anatomy = _abdomen_anatomy(np.random.default_rng(anatomy_ss), np.random.default_rng(lesion_ss),
-                               grid)
+    anatomy = _abdomen_anatomy(np.random.default_rng(anatomy_ss), np.random.default_rng(lesion_ss), grid)
     tissue, label = _render_abdomen(anatomy, grid, ids, lesions)
     streams = (np.random.default_rng(intensity_ss), np.random.default_rng(noise_ss))
     return tissue, label, grid, transform, streams
@@ -1051,8 +1224,7 @@ def make_mr_phantom(
     if not lesions:
         default.pop("liver_tumor")
     ids = _check_label_ids(label_ids, default)
-    tissue, label, grid, transform, streams = _abdomen_maps(seed, shape, spacing, codes, ids,
-                                                            lesions)
+    tissue, label, grid, transform, streams = _abdomen_maps(seed, shape, spacing, codes, ids, lesions)
     intensity_rng, noise_rng = streams
     signal = _lookup(intensity_rng, _MR_T1)
     signal["liver_lesion"] = signal["liver"] * intensity_rng.uniform(0.55, 0.7)
@@ -1066,8 +1238,7 @@ def make_mr_phantom(
     np.rint(image, out=image)
     np.clip(image, 0, np.iinfo(np.int16).max, out=image)
     affine, image, label, tissue = _reorient(grid, transform, image.astype(np.int16), label, tissue)
-    return Phantom(image, label, affine, _labels_dict(ids), "MR", tissue,
-                   {i: n for n, i in TISSUES.items()})
+    return Phantom(image, label, affine, _labels_dict(ids), "MR", tissue, {i: n for n, i in TISSUES.items()})
 
 
 def _rician(rng: np.random.Generator, image: np.ndarray, sigma: float) -> np.ndarray:
@@ -1116,16 +1287,16 @@ def make_brain_tumor_phantom(
         ValueError: On a bad shape, spacing, orientation, seed or channels.
     """
     seed, shape, spacing, codes = _validated_common(seed, shape, spacing_mm, orientation)
-    if isinstance(channels, bool) or not isinstance(channels, int | np.integer) or not (
-        1 <= channels <= len(MR_CONTRASTS)
+    if (
+        isinstance(channels, bool)
+        or not isinstance(channels, int | np.integer)
+        or not (1 <= channels <= len(MR_CONTRASTS))
     ):
         raise ValueError(f"channels: expected an int in 1..{len(MR_CONTRASTS)}, got {channels!r}")
     grid, transform = _canonical_grid(shape, spacing, codes)
     anatomy_ss, intensity_ss, noise_ss = np.random.SeedSequence(seed).spawn(3)
     tissue = _brain_tissue(np.random.default_rng(anatomy_ss), grid)
-    label = np.isin(tissue, [BRAIN_TISSUES["tumor_core"], BRAIN_TISSUES["tumor_rim"]]).astype(
-        np.uint8
-    )
+    label = np.isin(tissue, [BRAIN_TISSUES["tumor_core"], BRAIN_TISSUES["tumor_rim"]]).astype(np.uint8)
     intensity_rng = np.random.default_rng(intensity_ss)
     noise_rng = np.random.default_rng(noise_ss)
     bias = np.exp(_smooth_field(intensity_rng, grid, intensity_rng.uniform(0.1, 0.25)))
@@ -1141,8 +1312,9 @@ def make_brain_tumor_phantom(
         images.append(image.astype(np.float32))
     image = images[0] if channels == 1 else np.stack(images)
     affine, image, label, tissue = _reorient(grid, transform, image, label, tissue)
-    return Phantom(image, label, affine, {0: "background", 1: "tumor"}, "MR", tissue,
-                   {i: n for n, i in BRAIN_TISSUES.items()})
+    return Phantom(
+        image, label, affine, {0: "background", 1: "tumor"}, "MR", tissue, {i: n for n, i in BRAIN_TISSUES.items()}
+    )
 
 
 def _brain_tissue(rng: np.random.Generator, grid: _Grid) -> np.ndarray:
@@ -1168,15 +1340,17 @@ def _brain_tissue(rng: np.random.Generator, grid: _Grid) -> np.ndarray:
 
     # tumour: in one hemisphere, deep enough to stay inside the white matter
     side = 1.0 if rng.uniform() < 0.5 else -1.0
-    t_local = np.array([side * rng.uniform(0.25, 0.45), rng.uniform(-0.35, 0.35),
-                        rng.uniform(-0.05, 0.35)])
+    t_local = np.array([side * rng.uniform(0.25, 0.45), rng.uniform(-0.35, 0.35), rng.uniform(-0.05, 0.35)])
     t_center = center + head.rotation @ (t_local * semi)
     t_level = float(head.level(*(np.float32(v) for v in t_center)))
     radius = rng.uniform(12.0, 24.0) * scale
     radius = max(4.0 * scale, min(radius, (0.7 - t_level) * semi.min() / 1.35))
-    t_shape = _Ellipsoid(t_center, radius * np.exp(rng.normal(0, 0.1, 3)),
-                         _rotation(rng.uniform(0, 180), rng.normal(0, 10)),
-                         _capped(rng.normal(0, 0.06, 9), 0.3))
+    t_shape = _Ellipsoid(
+        t_center,
+        radius * np.exp(rng.normal(0, 0.1, 3)),
+        _rotation(rng.uniform(0, 180), rng.normal(0, 10)),
+        _capped(rng.normal(0, 0.06, 9), 0.3),
+    )
     core = rng.uniform(0.35, 0.6)
     edema = rng.uniform(1.4, 1.9)
     # mass effect: structures near the tumour are pushed away radially
@@ -1190,10 +1364,11 @@ def _brain_tissue(rng: np.random.Generator, grid: _Grid) -> np.ndarray:
 
     tissue = np.zeros(grid.shape, dtype=np.uint8)
     t = BRAIN_TISSUES
-    gyri = (np.sin(xs / np.float32(7.0 * scale) + np.float32(rng.uniform(0, 6)))
-            * np.sin(ys / np.float32(8.0 * scale) + np.float32(rng.uniform(0, 6)))
-            + np.sin(zs / np.float32(7.5 * scale) + np.float32(rng.uniform(0, 6)))
-            * np.sin(xs / np.float32(9.0 * scale) + np.float32(rng.uniform(0, 6))))
+    gyri = np.sin(xs / np.float32(7.0 * scale) + np.float32(rng.uniform(0, 6))) * np.sin(
+        ys / np.float32(8.0 * scale) + np.float32(rng.uniform(0, 6))
+    ) + np.sin(zs / np.float32(7.5 * scale) + np.float32(rng.uniform(0, 6))) * np.sin(
+        xs / np.float32(9.0 * scale) + np.float32(rng.uniform(0, 6))
+    )
     tissue[level <= 1.0] = t["scalp"]
     tissue[level <= 0.94] = t["skull"]
     tissue[level <= 0.87] = t["csf"]
@@ -1203,8 +1378,12 @@ def _brain_tissue(rng: np.random.Generator, grid: _Grid) -> np.ndarray:
     # sulci reaching into the cortex
     sulci = (gyri > 1.3) & (inner_level > 0.78) & (level <= 0.87)
     tissue[sulci] = t["csf"]
-    fissure = (np.abs(xs - np.float32(center[0])) < np.float32(1.5 * scale)) & (
-        zs > np.float32(center[2] - 0.2 * semi[2])) & (level <= 0.87) & (inner_level > 0.25)
+    fissure = (
+        (np.abs(xs - np.float32(center[0])) < np.float32(1.5 * scale))
+        & (zs > np.float32(center[2] - 0.2 * semi[2]))
+        & (level <= 0.87)
+        & (inner_level > 0.25)
+    )
     tissue[np.broadcast_to(fissure, grid.shape)] = t["csf"]
     for side_v in (1.0, -1.0):
         ventricle = _Ellipsoid(
@@ -1217,8 +1396,9 @@ def _brain_tissue(rng: np.random.Generator, grid: _Grid) -> np.ndarray:
     t_level_map = t_shape.level(x, y, z)
     brain = np.isin(tissue, [t["grey_matter"], t["white_matter"]])
     tissue[(t_level_map <= edema) & brain] = t["edema"]
-    inside = np.isin(tissue, [t["grey_matter"], t["white_matter"], t["edema"], t["ventricle"],
-                              t["csf"]]) & (level <= 0.8)
+    inside = np.isin(tissue, [t["grey_matter"], t["white_matter"], t["edema"], t["ventricle"], t["csf"]]) & (
+        level <= 0.8
+    )
     tissue[(t_level_map <= 1.0) & inside] = t["tumor_rim"]
     tissue[(t_level_map <= core) & inside] = t["tumor_core"]
     return tissue

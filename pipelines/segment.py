@@ -101,6 +101,14 @@ class Segmenter:
     def __init__(self, bundle: str | Path | Bundle, options: SegmentOptions | None = None) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.options = options or SegmentOptions()
+        channels = self.bundle.metadata.get("network_data_format", {}).get("inputs", {}).get("image", {})
+        channels = channels.get("num_channels", 1)
+        if isinstance(channels, int) and channels > 1:
+            raise ValueError(
+                f"{self.bundle.root / 'configs' / 'metadata.json'}: bundle {self.bundle.name} takes {channels} input "
+                "channels; medseg segment reads one image. Run it on a manifest whose cases list one image per "
+                "channel (medseg evaluate, or python -m monai.bundle run)"
+            )
         self.device = resolve_device(self.options.device)
         self.precision = resolve_precision(self.options.precision, self.device)
         # Fail on missing weights before parsing anything heavy: never predict with random weights.

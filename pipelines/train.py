@@ -276,10 +276,17 @@ class BatchNormRecalibration:
     """
 
     def __init__(
-        self, network: torch.nn.Module, data_loader: Any, num_batches: int = 8, interval: int = 1, precision: str = "fp32"
+        self,
+        network: torch.nn.Module,
+        data_loader: Any,
+        num_batches: int = 8,
+        interval: int = 1,
+        precision: str = "fp32",
     ) -> None:
         if num_batches < 1 or interval < 1:
-            raise ValueError(f"BatchNormRecalibration: num_batches and interval must be >= 1, got {num_batches}, {interval}")
+            raise ValueError(
+                f"BatchNormRecalibration: num_batches and interval must be >= 1, got {num_batches}, {interval}"
+            )
         self.network = network
         self.data_loader = data_loader
         self.num_batches = num_batches

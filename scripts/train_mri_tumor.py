@@ -46,14 +46,20 @@ def main() -> int:
     parser.add_argument("--train", type=int, default=40, help="training phantoms")
     parser.add_argument("--val", type=int, default=6, help="validation phantoms")
     parser.add_argument("--test", type=int, default=12, help="held-out test phantoms")
-    parser.add_argument("--channels", type=int, default=None,
-                        help="MR contrasts per case, 1-4 (default: the bundle's num_channels)")
+    parser.add_argument(
+        "--channels", type=int, default=None, help="MR contrasts per case, 1-4 (default: the bundle's num_channels)"
+    )
     parser.add_argument("--max-epochs", type=int, default=100)
     parser.add_argument("--val-interval", type=int, default=5)
-    parser.add_argument("--samples-per-case", type=int, default=None,
-                        help="patches per case and iteration (default: the bundle's, 4)")
-    parser.add_argument("--fov-scale", type=float, default=1.0,
-                        help="shrink the phantoms' field of view (0-1] for quick smoke runs (default 1)")
+    parser.add_argument(
+        "--samples-per-case", type=int, default=None, help="patches per case and iteration (default: the bundle's, 4)"
+    )
+    parser.add_argument(
+        "--fov-scale",
+        type=float,
+        default=1.0,
+        help="shrink the phantoms' field of view (0-1] for quick smoke runs (default 1)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--stage", choices=("all", "data", "train", "evaluate"), default="all")
     args = parser.parse_args()
@@ -74,7 +80,11 @@ def main() -> int:
     name = "brain_tumor_phantoms" if channels == 1 else f"brain_tumor_phantoms_{channels}ch"
     start = time.perf_counter()
     manifest = make_brain_dataset(
-        args.data_dir, args.bundle, channels=channels, name=name, fov_scale=args.fov_scale,
+        args.data_dir,
+        args.bundle,
+        channels=channels,
+        name=name,
+        fov_scale=args.fov_scale,
         counts={"training": args.train, "validation": args.val, "test": args.test},
     )
     print(f"data: {manifest} ({time.perf_counter() - start:.0f} s)")
@@ -88,8 +98,13 @@ def main() -> int:
         result = train(
             args.bundle,
             manifest,
-            TrainOptions(max_epochs=args.max_epochs, val_interval=args.val_interval, device=args.device, seed=0,
-                         overrides=overrides),
+            TrainOptions(
+                max_epochs=args.max_epochs,
+                val_interval=args.val_interval,
+                device=args.device,
+                seed=0,
+                overrides=overrides,
+            ),
         )
         print(
             f"train: best validation Dice {result.best_metric:.4f} at epoch {result.best_epoch} "

@@ -37,10 +37,18 @@ def main() -> int:
     parser.add_argument("--test", type=int, default=10, help="held-out test phantoms")
     parser.add_argument("--max-epochs", type=int, default=200)
     parser.add_argument("--val-interval", type=int, default=10)
-    parser.add_argument("--samples-per-case", type=int, default=None,
-                        help="96³ patches per case and iteration (default: the bundle's, 4)")
-    parser.add_argument("--fov-scale", type=float, default=1.0,
-                        help="shrink the phantoms' field of view (0-1] for quick smoke runs (default 1)")
+    parser.add_argument(
+        "--samples-per-case",
+        type=int,
+        default=None,
+        help="96³ patches per case and iteration (default: the bundle's, 4)",
+    )
+    parser.add_argument(
+        "--fov-scale",
+        type=float,
+        default=1.0,
+        help="shrink the phantoms' field of view (0-1] for quick smoke runs (default 1)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--stage", choices=("all", "data", "train", "evaluate"), default="all")
     args = parser.parse_args()
@@ -52,7 +60,11 @@ def main() -> int:
 
     start = time.perf_counter()
     manifest = make_phantom_dataset(
-        args.data_dir, args.bundle, kind="ct", name="ct_multiorgan_phantoms", fov_scale=args.fov_scale,
+        args.data_dir,
+        args.bundle,
+        kind="ct",
+        name="ct_multiorgan_phantoms",
+        fov_scale=args.fov_scale,
         counts={"training": args.train, "validation": args.val, "test": args.test},
     )
     print(f"data: {manifest} ({time.perf_counter() - start:.0f} s)")
@@ -66,8 +78,13 @@ def main() -> int:
         result = train(
             args.bundle,
             manifest,
-            TrainOptions(max_epochs=args.max_epochs, val_interval=args.val_interval, device=args.device, seed=0,
-                         overrides=overrides),
+            TrainOptions(
+                max_epochs=args.max_epochs,
+                val_interval=args.val_interval,
+                device=args.device,
+                seed=0,
+                overrides=overrides,
+            ),
         )
         print(
             f"train: best validation mean Dice {result.best_metric:.4f} at epoch {result.best_epoch} "

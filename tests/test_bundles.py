@@ -41,8 +41,15 @@ SPLEEN_STYLE_INFERENCE = {
             {"_target_": "EnsureChannelFirstd", "keys": "image"},
             {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
             {"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0], "mode": "bilinear"},
-            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -57, "a_max": 164, "b_min": 0, "b_max": 1,
-             "clip": True},
+            {
+                "_target_": "ScaleIntensityRanged",
+                "keys": "image",
+                "a_min": -57,
+                "a_max": 164,
+                "b_min": 0,
+                "b_max": 1,
+                "clip": True,
+            },
             {"_target_": "EnsureTyped", "keys": "image"},
         ],
     },
@@ -52,23 +59,43 @@ SPLEEN_STYLE_INFERENCE = {
         "transform": "@preprocessing",
     },
     "dataloader": {
-        "_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False, "num_workers": 0,
+        "_target_": "DataLoader",
+        "dataset": "@dataset",
+        "batch_size": 1,
+        "shuffle": False,
+        "num_workers": 0,
     },
     "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [32, 32, 32], "sw_batch_size": 4, "overlap": 0.5},
     "postprocessing": {
         "_target_": "Compose",
         "transforms": [
             {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
-             "meta_key_postfix": "meta_dict", "nearest_interp": False, "to_tensor": True},
+            {
+                "_target_": "Invertd",
+                "keys": "pred",
+                "transform": "@preprocessing",
+                "orig_keys": "image",
+                "meta_key_postfix": "meta_dict",
+                "nearest_interp": False,
+                "to_tensor": True,
+            },
             {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-            {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
-             "separate_folder": False, "resample": False},
+            {
+                "_target_": "SaveImaged",
+                "keys": "pred",
+                "output_dir": "@output_dir",
+                "output_postfix": "seg",
+                "separate_folder": False,
+                "resample": False,
+            },
         ],
     },
     "handlers": [
-        {"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/model.pt'",
-         "load_dict": {"model": "@network"}},
+        {
+            "_target_": "CheckpointLoader",
+            "load_path": "$@bundle_root + '/models/model.pt'",
+            "load_dict": {"model": "@network"},
+        },
         {"_target_": "StatsHandler", "iteration_log": False},
     ],
     "evaluator": {
@@ -99,16 +126,31 @@ SPLEEN_STYLE_METADATA = {
     "authors": "test",
     "copyright": "Copyright (c) test",
     "network_data_format": {
-        "inputs": {"image": {
-            "type": "image", "format": "hounsfield", "modality": "CT", "num_channels": 1,
-            "spatial_shape": [32, 32, 32], "dtype": "float32", "value_range": [0, 1], "is_patch_data": True,
-            "channel_def": {"0": "image"},
-        }},
-        "outputs": {"pred": {
-            "type": "image", "format": "segmentation", "num_channels": 2, "spatial_shape": [32, 32, 32],
-            "dtype": "float32", "value_range": [0, 1], "is_patch_data": True,
-            "channel_def": {"0": "background", "1": "spleen"},
-        }},
+        "inputs": {
+            "image": {
+                "type": "image",
+                "format": "hounsfield",
+                "modality": "CT",
+                "num_channels": 1,
+                "spatial_shape": [32, 32, 32],
+                "dtype": "float32",
+                "value_range": [0, 1],
+                "is_patch_data": True,
+                "channel_def": {"0": "image"},
+            }
+        },
+        "outputs": {
+            "pred": {
+                "type": "image",
+                "format": "segmentation",
+                "num_channels": 2,
+                "spatial_shape": [32, 32, 32],
+                "dtype": "float32",
+                "value_range": [0, 1],
+                "is_patch_data": True,
+                "channel_def": {"0": "background", "1": "spleen"},
+            }
+        },
     },
 }
 
@@ -146,8 +188,22 @@ def test_zoo_style_bundle_runs_unchanged_and_matches_plain_monai(tmp_path: Path,
     from monai.bundle import run
 
     scan, affine = abdomen_scan(tmp_path / "spleen_07.nii.gz")
-    code = main(["segment", str(scan), "--bundle", str(spleen_style_bundle), "--output", str(tmp_path / "out"),
-                 "--device", "cpu", "--precision", "fp32", "--outputs", "labels"])
+    code = main(
+        [
+            "segment",
+            str(scan),
+            "--bundle",
+            str(spleen_style_bundle),
+            "--output",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--precision",
+            "fp32",
+            "--outputs",
+            "labels",
+        ]
+    )
     assert code == 0
     ours = nib.load(tmp_path / "out" / "spleen_07" / "labels.nii.gz")
     assert ours.shape == (56, 48, 30)
@@ -187,11 +243,26 @@ def test_unetr_bundle_segments_a_small_phantom_on_its_grid(tmp_path: Path) -> No
 
     bundle = copy_bundle_with_random_weights("ct_multiorgan_unetr", tmp_path / "bundles")
     ids = {n: i for n, i in phantoms.CT_STRUCTURES.items() if n != "liver_tumor"}
-    phantom = phantoms.make_ct_phantom(5, shape=(64, 52, 30), spacing_mm=(3.0, 3.0, 4.0), orientation="LPS",
-                                       label_ids=ids)
+    phantom = phantoms.make_ct_phantom(
+        5, shape=(64, 52, 30), spacing_mm=(3.0, 3.0, 4.0), orientation="LPS", label_ids=ids
+    )
     image, _ = phantoms.write_nifti(phantom, tmp_path / "case")
-    code = main(["segment", str(image), "--bundle", str(bundle), "--output", str(tmp_path / "out"),
-                 "--device", "cpu", "--outputs", "labels", "--case-id", "unetr"])
+    code = main(
+        [
+            "segment",
+            str(image),
+            "--bundle",
+            str(bundle),
+            "--output",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--outputs",
+            "labels",
+            "--case-id",
+            "unetr",
+        ]
+    )
     assert code == 0
     labels = nib.load(tmp_path / "out" / "unetr" / "labels.nii.gz")
     assert labels.shape == phantom.image.shape
@@ -204,8 +275,9 @@ def test_unetr_training_patches_are_class_balanced_96_cubes(tmp_path: Path) -> N
     from pipelines import phantoms
 
     ids = {n: i for n, i in phantoms.CT_STRUCTURES.items() if n != "liver_tumor"}
-    phantom = phantoms.make_ct_phantom(1, shape=(60, 48, 30), spacing_mm=(3.0, 3.0, 4.0), orientation="LAS",
-                                       label_ids=ids)
+    phantom = phantoms.make_ct_phantom(
+        1, shape=(60, 48, 30), spacing_mm=(3.0, 3.0, 4.0), orientation="LAS", label_ids=ids
+    )
     image, label = phantoms.write_nifti(phantom, tmp_path / "case")
     parser = parse_config(load_bundle(BUNDLES / "ct_multiorgan_unetr"), "train", {"manifest": "unused"})
     patches = parser.get_parsed_content("train#preprocessing")({"image": str(image), "label": str(label)})
@@ -224,8 +296,20 @@ def test_mri_bundle_on_the_shared_brain_scan_keeps_its_exact_grid(tmp_path: Path
 
     bundle = copy_bundle_with_random_weights("mri_brain_tumor", tmp_path / "bundles")
     source = shared_data / "mri_brain_tumor" / "image.nrrd"
-    code = main(["segment", str(source), "--bundle", str(bundle), "--output", str(tmp_path / "out"),
-                 "--device", "cpu", "--outputs", "labels"])
+    code = main(
+        [
+            "segment",
+            str(source),
+            "--bundle",
+            str(bundle),
+            "--output",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--outputs",
+            "labels",
+        ]
+    )
     assert code == 0
     volume = read_volume(source)
     labels = nib.load(tmp_path / "out" / "image" / "labels.nii.gz")
@@ -241,16 +325,18 @@ def test_mri_bundle_takes_several_contrasts_as_channels(tmp_path: Path) -> None:
     from pipelines.phantoms import MR_CONTRASTS
     from pipelines.train import datalist
 
-    manifest = make_brain_dataset(tmp_path / "data", BUNDLES / "mri_brain_tumor",
-                                  counts={"training": 1, "test": 1}, channels=4, fov_scale=0.3)
+    manifest = make_brain_dataset(
+        tmp_path / "data", BUNDLES / "mri_brain_tumor", counts={"training": 1, "test": 1}, channels=4, fov_scale=0.3
+    )
     assert validate_manifest(manifest) == []
     loaded = load_manifest(manifest)
     assert loaded.modality == ",".join(MR_CONTRASTS) and loaded.labels == {0: "background", 1: "tumor"}
     case = datalist(manifest, "training")[0]
     assert [Path(p).name for p in case["image"]] == [f"image_{c.lower()}.nii.gz" for c in MR_CONTRASTS]
 
-    parser = parse_config(load_bundle(BUNDLES / "mri_brain_tumor"), "train", {"manifest": str(manifest),
-                                                                                "num_channels": 4})
+    parser = parse_config(
+        load_bundle(BUNDLES / "mri_brain_tumor"), "train", {"manifest": str(manifest), "num_channels": 4}
+    )
     data = parser.get_parsed_content("validate#preprocessing")(case)
     first = nib.load(case["image"][0])
     assert data["image"].shape[0] == 4 and data["label"].shape[0] == 1
@@ -302,8 +388,11 @@ def test_brain_dataset_geometry_is_seeded_and_regenerated_when_it_changes(tmp_pa
     make_brain_dataset(tmp_path, bundle, counts={"validation": 1}, fov_scale=0.3)
     assert nib.load(image).shape != small
     entry = json.loads(manifest.read_text())["validation"][0]
-    assert entry == {"case_id": "brain_10000", "image": "validation/brain_10000/image.nii.gz",
-                     "label": "validation/brain_10000/label.nii.gz"}
+    assert entry == {
+        "case_id": "brain_10000",
+        "image": "validation/brain_10000/image.nii.gz",
+        "label": "validation/brain_10000/label.nii.gz",
+    }
 
 
 @pytest.mark.parametrize(
@@ -342,14 +431,39 @@ def test_mri_training_script_smoke_run(tmp_path: Path) -> None:
 
     bundle = tmp_path / "mri_brain_tumor"
     shutil.copytree(BUNDLES / "mri_brain_tumor", bundle, ignore=shutil.ignore_patterns("models", "eval"))
-    command = [sys.executable, str(REPO / "scripts" / "train_mri_tumor.py"), "--bundle", str(bundle),
-               "--data-dir", str(tmp_path / "data"), "--train", "2", "--val", "1", "--test", "1", "--max-epochs", "1",
-               "--val-interval", "1", "--fov-scale", "0.4", "--samples-per-case", "1", "--device", "cpu"]
+    command = [
+        sys.executable,
+        str(REPO / "scripts" / "train_mri_tumor.py"),
+        "--bundle",
+        str(bundle),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--train",
+        "2",
+        "--val",
+        "1",
+        "--test",
+        "1",
+        "--max-epochs",
+        "1",
+        "--val-interval",
+        "1",
+        "--fov-scale",
+        "0.4",
+        "--samples-per-case",
+        "1",
+        "--device",
+        "cpu",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (bundle / "models" / "model.pt").is_file()
     assert "train: best validation Dice" in done.stdout
     assert json.loads((tmp_path / "data" / "eval" / "metrics.json").read_text())
-    bad = subprocess.run([*command[:2], "--bundle", str(bundle), "--channels", "4", "--stage", "data"],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [*command[:2], "--bundle", str(bundle), "--channels", "4", "--stage", "data"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "set num_channels to 4 in configs/inference.json" in bad.stderr

@@ -21,8 +21,17 @@ def test_metrics_command_writes_csv_and_json(tmp_path: Path, capsys: pytest.Capt
     write_array(tmp_path / "truth.nii.gz", truth, affine)
     write_array(tmp_path / "pred.nii.gz", pred, affine)
     (tmp_path / "labels.json").write_text(json.dumps({"1": "cube"}))
-    code = main(["metrics", str(tmp_path / "pred.nii.gz"), str(tmp_path / "truth.nii.gz"),
-                 "--labels", str(tmp_path / "labels.json"), "--output", str(tmp_path / "m")])
+    code = main(
+        [
+            "metrics",
+            str(tmp_path / "pred.nii.gz"),
+            str(tmp_path / "truth.nii.gz"),
+            "--labels",
+            str(tmp_path / "labels.json"),
+            "--output",
+            str(tmp_path / "m"),
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "cube" in out and "0.800" in out  # Dice of a 10-voxel cube shifted by 2 voxels
@@ -40,14 +49,24 @@ def test_metrics_command_names_unknown_labels(tmp_path: Path, capsys: pytest.Cap
     write_array(tmp_path / "truth.nii.gz", truth, affine)
     write_array(tmp_path / "pred.nii.gz", pred, affine)
     (tmp_path / "labels.json").write_text(json.dumps({"1": "cube"}))
-    code = main(["metrics", str(tmp_path / "pred.nii.gz"), str(tmp_path / "truth.nii.gz"), "--labels", str(tmp_path / "labels.json")])
+    code = main(
+        [
+            "metrics",
+            str(tmp_path / "pred.nii.gz"),
+            str(tmp_path / "truth.nii.gz"),
+            "--labels",
+            str(tmp_path / "labels.json"),
+        ]
+    )
     assert code == 1
     assert "9" in capsys.readouterr().err
 
 
 def _pairs(folder: Path, n: int) -> None:
     for i in range(n):
-        phantom = make_ct_phantom(i, shape=(24, 20, 16), spacing_mm=(12.0, 12.0, 12.0), label_ids={"liver": 1, "spleen": 2})
+        phantom = make_ct_phantom(
+            i, shape=(24, 20, 16), spacing_mm=(12.0, 12.0, 12.0), label_ids={"liver": 1, "spleen": 2}
+        )
         write_nifti(phantom, folder / f"case{i}")
     (folder / "labels.json").write_text(json.dumps({"1": "liver", "2": "spleen"}))
 
@@ -63,7 +82,11 @@ def test_manifest_create_validate_split(tmp_path: Path, capsys: pytest.CaptureFi
     assert "OK" in capsys.readouterr().out
     assert main(["manifest", "split", str(manifest), "--folds", "2", "--seed", "3"]) == 0
     folds = [json.loads((data / f"dataset_fold{f}.json").read_text()) for f in range(2)]
-    validated = sorted(e["case_id"] if isinstance(e, dict) and "case_id" in e else json.dumps(e) for f in folds for e in f["validation"])
+    validated = sorted(
+        e["case_id"] if isinstance(e, dict) and "case_id" in e else json.dumps(e)
+        for f in folds
+        for e in f["validation"]
+    )
     assert len(validated) == 4 and len(set(validated)) == 4, "every case is validated in exactly one fold"
 
 
@@ -71,7 +94,9 @@ def test_manifest_validate_reports_every_problem(tmp_path: Path, capsys: pytest.
     data = tmp_path / "data"
     _pairs(data, 2)
     bad = {
-        "name": "bad", "modality": "CT", "labels": {"0": "background", "1": "liver"},
+        "name": "bad",
+        "modality": "CT",
+        "labels": {"0": "background", "1": "liver"},
         "training": [
             {"case_id": "a", "image": "case0/image.nii.gz", "label": "case0/label.nii.gz"},  # has label 2: not listed
             {"case_id": "a", "image": "case1/image.nii.gz", "label": "missing/label.nii.gz"},
@@ -89,6 +114,8 @@ def test_manifest_validate_reports_every_problem(tmp_path: Path, capsys: pytest.
 def test_phantoms_command_writes_a_valid_manifest(tmp_path: Path) -> None:
     from pipelines.manifests import validate_manifest
 
-    assert main(["phantoms", "--output", str(tmp_path / "ph"), "--training", "1", "--validation", "1", "--test", "0"]) == 0
+    assert (
+        main(["phantoms", "--output", str(tmp_path / "ph"), "--training", "1", "--validation", "1", "--test", "0"]) == 0
+    )
     problems = validate_manifest(tmp_path / "ph" / "ct_phantoms.json")
     assert problems == []

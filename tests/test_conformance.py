@@ -94,11 +94,13 @@ BROKEN: dict[str, tuple[str, Callable[[dict[str, Any]], None], str]] = {
     "no numpy_version": ("metadata.json", _drop("numpy_version"), "configs/metadata.json: missing key 'numpy_version'"),
     "no inferer": ("inference.json", _drop("inferer"), "configs/inference.json: missing key 'inferer'"),
     "changelog behind version": (
-        "metadata.json", _set("version", "0.2.0"),
+        "metadata.json",
+        _set("version", "0.2.0"),
         "configs/metadata.json: key 'changelog': no entry for the current version '0.2.0'",
     ),
     "no modality": (
-        "metadata.json", _drop("network_data_format", "inputs", "image", "modality"),
+        "metadata.json",
+        _drop("network_data_format", "inputs", "image", "modality"),
         "configs/metadata.json: missing key 'network_data_format#inputs#image#modality'",
     ),
     "channel_def disagrees": (
@@ -109,32 +111,40 @@ BROKEN: dict[str, tuple[str, Callable[[dict[str, Any]], None], str]] = {
     ),
     "no copyright": ("metadata.json", _drop("copyright"), "configs/metadata.json: missing key 'copyright'"),
     "no dataset": (
-        "inference.json", _drop("dataset"), "configs/inference.json: missing key 'dataset' (MONAI InferProperties",
+        "inference.json",
+        _drop("dataset"),
+        "configs/inference.json: missing key 'dataset' (MONAI InferProperties",
     ),
     "no trainer": (
-        "train.json", _drop("train", "trainer"),
+        "train.json",
+        _drop("train", "trainer"),
         "configs/train.json: missing key 'train#trainer' (MONAI TrainProperties",
     ),
     "no max_epochs in trainer": (
-        "train.json", _drop("train", "trainer", "max_epochs"),
+        "train.json",
+        _drop("train", "trainer", "max_epochs"),
         "configs/train.json: missing key 'train#trainer#max_epochs'",
     ),
     "fixed max_epochs": (
-        "train.json", lambda d: d["train"]["trainer"].update(max_epochs=3),
+        "train.json",
+        lambda d: d["train"]["trainer"].update(max_epochs=3),
         "configs/train.json: key 'train#trainer#max_epochs': expected '@max_epochs'",
     ),
     "no val_interval": ("train.json", _drop("val_interval"), "configs/train.json: missing key 'val_interval'"),
     "no eval_split": (
-        "evaluate.json", _drop("eval_split"),
+        "evaluate.json",
+        _drop("eval_split"),
         "configs/evaluate.json: missing key 'eval_split' (medseg evaluate sets the manifest split) "
         "(evaluate.json is layered over train.json)",
     ),
     "no Invertd": (
-        "inference.json", lambda d: d["postprocessing"]["transforms"].pop(4),
+        "inference.json",
+        lambda d: d["postprocessing"]["transforms"].pop(4),
         "configs/inference.json: key 'postprocessing': no Invertd",
     ),
     "no LoadImaged": (
-        "inference.json", lambda d: d["preprocessing"]["transforms"].pop(0),
+        "inference.json",
+        lambda d: d["preprocessing"]["transforms"].pop(0),
         "configs/inference.json: key 'preprocessing#transforms#0': expected LoadImaged first",
     ),
 }
@@ -237,10 +247,27 @@ def test_run_check_catches_a_label_map_off_the_input_grid(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("ct_multiorgan_unetr", {"modality": "CT", "network": "UNETR", "pixdim": [1.5, 1.5, 2.0],
-                                 "roi_size": [96, 96, 96], "num_channels": 1}),
-        ("mri_brain_tumor", {"modality": "MR", "network": "SegResNet", "pixdim": [1.25, 1.25, 3.0],
-                             "roi_size": [96, 96, 32], "num_channels": 1, "labels": {0: "background", 1: "tumor"}}),
+        (
+            "ct_multiorgan_unetr",
+            {
+                "modality": "CT",
+                "network": "UNETR",
+                "pixdim": [1.5, 1.5, 2.0],
+                "roi_size": [96, 96, 96],
+                "num_channels": 1,
+            },
+        ),
+        (
+            "mri_brain_tumor",
+            {
+                "modality": "MR",
+                "network": "SegResNet",
+                "pixdim": [1.25, 1.25, 3.0],
+                "roi_size": [96, 96, 32],
+                "num_channels": 1,
+                "labels": {0: "background", 1: "tumor"},
+            },
+        ),
         ("ct_abdomen_unet", {"modality": "CT", "network": "UNet", "pixdim": [1.5, 1.5, 2.0]}),
     ],
 )

@@ -19,8 +19,15 @@ def test_demo_segments_a_phantom_with_the_shipped_weights(tmp_path: Path, capsys
     assert WEIGHTS.is_file(), "the CT bundle ships trained weights (scripts/train_ct_unet.py)"
     out = tmp_path / "demo"
     assert main(["demo", "--output", str(out)]) == 0
-    for name in ("phantom/image.nii.gz", "phantom/label.nii.gz", "phantom_seg/labels.nii.gz",
-                 "phantom_seg/stats.json", "phantom_seg/preview.png", "phantom_seg/run.json", "metrics.json"):
+    for name in (
+        "phantom/image.nii.gz",
+        "phantom/label.nii.gz",
+        "phantom_seg/labels.nii.gz",
+        "phantom_seg/stats.json",
+        "phantom_seg/preview.png",
+        "phantom_seg/run.json",
+        "metrics.json",
+    ):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     organs = ("spleen", "kidney_right", "kidney_left", "liver")
@@ -38,5 +45,5 @@ def test_demo_seeds_are_disjoint_from_training() -> None:
 
     ranges = list(SEEDS.values())
     for i, a in enumerate(ranges):
-        for b in ranges[i + 1:]:
+        for b in ranges[i + 1 :]:
             assert not set(a) & set(b)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pipelines.inference import Predictor, resolve_precision
-from pipelines.segment import SegmentOptions, Segmenter
+from pipelines.segment import Segmenter, SegmentOptions
 
 pytestmark = pytest.mark.gpu
 

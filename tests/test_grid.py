@@ -20,8 +20,12 @@ def _loaded(codes: str, shape=(40, 34, 12), spacing=(0.8, 1.1, 2.5)) -> tuple[Me
     world = ijk @ affine[:3, :3].T + affine[:3, 3]
     labels = (np.abs(world[:, 0] - 3) < 8).astype(np.uint8) + 2 * (np.linalg.norm(world - [0, -5, 12], axis=1) < 6)
     array = np.minimum(labels, 2).reshape(shape).astype(np.float32)
-    meta = {"affine": torch.as_tensor(affine), "original_affine": torch.as_tensor(affine),
-            "spatial_shape": np.asarray(shape), "original_channel_dim": float("nan")}
+    meta = {
+        "affine": torch.as_tensor(affine),
+        "original_affine": torch.as_tensor(affine),
+        "spatial_shape": np.asarray(shape),
+        "original_channel_dim": float("nan"),
+    }
     return MetaTensor(torch.as_tensor(array), meta=meta), array.astype(np.uint8)
 
 
@@ -29,9 +33,16 @@ def _loaded(codes: str, shape=(40, 34, 12), spacing=(0.8, 1.1, 2.5)) -> tuple[Me
 def test_round_trip_through_orientation_and_spacing(codes: str) -> None:
     image, original = _loaded(codes)
     # The same voxel size in RAS axis order, so the round trip must be exact.
-    pixdim = np.abs(np.linalg.norm(image.affine.numpy()[:3, :3], axis=0))[np.argsort(np.argmax(np.abs(image.affine.numpy()[:3, :3]), axis=0))]
-    pre = Compose([EnsureChannelFirstd("image"), Orientationd("image", axcodes="RAS"),
-                   Spacingd("image", pixdim=tuple(pixdim), mode="nearest")])
+    pixdim = np.abs(np.linalg.norm(image.affine.numpy()[:3, :3], axis=0))[
+        np.argsort(np.argmax(np.abs(image.affine.numpy()[:3, :3]), axis=0))
+    ]
+    pre = Compose(
+        [
+            EnsureChannelFirstd("image"),
+            Orientationd("image", axcodes="RAS"),
+            Spacingd("image", pixdim=tuple(pixdim), mode="nearest"),
+        ]
+    )
     data = pre({"image": image})
     pred = MetaTensor(data["image"].as_tensor().round().to(torch.uint8), meta=data["image"].meta)
     back = ResampleLabelsToOriginald("pred", ref_key="image")({**data, "pred": pred})["pred"]
@@ -42,12 +53,19 @@ def test_round_trip_through_orientation_and_spacing(codes: str) -> None:
 
 def test_agrees_with_invertd_after_resampling() -> None:
     image, _ = _loaded("LPS")
-    pre = Compose([EnsureChannelFirstd("image"), Orientationd("image", axcodes="RAS"),
-                   Spacingd("image", pixdim=(1.5, 1.5, 2.0), mode="nearest")])
+    pre = Compose(
+        [
+            EnsureChannelFirstd("image"),
+            Orientationd("image", axcodes="RAS"),
+            Spacingd("image", pixdim=(1.5, 1.5, 2.0), mode="nearest"),
+        ]
+    )
     data = pre({"image": image})
     pred = MetaTensor(data["image"].as_tensor().round().to(torch.uint8), meta=data["image"].meta)
     ours = ResampleLabelsToOriginald("pred")({**data, "pred": pred})["pred"][0].numpy()
-    theirs = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=True)({**data, "pred": pred.clone()})["pred"]
+    theirs = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=True)({**data, "pred": pred.clone()})[
+        "pred"
+    ]
     theirs = np.rint(theirs[0].numpy()).astype(np.uint8)
     assert ours.shape == theirs.shape
     # Both are nearest neighbours; they may differ only where a target voxel is equidistant from two sources.
@@ -81,4 +99,6 @@ def test_float_scores_are_refused() -> None:
 
 def test_reference_without_loader_meta_is_refused() -> None:
     with pytest.raises(ValueError, match=r"key 'image' carries no original_affine"):
-        ResampleLabelsToOriginald("pred")({"image": torch.zeros(1, 4, 4, 4), "pred": torch.zeros(1, 4, 4, 4, dtype=torch.uint8)})
+        ResampleLabelsToOriginald("pred")(
+            {"image": torch.zeros(1, 4, 4, 4), "pred": torch.zeros(1, 4, 4, 4, dtype=torch.uint8)}
+        )

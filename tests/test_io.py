@@ -43,7 +43,9 @@ def test_nifti_round_trip_keeps_shape_and_affine(tmp_path: Path, codes: str) -> 
     np.testing.assert_allclose(volume.affine, affine, atol=1e-5)
     assert nib.aff2axcodes(volume.affine) == tuple(codes)
     np.testing.assert_array_equal(volume.array, data)
-    out = write_labels((data > 0).astype(np.uint8), volume.affine, tmp_path / "labels.nii.gz", header=volume.nifti_header)
+    out = write_labels(
+        (data > 0).astype(np.uint8), volume.affine, tmp_path / "labels.nii.gz", header=volume.nifti_header
+    )
     back = nib.load(out)
     assert back.shape == shape
     np.testing.assert_array_equal(back.affine, nib.load(path).affine)  # bit for bit, via the header
@@ -116,7 +118,9 @@ def test_unsupported_extension(tmp_path: Path) -> None:
 
 
 def test_truncated_nifti(tmp_path: Path) -> None:
-    path = write_nifti(tmp_path / "full.nii.gz", np.random.default_rng(1).random((40, 40, 40)).astype(np.float32), np.eye(4))
+    path = write_nifti(
+        tmp_path / "full.nii.gz", np.random.default_rng(1).random((40, 40, 40)).astype(np.float32), np.eye(4)
+    )
     blob = path.read_bytes()
     cut = tmp_path / "cut.nii.gz"
     cut.write_bytes(blob[: len(blob) // 2])
@@ -156,7 +160,7 @@ def test_shared_jpeg2000_dicom_series(shared_data: Path) -> None:
     np.testing.assert_allclose(volume.spacing_mm, (0.9765625, 0.9765625, 2.0))
     assert nib.aff2axcodes(volume.affine) == ("L", "P", "S")  # LPS as stored
     assert len(volume.dicom_files) == 20
-    assert -1100 <= volume.array.min() and volume.array.max() < 4000  # HU after rescale
+    assert volume.array.min() >= -1100 and volume.array.max() < 4000  # HU after rescale
 
 
 @pytest.mark.shared_data
@@ -165,14 +169,19 @@ def test_dicom_series_and_its_las_label_agree_in_physical_space(shared_data: Pat
     volume = read_volume(shared_data / "ct_dicom_series" / "dicom")
     label_img = nib.load(shared_data / "ct_dicom_series" / "label.nii.gz")
     assert nib.aff2axcodes(label_img.affine) == ("L", "A", "S")
-    names = {int(k): v for k, v in __import__("json").loads((shared_data / "ct_dicom_series" / "labels.json").read_text()).items()}
+    names = {
+        int(k): v
+        for k, v in __import__("json").loads((shared_data / "ct_dicom_series" / "labels.json").read_text()).items()
+    }
     liver = next(k for k, v in names.items() if v == "liver")
     # Resample the label onto the series grid with nearest neighbour through physical space.
     from scipy.ndimage import affine_transform
 
     series_to_label = np.linalg.inv(label_img.affine) @ volume.affine
     label = np.asarray(label_img.dataobj)
-    on_series = affine_transform(label, series_to_label[:3, :3], series_to_label[:3, 3], output_shape=volume.shape, order=0)
+    on_series = affine_transform(
+        label, series_to_label[:3, :3], series_to_label[:3, 3], output_shape=volume.shape, order=0
+    )
     liver_hu = volume.array[on_series == liver]
     assert liver_hu.size > 1000
     assert 20 < float(np.mean(liver_hu)) < 200, "liver should be soft tissue after mapping through physical space"

@@ -103,10 +103,16 @@ def test_load_resolves_paths_against_manifest_folder(tmp_path: Path) -> None:
 
 def test_plain_string_modality_and_channel_case_id(tmp_path: Path) -> None:
     path = tmp_path / "m.json"
-    path.write_text(json.dumps({
-        "name": "mr", "modality": "MR", "labels": {"0": "background"},
-        "test": [{"image": ["p7_0000.nii.gz", "p7_0001.nii.gz"]}, "dicom_case/"],
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "name": "mr",
+                "modality": "MR",
+                "labels": {"0": "background"},
+                "test": [{"image": ["p7_0000.nii.gz", "p7_0001.nii.gz"]}, "dicom_case/"],
+            }
+        )
+    )
     manifest = load_manifest(path)
     assert manifest.modality == "MR"
     assert [c.case_id for c in manifest.cases] == ["p7", "dicom_case"]
@@ -139,8 +145,10 @@ def test_missing_required_key(tmp_path: Path, key: str) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"training": None, "labels": LABELS},
-         "missing required key: expected at least one of 'training', 'validation', 'test'"),
+        (
+            {"training": None, "labels": LABELS},
+            "missing required key: expected at least one of 'training', 'validation', 'test'",
+        ),
         ({"training": [{"label": "a.nii.gz"}]}, "missing required key 'image' in training[0]"),
         ({"training": [5]}, "training[0]: 5 is not of type 'string', 'object'"),
         ({"training": [{"image": []}]}, "training[0].image: [] should be non-empty"),
@@ -161,8 +169,11 @@ def test_schema_violations_name_the_key(tmp_path: Path, change: dict[str, Any], 
 
 
 def test_duplicate_case_ids(tmp_path: Path) -> None:
-    path = _manifest(tmp_path, [{"image": "a.nii.gz", "label": "a_seg.nii.gz"}],
-                     test=["other/a.nii.gz", {"image": "b.nii.gz", "case_id": "a"}])
+    path = _manifest(
+        tmp_path,
+        [{"image": "a.nii.gz", "label": "a_seg.nii.gz"}],
+        test=["other/a.nii.gz", {"image": "b.nii.gz", "case_id": "a"}],
+    )
     expected = f"case a: {path}: duplicate case id, used by 3 entries: training[0], test[0], test[1]"
     with pytest.raises(ManifestError, match=f"^{re.escape(expected)}$"):
         load_manifest(path)
@@ -209,8 +220,11 @@ def test_non_integer_label_values(tmp_path: Path) -> None:
     [
         ((8, 7, 5), AFFINE, "shape (8, 7, 5) spacing 1.5x1.5x3 mm"),
         (SHAPE, np.diag([1.5, 1.5, 2.5, 1.0]), "shape (8, 7, 6) spacing 1.5x1.5x2.5 mm"),
-        (SHAPE, AFFINE + np.array([[0, 0, 0, 0.01], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]),
-         "shape (8, 7, 6) spacing 1.5x1.5x3 mm origin (0.01, 0, 0) mm"),
+        (
+            SHAPE,
+            AFFINE + np.array([[0, 0, 0, 0.01], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]),
+            "shape (8, 7, 6) spacing 1.5x1.5x3 mm origin (0.01, 0, 0) mm",
+        ),
     ],
 )
 def test_grid_mismatch_reports_both_grids(
@@ -347,14 +361,17 @@ def test_create_manifest_channels_patterns_and_manifest_dir(tmp_path: Path) -> N
     manifest = create_manifest(data, modality=["T1", "T2"], labels={1: "tumour"}, manifest_dir=tmp_path / "m")
     assert manifest["modality"] == {"0": "T1", "1": "T2"}
     assert manifest["labels"] == {"0": "background", "1": "tumour"}
-    assert manifest["training"] == [{
-        "case_id": "p1",
-        "image": ["../nnunet/imagesTr/p1_0000.nii.gz", "../nnunet/imagesTr/p1_0001.nii.gz"],
-        "label": "../nnunet/labelsTr/p1.nii.gz",
-    }]
+    assert manifest["training"] == [
+        {
+            "case_id": "p1",
+            "image": ["../nnunet/imagesTr/p1_0000.nii.gz", "../nnunet/imagesTr/p1_0001.nii.gz"],
+            "label": "../nnunet/labelsTr/p1.nii.gz",
+        }
+    ]
     path = write_manifest(manifest, tmp_path / "m" / "dataset.json")
     assert load_manifest(path).cases[0].image == (
-        data / "imagesTr" / "p1_0000.nii.gz", data / "imagesTr" / "p1_0001.nii.gz"
+        data / "imagesTr" / "p1_0000.nii.gz",
+        data / "imagesTr" / "p1_0001.nii.gz",
     )
 
     custom = tmp_path / "custom"
@@ -376,11 +393,17 @@ def test_create_manifest_mixed_extensions(tmp_path: Path) -> None:
     ("kwargs", "error", "match"),
     [
         ({}, ValueError, r"empty: no images found; layouts tried: \{case\}/image\.\*; \{case\}_image\.\*"),
-        ({"image_pattern": "s/{case}.nii.gz", "label_pattern": "{case}_l.nii.gz"}, ValueError,
-         r"no images found; layouts tried: s/\{case\}\.nii\.gz$"),
+        (
+            {"image_pattern": "s/{case}.nii.gz", "label_pattern": "{case}_l.nii.gz"},
+            ValueError,
+            r"no images found; layouts tried: s/\{case\}\.nii\.gz$",
+        ),
         ({"image_pattern": "{case}.nii.gz"}, ValueError, r"give image_pattern and label_pattern together"),
-        ({"image_pattern": "a.nii.gz", "label_pattern": "b.nii.gz"}, ValueError,
-         r"pattern 'a.nii.gz' must contain '\{case\}' exactly once"),
+        (
+            {"image_pattern": "a.nii.gz", "label_pattern": "b.nii.gz"},
+            ValueError,
+            r"pattern 'a.nii.gz' must contain '\{case\}' exactly once",
+        ),
         ({"labels": {"one": "liver"}}, ValueError, r"labels: key 'one' is not a non-negative integer"),
     ],
 )
@@ -432,8 +455,11 @@ def test_split_is_deterministic_and_covers_every_case(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("folds", [1, 12, 2.5])
 def test_split_bad_fold_count(tmp_path: Path, folds: Any) -> None:
-    with pytest.raises(ValueError, match=r"folds must be an integer from 2 to the number of training and validation "
-                                         rf"cases \(11\), got {folds}"):
+    with pytest.raises(
+        ValueError,
+        match=r"folds must be an integer from 2 to the number of training and validation "
+        rf"cases \(11\), got {folds}",
+    ):
         split_manifest(_split_fixture(tmp_path), folds=folds, seed=0)
 
 

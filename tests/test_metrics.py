@@ -125,16 +125,41 @@ def test_prediction_label_not_in_labels_raises() -> None:
 @pytest.mark.parametrize(
     ("pred", "truth", "spacing", "error", "match"),
     [
-        (np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 5), np.uint8), (1, 1, 1), ValueError,
-         r"prediction shape \(4, 4, 4\) differs from reference shape \(4, 4, 5\)"),
-        (np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 4), np.uint8), (1, 0, 1), ValueError,
-         r"spacing_mm: expected 3 positive sizes in mm, got \(1, 0, 1\)"),
-        (np.full((4, 4, 4), 0.5), np.zeros((4, 4, 4), np.uint8), (1, 1, 1), ValueError,
-         r"prediction: expected integer label values"),
-        (np.zeros((4, 4, 4), np.uint8), np.full((4, 4, 4), -1, np.int16), (1, 1, 1), ValueError,
-         r"reference: label values must be non-negative, found -1"),
-        (np.zeros((4, 4, 4), np.uint8), np.full((4, 4, 4), "a"), (1, 1, 1), TypeError,
-         r"reference: expected an integer label map, got dtype <U1"),
+        (
+            np.zeros((4, 4, 4), np.uint8),
+            np.zeros((4, 4, 5), np.uint8),
+            (1, 1, 1),
+            ValueError,
+            r"prediction shape \(4, 4, 4\) differs from reference shape \(4, 4, 5\)",
+        ),
+        (
+            np.zeros((4, 4, 4), np.uint8),
+            np.zeros((4, 4, 4), np.uint8),
+            (1, 0, 1),
+            ValueError,
+            r"spacing_mm: expected 3 positive sizes in mm, got \(1, 0, 1\)",
+        ),
+        (
+            np.full((4, 4, 4), 0.5),
+            np.zeros((4, 4, 4), np.uint8),
+            (1, 1, 1),
+            ValueError,
+            r"prediction: expected integer label values",
+        ),
+        (
+            np.zeros((4, 4, 4), np.uint8),
+            np.full((4, 4, 4), -1, np.int16),
+            (1, 1, 1),
+            ValueError,
+            r"reference: label values must be non-negative, found -1",
+        ),
+        (
+            np.zeros((4, 4, 4), np.uint8),
+            np.full((4, 4, 4), "a"),
+            (1, 1, 1),
+            TypeError,
+            r"reference: expected an integer label map, got dtype <U1",
+        ),
     ],
 )
 def test_bad_inputs_raise(pred: np.ndarray, truth: np.ndarray, spacing: tuple, error: type, match: str) -> None:
@@ -193,20 +218,34 @@ def test_metrics_for_files_missing_file(tmp_path: Path) -> None:
 
 PER_CASE = {
     "a": {"cube": {"dice": 0.8, "hd95_mm": 3.0, "asd_mm": 1.0}, "ball": {"dice": 0.6, "hd95_mm": 5.0, "asd_mm": 2.0}},
-    "b": {"cube": {"dice": 1.0, "hd95_mm": 1.0, "asd_mm": 0.5}, "ball": {"dice": 0.0, "hd95_mm": math.inf,
-                                                                          "asd_mm": math.inf}},
-    "c": {"cube": {"dice": math.nan, "hd95_mm": math.nan, "asd_mm": math.nan},
-          "ball": {"dice": 0.9, "hd95_mm": 2.0, "asd_mm": 1.0}},
+    "b": {
+        "cube": {"dice": 1.0, "hd95_mm": 1.0, "asd_mm": 0.5},
+        "ball": {"dice": 0.0, "hd95_mm": math.inf, "asd_mm": math.inf},
+    },
+    "c": {
+        "cube": {"dice": math.nan, "hd95_mm": math.nan, "asd_mm": math.nan},
+        "ball": {"dice": 0.9, "hd95_mm": 2.0, "asd_mm": 1.0},
+    },
 }
 
 
 def test_summarize_skips_nan_and_keeps_inf_out_of_distance_means() -> None:
     summary = summarize(PER_CASE)
     assert list(summary) == ["cube", "ball"]
-    assert summary["cube"] == {"dice": pytest.approx(0.9), "hd95_mm": pytest.approx(2.0),
-                               "asd_mm": pytest.approx(0.75), "n_cases": 2, "n_missed": 0}
-    assert summary["ball"] == {"dice": pytest.approx(0.5), "hd95_mm": pytest.approx(3.5),
-                               "asd_mm": pytest.approx(1.5), "n_cases": 3, "n_missed": 1}
+    assert summary["cube"] == {
+        "dice": pytest.approx(0.9),
+        "hd95_mm": pytest.approx(2.0),
+        "asd_mm": pytest.approx(0.75),
+        "n_cases": 2,
+        "n_missed": 0,
+    }
+    assert summary["ball"] == {
+        "dice": pytest.approx(0.5),
+        "hd95_mm": pytest.approx(3.5),
+        "asd_mm": pytest.approx(1.5),
+        "n_cases": 3,
+        "n_missed": 1,
+    }
 
 
 def test_summarize_structure_never_present_is_nan() -> None:

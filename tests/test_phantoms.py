@@ -168,17 +168,17 @@ def test_liver_is_on_patients_right_and_spleen_on_left(orientation: str) -> None
 @pytest.mark.parametrize("orientation", ["LPS", "LAS", "PIR"])
 def test_orientation_changes_layout_not_anatomy(orientation: str) -> None:
     ras = make_ct_phantom(5, **COARSE)
-    shape = tuple(COARSE["shape"][("RAS".index(c) if c in "RAS" else "LPI".index(c))]
-                  for c in orientation)
-    spacing = tuple(COARSE["spacing_mm"][("RAS".index(c) if c in "RAS" else "LPI".index(c))]
-                    for c in orientation)
+    shape = tuple(COARSE["shape"][("RAS".index(c) if c in "RAS" else "LPI".index(c))] for c in orientation)
+    spacing = tuple(COARSE["spacing_mm"][("RAS".index(c) if c in "RAS" else "LPI".index(c))] for c in orientation)
     other = make_ct_phantom(5, shape=shape, spacing_mm=spacing, orientation=orientation)
     assert other.image.shape == shape
     assert "".join(nib.aff2axcodes(other.affine)) == orientation
     for name, label_id in CT_STRUCTURES.items():
         if (ras.label == label_id).any():
             np.testing.assert_allclose(
-                _world_centroid(other, label_id), _world_centroid(ras, label_id), atol=1e-3,
+                _world_centroid(other, label_id),
+                _world_centroid(ras, label_id),
+                atol=1e-3,
                 err_msg=name,
             )
     back = nib.as_closest_canonical(nib.Nifti1Image(other.image, other.affine))
@@ -193,8 +193,14 @@ def test_label_ids_select_and_renumber_structures() -> None:
     ids = {"liver": 1, "spleen": 2, "kidney_right": 3, "kidney_left": 4, "liver_tumor": 5}
     full = make_ct_phantom(2, **COARSE)
     sub = make_ct_phantom(2, label_ids=ids, **COARSE)
-    assert sub.labels == {0: "background", 1: "liver", 2: "spleen", 3: "kidney_right",
-                          4: "kidney_left", 5: "liver_tumor"}
+    assert sub.labels == {
+        0: "background",
+        1: "liver",
+        2: "spleen",
+        3: "kidney_right",
+        4: "kidney_left",
+        5: "liver_tumor",
+    }
     assert set(np.unique(sub.label)) <= {0, 1, 2, 3, 4, 5}
     np.testing.assert_array_equal(sub.image, full.image)  # unlabelled anatomy is still drawn
     for name, new_id in ids.items():
@@ -248,8 +254,7 @@ def test_brain_tumor_is_one_component_inside_the_brain() -> None:
     assert n_components == 1
     # everything around the tumour is brain (white/grey matter, edema, CSF), never skull or air
     ring = ndimage.binary_dilation(tumor, iterations=2) & ~tumor
-    brain = [BRAIN_TISSUES[n] for n in ("white_matter", "grey_matter", "edema", "csf",
-                                         "ventricle")]
+    brain = [BRAIN_TISSUES[n] for n in ("white_matter", "grey_matter", "edema", "csf", "ventricle")]
     assert np.isin(ph.tissue[ring], brain).all()
     # enhancing rim is brighter than white matter on the T1c-like image
     rim = ph.tissue == BRAIN_TISSUES["tumor_rim"]
@@ -259,15 +264,15 @@ def test_brain_tumor_is_one_component_inside_the_brain() -> None:
 
 @pytest.mark.parametrize("channels", [2, 4])
 def test_brain_multichannel_shape(channels: int) -> None:
-    ph = make_brain_tumor_phantom(1, shape=(64, 60, 20), spacing_mm=(2.0, 2.0, 6.0),
-                                  orientation="LPS", channels=channels)
+    ph = make_brain_tumor_phantom(
+        1, shape=(64, 60, 20), spacing_mm=(2.0, 2.0, 6.0), orientation="LPS", channels=channels
+    )
     assert ph.image.shape == (channels, 64, 60, 20)
     assert ph.label.shape == (64, 60, 20)
     assert ph.image.dtype == np.float32
     assert not np.allclose(ph.image[0], ph.image[1])
     # the same anatomy as a single-channel phantom of the same seed
-    single = make_brain_tumor_phantom(1, shape=(64, 60, 20), spacing_mm=(2.0, 2.0, 6.0),
-                                      orientation="LPS")
+    single = make_brain_tumor_phantom(1, shape=(64, 60, 20), spacing_mm=(2.0, 2.0, 6.0), orientation="LPS")
     np.testing.assert_array_equal(single.label, ph.label)
 
 
@@ -323,19 +328,22 @@ def test_dicom_series_reads_back_like_the_nifti(tmp_path: Path, orientation: str
     assert [float(v) for v in first.PixelSpacing] == [1.2, 1.5]  # row spacing, column spacing
     assert float(first.SliceThickness) == 2.5 == float(first.SpacingBetweenSlices)
     assert float(first.RescaleIntercept) == -1024 and float(first.RescaleSlope) == 1
-    np.testing.assert_array_equal(
-        first.pixel_array.astype(int) - 1024, ph.image[:, :, 0].T.astype(int)
-    )
-    uids = {(pydicom.dcmread(f).StudyInstanceUID, pydicom.dcmread(f).SeriesInstanceUID,
-             pydicom.dcmread(f).FrameOfReferenceUID) for f in files}
+    np.testing.assert_array_equal(first.pixel_array.astype(int) - 1024, ph.image[:, :, 0].T.astype(int))
+    uids = {
+        (
+            pydicom.dcmread(f).StudyInstanceUID,
+            pydicom.dcmread(f).SeriesInstanceUID,
+            pydicom.dcmread(f).FrameOfReferenceUID,
+        )
+        for f in files
+    }
     assert len(uids) == 1
     assert len({pydicom.dcmread(f).SOPInstanceUID for f in files}) == len(files)
 
 
 def test_dicom_mr_compressed_and_deterministic(tmp_path: Path) -> None:
     ph = make_mr_phantom(2, **TINY)
-    files = write_dicom_series(ph, tmp_path / "a", compress=True, patient_id="P7",
-                               series_number=3)
+    files = write_dicom_series(ph, tmp_path / "a", compress=True, patient_id="P7", series_number=3)
     again = write_dicom_series(ph, tmp_path / "b", patient_id="P7", series_number=3)
     for k, (f, g) in enumerate(zip(files, again, strict=True)):
         ds, other = pydicom.dcmread(f), pydicom.dcmread(g)
@@ -344,8 +352,12 @@ def test_dicom_mr_compressed_and_deterministic(tmp_path: Path) -> None:
         assert ds.PatientID == "P7" and ds.SeriesNumber == 3 and ds.InstanceNumber == k + 1
         np.testing.assert_array_equal(ds.pixel_array, ph.image[:, :, k].T)
         np.testing.assert_array_equal(other.pixel_array, ph.image[:, :, k].T)
-        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
-                        "FrameOfReferenceUID"):  # UIDs follow the content: same both times
+        for keyword in (
+            "StudyInstanceUID",
+            "SeriesInstanceUID",
+            "SOPInstanceUID",
+            "FrameOfReferenceUID",
+        ):  # UIDs follow the content: same both times
             assert ds[keyword].value == other[keyword].value
     uid = "1.2.826.0.1.3680043.8.498.12345"
     files = write_dicom_series(ph, tmp_path / "c", series_uid=uid)
@@ -360,8 +372,7 @@ def test_dicom_folder_is_replaced_atomically(tmp_path: Path) -> None:
         write_dicom_series(ph, target)
     other = make_ct_phantom(1, **TINY)
     files = write_dicom_series(other, target, overwrite=True)
-    np.testing.assert_array_equal(pydicom.dcmread(files[0]).pixel_array.astype(int) - 1024,
-                                  other.image[:, :, 0].T)
+    np.testing.assert_array_equal(pydicom.dcmread(files[0]).pixel_array.astype(int) - 1024, other.image[:, :, 0].T)
     assert [p.name for p in tmp_path.iterdir()] == ["series"]  # no temporary folders left
 
 

@@ -29,7 +29,15 @@ ZOO_INFERENCE = {
             {"_target_": "EnsureChannelFirstd", "keys": "image"},
             {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
             {"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0], "mode": "bilinear"},
-            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": 0, "a_max": 1000, "b_min": 0.0, "b_max": 1.0, "clip": True},
+            {
+                "_target_": "ScaleIntensityRanged",
+                "keys": "image",
+                "a_min": 0,
+                "a_max": 1000,
+                "b_min": 0.0,
+                "b_max": 1.0,
+                "clip": True,
+            },
             {"_target_": "EnsureTyped", "keys": "image"},
         ],
     },
@@ -38,9 +46,21 @@ ZOO_INFERENCE = {
         "_target_": "Compose",
         "transforms": [
             {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image", "nearest_interp": False},
+            {
+                "_target_": "Invertd",
+                "keys": "pred",
+                "transform": "@preprocessing",
+                "orig_keys": "image",
+                "nearest_interp": False,
+            },
             {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-            {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg", "resample": False},
+            {
+                "_target_": "SaveImaged",
+                "keys": "pred",
+                "output_dir": "@output_dir",
+                "output_postfix": "seg",
+                "resample": False,
+            },
         ],
     },
 }
@@ -80,7 +100,9 @@ def cube_scan(codes: str, shape=(40, 36, 18)) -> tuple[np.ndarray, np.ndarray, n
 def test_labels_land_on_the_right_voxels_in_any_orientation(tmp_path: Path, zoo_bundle: Path, codes: str) -> None:
     image, affine, truth = cube_scan(codes)
     path = write_nifti(tmp_path / f"scan_{codes}.nii.gz", image, affine)
-    result = segment_case(path, zoo_bundle, tmp_path / "out", options=SegmentOptions(device="cpu", precision="fp32", outputs=("labels",)))
+    result = segment_case(
+        path, zoo_bundle, tmp_path / "out", options=SegmentOptions(device="cpu", precision="fp32", outputs=("labels",))
+    )
     assert result.case_dir == tmp_path / "out" / f"scan_{codes}"
     labels_img = nib.load(result.files["labels"])
     assert labels_img.shape == image.shape
@@ -94,7 +116,9 @@ def test_labels_land_on_the_right_voxels_in_any_orientation(tmp_path: Path, zoo_
 def test_run_json_records_the_run(tmp_path: Path, zoo_bundle: Path) -> None:
     image, affine, _ = cube_scan("LPS")
     path = write_nifti(tmp_path / "scan.nii.gz", image, affine)
-    result = segment_case(path, zoo_bundle, tmp_path / "out", case_id="case7", options=SegmentOptions(device="cpu", outputs=("labels",)))
+    result = segment_case(
+        path, zoo_bundle, tmp_path / "out", case_id="case7", options=SegmentOptions(device="cpu", outputs=("labels",))
+    )
     run = json.loads((tmp_path / "out" / "case7" / "run.json").read_text())
     assert run["input"]["path"] == str(path.resolve())
     assert len(run["input"]["sha256"]) == 64
@@ -110,7 +134,20 @@ def test_run_json_records_the_run(tmp_path: Path, zoo_bundle: Path) -> None:
 def test_cli_segment_exit_code_and_output(tmp_path: Path, zoo_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
     image, affine, _ = cube_scan("RAS")
     path = write_nifti(tmp_path / "scan.nii.gz", image, affine)
-    code = main(["segment", str(path), "--bundle", str(zoo_bundle), "--output", str(tmp_path / "out"), "--device", "cpu", "--outputs", "labels"])
+    code = main(
+        [
+            "segment",
+            str(path),
+            "--bundle",
+            str(zoo_bundle),
+            "--output",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--outputs",
+            "labels",
+        ]
+    )
     assert code == 0
     assert (tmp_path / "out" / "scan" / "labels.nii.gz").is_file()
     assert "wrote" in capsys.readouterr().out
@@ -127,7 +164,9 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     (empty / "readme.txt").write_text("no images here")
     text = tmp_path / "notes.nii.gz"
     text.write_bytes(gzip.compress(b"hello" * 100))
-    full = write_nifti(tmp_path / "full.nii.gz", np.random.default_rng(0).random((40, 40, 40)).astype(np.float32), np.eye(4))
+    full = write_nifti(
+        tmp_path / "full.nii.gz", np.random.default_rng(0).random((40, 40, 40)).astype(np.float32), np.eye(4)
+    )
     cut = tmp_path / "cut.nii.gz"
     cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
     flat = write_nifti(tmp_path / "flat.nii.gz", np.zeros((20, 20), np.float32), np.eye(4))
@@ -143,7 +182,9 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
 
 @pytest.mark.parametrize("case", ["missing", "no dicom", "not an image", "truncated", "2d", "4d"])
-def test_bad_inputs_fail_cleanly(tmp_path: Path, zoo_bundle: Path, capsys: pytest.CaptureFixture[str], case: str) -> None:
+def test_bad_inputs_fail_cleanly(
+    tmp_path: Path, zoo_bundle: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
     path, message = _bad_inputs(tmp_path)[case]
     out = tmp_path / "out"
     code = main(["segment", str(path), "--bundle", str(zoo_bundle), "--output", str(out), "--device", "cpu"])
@@ -164,7 +205,9 @@ def test_bundle_without_inference_config(tmp_path: Path, capsys: pytest.CaptureF
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_weights_say_where_they_go(tmp_path: Path, zoo_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_weights_say_where_they_go(
+    tmp_path: Path, zoo_bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (zoo_bundle / "models" / "model.pt").unlink()
     image, affine, _ = cube_scan("RAS")
     path = write_nifti(tmp_path / "scan.nii.gz", image, affine)
@@ -186,14 +229,18 @@ def test_cuda_request_without_cuda(tmp_path: Path, zoo_bundle: Path) -> None:
 
 
 @pytest.mark.shared_data
-@pytest.mark.parametrize(("sub", "case_id"), [("ct_abdomen_3mm/image.nii.gz", "image"), ("ct_dicom_series/dicom", "dicom")])
+@pytest.mark.parametrize(
+    ("sub", "case_id"), [("ct_abdomen_3mm/image.nii.gz", "image"), ("ct_dicom_series/dicom", "dicom")]
+)
 def test_ct_bundle_on_shared_scans_writes_labels_on_the_input_grid(
     tmp_path: Path, shared_data: Path, unet_bundle: Path, sub: str, case_id: str
 ) -> None:
     from pipelines.io import read_volume
 
     source = shared_data / sub
-    code = main(["segment", str(source), "--bundle", str(unet_bundle), "--output", str(tmp_path / "out"), "--outputs", "labels"])
+    code = main(
+        ["segment", str(source), "--bundle", str(unet_bundle), "--output", str(tmp_path / "out"), "--outputs", "labels"]
+    )
     assert code == 0
     volume = read_volume(source)
     labels = nib.load(tmp_path / "out" / case_id / "labels.nii.gz")
@@ -212,12 +259,28 @@ def test_all_outputs_for_the_shared_dicom_series(
 
     import pydicom
 
-    code = main(["segment", str(shared_data / "ct_dicom_series" / "dicom"), "--bundle", str(unet_bundle),
-                 "--output", str(tmp_path / "out"), "--outputs", "labels,dicom-seg,stats,preview"])
+    code = main(
+        [
+            "segment",
+            str(shared_data / "ct_dicom_series" / "dicom"),
+            "--bundle",
+            str(unet_bundle),
+            "--output",
+            str(tmp_path / "out"),
+            "--outputs",
+            "labels,dicom-seg,stats,preview",
+        ]
+    )
     assert code == 0
     case = tmp_path / "out" / "dicom"
     assert sorted(p.name for p in case.iterdir()) == [
-        "labels.nii.gz", "preview.png", "run.json", "seg.dcm", "stats.csv", "stats.json"]
+        "labels.nii.gz",
+        "preview.png",
+        "run.json",
+        "seg.dcm",
+        "stats.csv",
+        "stats.json",
+    ]
     labels = np.asarray(nib.load(case / "labels.nii.gz").dataobj)
     rows = list(csv.DictReader((case / "stats.csv").open()))
     assert rows, "random weights still label something"
@@ -243,14 +306,29 @@ def test_plain_monai_bundle_run_with_the_ct_bundle(tmp_path: Path, unet_bundle: 
     image, affine, _ = cube_scan("LPS")
     path = write_nifti(tmp_path / "scan.nii.gz", image, affine)
     command = [
-        sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", str(unet_bundle / "configs" / "inference.json"),
-        "--bundle_root", str(unet_bundle),
-        "--datalist", f"['{path}']",
-        "--output_dir", str(tmp_path / "eval"),
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(unet_bundle / "configs" / "inference.json"),
+        "--bundle_root",
+        str(unet_bundle),
+        "--datalist",
+        f"['{path}']",
+        "--output_dir",
+        str(tmp_path / "eval"),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     saved = nib.load(tmp_path / "eval" / "scan_seg.nii.gz")
     assert saved.shape == image.shape
     np.testing.assert_allclose(saved.affine, affine, atol=1e-4)
+
+
+def test_multichannel_bundle_is_refused_with_a_clear_error(tmp_path: Path, zoo_bundle: Path) -> None:
+    meta = {"name": "four_channel", "version": "0.0.1",
+            "network_data_format": {"inputs": {"image": {"num_channels": 4}}}}
+    (zoo_bundle / "configs" / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"bundle four_channel takes 4 input channels; medseg segment reads one image"):
+        segment_case(tmp_path, zoo_bundle, tmp_path / "out", options=SegmentOptions(device="cpu"))

@@ -29,7 +29,9 @@ def tiny_dataset(folder: Path, splits=("training",) * 3 + ("validation",) * 2 + 
     for i, split in enumerate(splits):
         phantom = make_ct_phantom(100 + i, shape=(48, 40, 32), spacing_mm=(6.0, 6.0, 6.0), label_ids=IDS)
         write_nifti(phantom, folder / f"case{i}")
-        manifest[split].append({"case_id": f"case{i}", "image": f"case{i}/image.nii.gz", "label": f"case{i}/label.nii.gz"})
+        manifest[split].append(
+            {"case_id": f"case{i}", "image": f"case{i}/image.nii.gz", "label": f"case{i}/label.nii.gz"}
+        )
     return write_manifest(manifest, folder / "tiny.json")
 
 
@@ -54,7 +56,9 @@ def test_tiny_training_writes_a_checkpoint_and_resumes(tmp_path: Path, bundle_co
     last = latest_checkpoint(load_bundle(bundle_copy))
     assert last is not None and last.name == "last_checkpoint_epoch=1.pt"
 
-    resumed = train(bundle_copy, manifest, TrainOptions(max_epochs=2, val_interval=1, resume=True, device="cpu", overrides=FAST))
+    resumed = train(
+        bundle_copy, manifest, TrainOptions(max_epochs=2, val_interval=1, resume=True, device="cpu", overrides=FAST)
+    )
     assert resumed.epochs == 2, "resume continues from epoch 1 instead of starting over"
     assert latest_checkpoint(load_bundle(bundle_copy)).name == "last_checkpoint_epoch=2.pt"
 
@@ -78,9 +82,15 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path: Path, bundle_copy:
         ("{not json", "not valid JSON"),
         (json.dumps({"name": "x", "labels": {"0": "background"}, "training": []}), "modality"),
         (
-            json.dumps({"name": "x", "modality": "CT", "labels": LABELS,
-                        "training": [{"image": "nope/image.nii.gz", "label": "nope/label.nii.gz"}],
-                        "validation": [{"image": "nope2/image.nii.gz", "label": "nope2/label.nii.gz"}]}),
+            json.dumps(
+                {
+                    "name": "x",
+                    "modality": "CT",
+                    "labels": LABELS,
+                    "training": [{"image": "nope/image.nii.gz", "label": "nope/label.nii.gz"}],
+                    "validation": [{"image": "nope2/image.nii.gz", "label": "nope2/label.nii.gz"}],
+                }
+            ),
             "nope/image.nii.gz",
         ),
     ],
@@ -104,9 +114,25 @@ def test_two_process_torchrun_training_on_cpu(tmp_path: Path, bundle_copy: Path)
     manifest = tiny_dataset(tmp_path / "data", splits=("training",) * 4 + ("validation",) * 2)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "pipelines", "train", "--bundle", str(bundle_copy), "--manifest", str(manifest),
-        "--max-epochs", "1", "--val-interval", "1", "--device", "cpu",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "pipelines",
+        "train",
+        "--bundle",
+        str(bundle_copy),
+        "--manifest",
+        str(manifest),
+        "--max-epochs",
+        "1",
+        "--val-interval",
+        "1",
+        "--device",
+        "cpu",
     ]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -99,8 +99,20 @@ def run_worker(pipeline: str, source: Path, bundle: Path, out: Path, device: str
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    command = [sys.executable, str(WORKER), "--pipeline", pipeline, "--input", str(source),
-               "--bundle", str(bundle), "--output", str(out), "--device", device]
+    command = [
+        sys.executable,
+        str(WORKER),
+        "--pipeline",
+        pipeline,
+        "--input",
+        str(source),
+        "--bundle",
+        str(bundle),
+        "--output",
+        str(out),
+        "--device",
+        device,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
     if done.returncode != 0:
         raise RuntimeError(f"{pipeline} on {source} failed:\n{done.stderr[-3000:]}")
@@ -164,8 +176,11 @@ def main() -> int:
                 shutil.rmtree(out, ignore_errors=True)
                 record = run_worker(pipeline, source, args.bundle, out, args.device, args.threads)
                 runs[pipeline].append(record)
-                print(f"{name} {pipeline} run {i + 1}: {record['seconds']['total']:.1f} s, "
-                      f"{record['peak_rss_mb']:.0f} MB", file=sys.stderr)
+                print(
+                    f"{name} {pipeline} run {i + 1}: {record['seconds']['total']:.1f} s, "
+                    f"{record['peak_rss_mb']:.0f} MB",
+                    file=sys.stderr,
+                )
         summary = {}
         for pipeline, records in runs.items():
             seconds = {s: statistics.median(r["seconds"][s] for r in records) for s in STAGES}
@@ -195,18 +210,28 @@ def main() -> int:
 
 def print_table(report: dict) -> None:
     peak = report["machine"]["peak_gflops"]
-    print(f"machine: {report['machine']['processor']}, {report['machine']['cpu_count']} cores, "
-          f"device {report['machine']['device']}; matmul peak fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
+    print(
+        f"machine: {report['machine']['processor']}, {report['machine']['cpu_count']} cores, "
+        f"device {report['machine']['device']}; matmul peak fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s"
+    )
     print(f"network: {report['gflop_per_window']:.1f} GFLOP per 96^3 window; medians of {report['runs']} runs\n")
-    header = f"{'input':<14} {'pipeline':<10} " + " ".join(f"{s:>11}" for s in STAGES) + f" {'peak MB':>8} {'win':>4} {'GFLOP/s':>8}"
+    header = (
+        f"{'input':<14} {'pipeline':<10} "
+        + " ".join(f"{s:>11}" for s in STAGES)
+        + f" {'peak MB':>8} {'win':>4} {'GFLOP/s':>8}"
+    )
     print(header)
     for name, entry in report["inputs"].items():
         for pipeline in ("reference", "ours"):
             e = entry[pipeline]
             stages = " ".join(f"{e['seconds'][s]:>11.2f}" for s in STAGES)
-            print(f"{name:<14} {pipeline:<10} {stages} {e['peak_rss_mb']:>8.0f} {e['windows']:>4} {e['network_gflops']:>8.0f}")
-        print(f"{'':<14} speed-up {entry['speedup_total']:.2f}x, peak RSS ratio {entry['rss_ratio']:.2f}, "
-              f"min Dice agreement {entry['min_dice_agreement']:.4f} ({entry['dice_agreement']})")
+            print(
+                f"{name:<14} {pipeline:<10} {stages} {e['peak_rss_mb']:>8.0f} {e['windows']:>4} {e['network_gflops']:>8.0f}"
+            )
+        print(
+            f"{'':<14} speed-up {entry['speedup_total']:.2f}x, peak RSS ratio {entry['rss_ratio']:.2f}, "
+            f"min Dice agreement {entry['min_dice_agreement']:.4f} ({entry['dice_agreement']})"
+        )
 
 
 if __name__ == "__main__":

@@ -28,12 +28,12 @@ class _WindowCounter:
     def __init__(self) -> None:
         self.windows = 0
 
-    def __call__(self, module, inputs):  # noqa: ANN001
+    def __call__(self, module, inputs):
         self.windows += int(inputs[0].shape[0])
 
 
 def run_ours(args: argparse.Namespace) -> dict:
-    from pipelines.segment import SegmentOptions, Segmenter
+    from pipelines.segment import Segmenter, SegmentOptions
 
     options = SegmentOptions(device=args.device, precision=args.precision, outputs=tuple(args.outputs.split(",")))
     segmenter = Segmenter(args.bundle, options)
@@ -52,18 +52,18 @@ def run_ours(args: argparse.Namespace) -> dict:
 
 def run_reference(args: argparse.Namespace) -> dict:
     import torch
+    from ignite.engine import Events
     from monai.bundle import ConfigParser
     from monai.engines import IterationEvents
     from monai.transforms import LoadImaged, SaveImaged
-    from ignite.engine import Events
 
     # Time the loader and the writer inside the evaluator by wrapping their calls.
     spent = {"load": 0.0, "save": 0.0}
 
-    def timed(cls, key):  # noqa: ANN001
+    def timed(cls, key):
         original = cls.__call__
 
-        def wrapper(self, *a, **k):  # noqa: ANN001
+        def wrapper(self, *a, **k):
             t = time.perf_counter()
             try:
                 return original(self, *a, **k)
@@ -79,14 +79,18 @@ def run_reference(args: argparse.Namespace) -> dict:
     parser["bundle_root"] = str(Path(args.bundle).resolve())
     parser["datalist"] = [str(args.input)]
     parser["output_dir"] = str(args.output)
-    parser["device"] = f"$torch.device('{args.device if args.device != 'auto' else ('cuda:0' if torch.cuda.is_available() else 'cpu')}')"
+    parser["device"] = (
+        f"$torch.device('{args.device if args.device != 'auto' else ('cuda:0' if torch.cuda.is_available() else 'cpu')}')"
+    )
     evaluator = parser.get_parsed_content("evaluator")
     counter = _WindowCounter()
     parser.get_parsed_content("network").register_forward_pre_hook(counter)
     marks: dict[str, float] = {}
     evaluator.add_event_handler(Events.GET_BATCH_STARTED, lambda e: marks.__setitem__("fetch0", time.perf_counter()))
     evaluator.add_event_handler(Events.GET_BATCH_COMPLETED, lambda e: marks.__setitem__("fetch1", time.perf_counter()))
-    evaluator.add_event_handler(IterationEvents.FORWARD_COMPLETED, lambda e: marks.__setitem__("fwd", time.perf_counter()))
+    evaluator.add_event_handler(
+        IterationEvents.FORWARD_COMPLETED, lambda e: marks.__setitem__("fwd", time.perf_counter())
+    )
     evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda e: marks.__setitem__("done", time.perf_counter()))
     start = time.perf_counter()
     parser.get_parsed_content("initialize")
