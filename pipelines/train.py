@@ -322,3 +322,35 @@ class BatchNormRecalibration:
             m.momentum = momentum
         self.network.train(was_training)
         logger.info("re-estimated BatchNorm statistics of %d layers over %d batches", len(layers), seen)
+
+
+def run_recipe(
+    bundle_dir: str | Path,
+    manifest: str | Path,
+    *,
+    stage: str = "all",
+    options: TrainOptions | None = None,
+    eval_dir: str | Path,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """What every weights script does: train (stage ``all``/``train``), then evaluate on ``test``.
+
+    Returns:
+        ``{"train": TrainResult | None, "train_minutes": float | None, "evaluation": {...} | None}``.
+    """
+    import time
+
+    figures: dict[str, Any] = {"train": None, "train_minutes": None, "evaluation": None}
+    if stage in ("all", "train"):
+        start = time.perf_counter()
+        figures["train"] = train(bundle_dir, manifest, options)
+        figures["train_minutes"] = (time.perf_counter() - start) / 60
+        logger.info(
+            "train: best validation mean Dice %.4f at epoch %d (%.1f min)",
+            figures["train"].best_metric,
+            figures["train"].best_epoch,
+            figures["train_minutes"],
+        )
+    if stage in ("all", "evaluate"):
+        figures["evaluation"] = evaluate(bundle_dir, manifest, output=eval_dir, split="test", device=device)
+    return figures

@@ -67,7 +67,7 @@ def main() -> int:
 
     from pipelines.demo import make_brain_dataset, relocated
     from pipelines.manifests import write_manifest
-    from pipelines.train import TrainOptions, evaluate, train
+    from pipelines.train import TrainOptions, run_recipe
 
     stated = bundle_channels(args.bundle)
     channels = args.channels if args.channels is not None else stated["inference"]
@@ -92,27 +92,24 @@ def main() -> int:
     if args.data_dir.resolve() == DEFAULT_DATA.resolve() and args.fov_scale == 1.0:
         # train.json's default manifest: the same files, relative to data_manifests/.
         write_manifest(relocated(manifest, example.parent), example)
-    if args.stage in ("all", "train"):
-        overrides = {} if args.samples_per_case is None else {"samples_per_case": args.samples_per_case}
-        t0 = time.perf_counter()
-        result = train(
-            args.bundle,
-            manifest,
-            TrainOptions(
-                max_epochs=args.max_epochs,
-                val_interval=args.val_interval,
-                device=args.device,
-                seed=0,
-                overrides=overrides,
-            ),
-        )
+    overrides = {} if getattr(args, "samples_per_case", None) is None else {"samples_per_case": args.samples_per_case}
+    options = TrainOptions(
+        max_epochs=args.max_epochs,
+        val_interval=args.val_interval,
+        device=args.device,
+        seed=0,
+        overrides=overrides,
+    )
+    figures = run_recipe(
+        args.bundle, manifest, stage=args.stage, options=options, eval_dir=args.data_dir / "eval", device=args.device
+    )
+    if figures["train"] is not None:
         print(
-            f"train: best validation Dice {result.best_metric:.4f} at epoch {result.best_epoch} "
-            f"({(time.perf_counter() - t0) / 60:.1f} min)"
+            f"train: best validation mean Dice {figures['train'].best_metric:.4f} at epoch "
+            f"{figures['train'].best_epoch} ({figures['train_minutes']:.1f} min)"
         )
-    if args.stage in ("all", "evaluate"):
-        summary = evaluate(args.bundle, manifest, output=args.data_dir / "eval", split="test", device=args.device)
-        print(json.dumps(summary["mean"], indent=1))
+    if figures["evaluation"] is not None:
+        print(json.dumps(figures["evaluation"]["mean"], indent=1))
     return 0
 
 
