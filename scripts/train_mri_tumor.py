@@ -43,14 +43,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=REPO / "bundles" / "mri_brain_tumor")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--train", type=int, default=40, help="training phantoms")
-    parser.add_argument("--val", type=int, default=6, help="validation phantoms")
-    parser.add_argument("--test", type=int, default=12, help="held-out test phantoms")
+    parser.add_argument("--train", type=int, default=16, help="training phantoms")
+    parser.add_argument("--val", type=int, default=4, help="validation phantoms")
+    parser.add_argument("--test", type=int, default=8, help="held-out test phantoms")
     parser.add_argument(
         "--channels", type=int, default=None, help="MR contrasts per case, 1-4 (default: the bundle's num_channels)"
     )
-    parser.add_argument("--max-epochs", type=int, default=100)
-    parser.add_argument("--val-interval", type=int, default=5)
+    parser.add_argument("--max-epochs", type=int, default=None, help="default: the bundle's max_epochs")
+    parser.add_argument("--val-interval", type=int, default=None, help="default: the bundle's val_interval")
     parser.add_argument(
         "--samples-per-case", type=int, default=None, help="patches per case and iteration (default: the bundle's, 4)"
     )
