@@ -137,6 +137,36 @@ def dice_per_label(ours: Path, reference: Path) -> dict[str, float]:
     return result
 
 
+def reference_with_our_cleanup(reference: Path, bundle: Path, target: Path) -> Path:
+    """The reference's label map after the island steps of our bundle's postprocessing.
+
+    Separates two sources of disagreement: the inference and resampling path (what this benchmark
+    is about) and the small-island clean-up the reference pipeline does not have.
+    """
+    import nibabel as nib
+    import numpy as np
+    import torch
+    from monai.bundle import ConfigParser
+    from monai.data import MetaTensor
+
+    from pipelines.transforms import KeepLargestComponentd, RemoveSmallIslandsd
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    steps = [
+        t
+        for t in parser.get_parsed_content("postprocessing").transforms
+        if isinstance(t, RemoveSmallIslandsd | KeepLargestComponentd)
+    ]
+    image = nib.load(reference)
+    labels = np.rint(np.asarray(image.dataobj)).astype(np.uint8)
+    data = {"pred": MetaTensor(torch.as_tensor(labels[None]), affine=torch.as_tensor(image.affine))}
+    for step in steps:
+        data = step(data)
+    nib.save(nib.Nifti1Image(np.asarray(data["pred"][0]).astype(np.uint8), image.affine), target)
+    return target
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=REPO / "bundles" / "ct_abdomen_unet")
@@ -192,7 +222,12 @@ def main() -> int:
                 "windows": windows,
                 "network_gflops": windows * gflop_window / seconds["infer"],
             }
-        dice = dice_per_label(Path(runs["ours"][-1]["labels"]), Path(runs["reference"][-1]["labels"]))
+        ours_labels, ref_labels = Path(runs["ours"][-1]["labels"]), Path(runs["reference"][-1]["labels"])
+        dice = dice_per_label(ours_labels, ref_labels)
+        cleaned = reference_with_our_cleanup(
+            ref_labels, args.bundle, args.work / "runs" / name / "reference_cleaned.nii.gz"
+        )
+        dice_cleaned = dice_per_label(ours_labels, cleaned)
         report["inputs"][name] = {
             "path": str(source),
             **summary,
@@ -200,6 +235,8 @@ def main() -> int:
             "rss_ratio": summary["ours"]["peak_rss_mb"] / summary["reference"]["peak_rss_mb"],
             "dice_agreement": dice,
             "min_dice_agreement": min(dice.values()) if dice else 1.0,
+            "dice_agreement_same_cleanup": dice_cleaned,
+            "min_dice_agreement_same_cleanup": min(dice_cleaned.values()) if dice_cleaned else 1.0,
         }
     print_table(report)
     target = args.json or args.work / "inference_vs_reference.json"
@@ -230,7 +267,9 @@ def print_table(report: dict) -> None:
             )
         print(
             f"{'':<14} speed-up {entry['speedup_total']:.2f}x, peak RSS ratio {entry['rss_ratio']:.2f}, "
-            f"min Dice agreement {entry['min_dice_agreement']:.4f} ({entry['dice_agreement']})"
+            f"min Dice agreement {entry['min_dice_agreement']:.4f}, with our island clean-up applied to the "
+            f"reference too {entry['min_dice_agreement_same_cleanup']:.4f}\n{'':<14} per label: "
+            + ", ".join(f"{k}: {v:.4f}" for k, v in entry["dice_agreement"].items())
         )
 
 
