@@ -181,7 +181,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     bundle = args.bundle or _default_bundle()
     seed = args.seed if args.seed is not None else SEEDS["demo"][0]
     result = run_demo(args.output, bundle, seed=seed, device=args.device, precision=args.precision)
-    width = max(len("structure"), *(len(k) for k in result.dice))
+    width = max(len("mean (organs)"), *(len(k) for k in result.dice))
     print(f"{'structure':<{width}}  dice")
     for name, value in result.dice.items():
         print(f"{name:<{width}}  {value:.3f}")
