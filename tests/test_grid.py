@@ -102,3 +102,31 @@ def test_reference_without_loader_meta_is_refused() -> None:
         ResampleLabelsToOriginald("pred")(
             {"image": torch.zeros(1, 4, 4, 4), "pred": torch.zeros(1, 4, 4, 4, dtype=torch.uint8)}
         )
+
+
+@pytest.mark.parametrize("codes", ["LPS", "RAS", "PIR"])
+def test_scores_path_equals_invertd_on_probabilities(codes: str) -> None:
+    """Softmax, trilinear back to the input grid, argmax: the Model Zoo path, computed in slabs."""
+    from monai.transforms import Activationsd
+
+    from pipelines.transforms import ResampleScoresToOriginald
+
+    image, _ = _loaded(codes, shape=(37, 29, 11), spacing=(0.9, 1.3, 3.0))
+    pre = Compose(
+        [
+            EnsureChannelFirstd("image"),
+            Orientationd("image", axcodes="RAS"),
+            Spacingd("image", pixdim=(1.5, 1.5, 2.0), mode="bilinear"),
+        ]
+    )
+    data = pre({"image": image})
+    smooth = torch.nn.functional.avg_pool3d(torch.randn(1, 4, *data["image"].shape[1:]), 5, stride=1, padding=2)[0]
+    scores = MetaTensor(smooth * 10, meta=data["image"].meta)
+    ours = ResampleScoresToOriginald("pred")
+    ours.resampler.slab_voxels = 500  # several slabs even on this small grid
+    got = ours({**data, "pred": scores})["pred"]
+    reference = Activationsd("pred", softmax=True)({**data, "pred": scores.clone()})
+    reference = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False)(reference)["pred"].argmax(0)
+    assert got.dtype == torch.uint8 and tuple(got.shape) == (1, *image.shape)
+    np.testing.assert_allclose(got.affine.numpy(), image.affine.numpy())
+    assert np.mean(got[0].numpy() != reference.numpy()) < 1e-3

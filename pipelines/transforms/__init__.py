@@ -8,12 +8,19 @@ Post-processing of integer label maps (after argmax and a cast to uint8 / uint16
 - :class:`KeepLargestComponent` / :class:`KeepLargestComponentd`: one piece per listed label;
 - :class:`FillHoles` / :class:`FillHolesd`: fill enclosed background holes of labels;
 - :class:`ResampleLabelsToGrid` / :class:`ResampleLabelsToOriginald`: back to the input's grid,
-  nearest neighbour, without the float copies and dense grids ``Invertd`` builds.
+  nearest neighbour, without the float copies and dense grids ``Invertd`` builds;
+- :class:`ResampleScoresToGrid` / :class:`ResampleScoresToOriginald`: class scores back to the
+  input's grid with trilinear interpolation and a fused argmax, one slab at a time.
 """
 
 from __future__ import annotations
 
-from pipelines.transforms.grid import ResampleLabelsToGrid, ResampleLabelsToOriginald
+from pipelines.transforms.grid import (
+    ResampleLabelsToGrid,
+    ResampleLabelsToOriginald,
+    ResampleScoresToGrid,
+    ResampleScoresToOriginald,
+)
 from pipelines.transforms.holes import FillHoles, FillHolesd
 from pipelines.transforms.islands import (
     KeepLargestComponent,
@@ -32,5 +39,7 @@ __all__ = [
     "RemoveSmallIslandsd",
     "ResampleLabelsToGrid",
     "ResampleLabelsToOriginald",
+    "ResampleScoresToGrid",
+    "ResampleScoresToOriginald",
     "spacing_from_affine",
 ]
