@@ -32,6 +32,7 @@ SEEDS: dict[str, range] = {
     "demo": range(90_000, 100_000),
 }
 ABDOMEN_FOV_MM = (290.0, 230.0, 190.0)
+WIDE_FOV_FRACTION = 0.4
 
 
 @dataclass(frozen=True)
@@ -47,15 +48,20 @@ class PhantomCase:
 def ct_case_geometry(seed: int) -> PhantomCase:
     """A realistic, seed-determined acquisition: in-plane 1.2–1.8 mm, slices 1.5–3 mm, RAS/LPS/LAS.
 
-    The field of view stays near an abdominal one (about 290 x 230 x 190 mm, ±8 %), so voxel
-    counts vary with the spacing as they do between scanners and protocols.
+    Most fields of view stay near an abdominal one (about 290 x 230 x 190 mm, ±8 %), so voxel
+    counts vary with the spacing as they do between scanners and protocols; about 4 in 10 are
+    wide torso scans (330-420 mm square in-plane, 250-400 mm long, like a 512 x 512 CT at 0.8 mm),
+    so that the model also sees air around the body and long stretches without organs.
     """
     rng = np.random.default_rng([seed, 7])
     inplane = float(rng.uniform(1.2, 1.8))
     spacing = (inplane, inplane, float(rng.uniform(1.5, 3.0)))
     fov = np.asarray(ABDOMEN_FOV_MM) * rng.uniform(0.92, 1.08, 3)
-    shape = tuple(round(f / s) for f, s in zip(fov, spacing, strict=True))
     orientation = ("RAS", "LPS", "LAS")[int(rng.integers(3))]
+    if rng.random() < WIDE_FOV_FRACTION:
+        side = float(rng.uniform(330.0, 420.0))
+        fov = np.array([side, side, float(rng.uniform(250.0, 400.0))])
+    shape = tuple(round(f / s) for f, s in zip(fov, spacing, strict=True))
     return PhantomCase(seed, shape, spacing, orientation)  # type: ignore[arg-type]
 
 
