@@ -137,7 +137,7 @@ _TRAIN_EXTRA: dict[str, str] = {
     "lr_scheduler": "medseg train --resume restores it",
     "run": "the default run id of `python -m monai.bundle run`",
 }
-_GRID_RESTORERS: tuple[str, ...] = ("Invertd", "ResampleLabelsToOriginald")
+_GRID_RESTORERS: tuple[str, ...] = ("Invertd", "ResampleLabelsToOriginald", "ResampleScoresToOriginald")
 """Postprocessing transforms that return the prediction to the input's grid (MONAI's, ours)."""
 
 _EVALUATE_IDS: dict[str, str] = {
