@@ -229,7 +229,7 @@ def main() -> int:
         )
         dice_cleaned = dice_per_label(ours_labels, cleaned)
         report["inputs"][name] = {
-            "path": str(source),
+            "path": os.path.relpath(source, REPO),
             **summary,
             "speedup_total": summary["reference"]["seconds"]["total"] / summary["ours"]["seconds"]["total"],
             "rss_ratio": summary["ours"]["peak_rss_mb"] / summary["reference"]["peak_rss_mb"],
