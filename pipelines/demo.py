@@ -85,47 +85,9 @@ def make_ct_dataset(
         name: the manifest's ``name``; the file is ``folder/<name>.json``.
 
     Returns:
-        The manifest path. Cases already on disk (same seed and geometry) are not generated again.
+        The manifest path. Cases already on disk with the same geometry are not generated again.
     """
-    folder = Path(folder)
-    bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-    ids = _label_ids(bundle)
-    manifest: dict[str, Any] = {
-        "name": name,
-        "description": f"synthetic CT phantoms from pipelines.phantoms, labelled for {bundle.name}",
-        "modality": {"0": "CT"},
-        "labels": {str(k): v for k, v in sorted(bundle.labels.items())},
-        "training": [],
-        "validation": [],
-        "test": [],
-    }
-    for split, count in counts.items():
-        if split not in SEEDS:
-            raise ValueError(f"split {split!r}: expected one of {', '.join(SEEDS)}")
-        for seed in SEEDS[split][:count]:
-            geometry = ct_case_geometry(seed)
-            case_id = f"ct_{seed:05d}"
-            case_dir = folder / split / case_id
-            if not ((case_dir / "image.nii.gz").is_file() and (case_dir / "label.nii.gz").is_file()):
-                phantom = phantoms.make_ct_phantom(
-                    seed,
-                    shape=geometry.shape,
-                    spacing_mm=geometry.spacing_mm,
-                    orientation=geometry.orientation,
-                    label_ids=ids,
-                )
-                phantoms.write_nifti(phantom, case_dir)
-                logger.info(
-                    "generated %s %s %s mm %s", case_id, geometry.shape, geometry.spacing_mm, geometry.orientation
-                )
-            manifest[split].append(
-                {
-                    "case_id": case_id,
-                    "image": f"{split}/{case_id}/image.nii.gz",
-                    "label": f"{split}/{case_id}/label.nii.gz",
-                }
-            )
-    return write_manifest(manifest, folder / f"{name}.json")
+    return make_phantom_dataset(folder, bundle, counts=counts, kind="ct", name=name)
 
 
 @dataclass
