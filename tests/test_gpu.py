@@ -36,6 +36,7 @@ def test_segment_on_cuda_uses_amp_and_keeps_the_window_on_the_gpu(tmp_path: Path
     np.testing.assert_allclose(labels.affine, phantom.affine, atol=1e-4)
     run = json.loads(result.files["run"].read_text())
     assert run["device"].startswith("cuda") and run["precision"] in ("bf16", "fp16")
+    assert run["fp32_layers"] == ["model.0.residual", "model.0.conv.unit0.conv"]
 
 
 def test_out_of_memory_retries_with_fewer_windows() -> None:

@@ -247,6 +247,10 @@ def test_ct_bundle_on_shared_scans_writes_labels_on_the_input_grid(
     assert labels.shape == volume.shape
     np.testing.assert_allclose(labels.affine, volume.affine, atol=1e-4)
     assert set(np.unique(np.asarray(labels.dataobj))) <= set(range(6))
+    run = json.loads((tmp_path / "out" / case_id / "run.json").read_text())
+    # under bf16 the U-Net's layers that read the image stay in fp32, and run.json says which
+    expected = [] if run["precision"] == "fp32" else ["model.0.residual", "model.0.conv.unit0.conv"]
+    assert run["fp32_layers"] == expected
 
 
 @pytest.mark.shared_data

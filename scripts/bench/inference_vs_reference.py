@@ -249,7 +249,8 @@ def print_table(report: dict) -> None:
     peak = report["machine"]["peak_gflops"]
     print(
         f"machine: {report['machine']['processor']}, {report['machine']['cpu_count']} cores, "
-        f"device {report['machine']['device']}; matmul peak fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s"
+        f"device {report['machine']['device']}; "
+        f"matmul peak fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s"
     )
     print(f"network: {report['gflop_per_window']:.1f} GFLOP per 96^3 window; medians of {report['runs']} runs\n")
     header = (
@@ -262,9 +263,8 @@ def print_table(report: dict) -> None:
         for pipeline in ("reference", "ours"):
             e = entry[pipeline]
             stages = " ".join(f"{e['seconds'][s]:>11.2f}" for s in STAGES)
-            print(
-                f"{name:<14} {pipeline:<10} {stages} {e['peak_rss_mb']:>8.0f} {e['windows']:>4} {e['network_gflops']:>8.0f}"
-            )
+            figures = f"{e['peak_rss_mb']:>8.0f} {e['windows']:>4} {e['network_gflops']:>8.0f}"
+            print(f"{name:<14} {pipeline:<10} {stages} {figures}")
         print(
             f"{'':<14} speed-up {entry['speedup_total']:.2f}x, peak RSS ratio {entry['rss_ratio']:.2f}, "
             f"min Dice agreement {entry['min_dice_agreement']:.4f}, with our island clean-up applied to the "

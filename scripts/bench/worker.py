@@ -79,9 +79,8 @@ def run_reference(args: argparse.Namespace) -> dict:
     parser["bundle_root"] = str(Path(args.bundle).resolve())
     parser["datalist"] = [str(args.input)]
     parser["output_dir"] = str(args.output)
-    parser["device"] = (
-        f"$torch.device('{args.device if args.device != 'auto' else ('cuda:0' if torch.cuda.is_available() else 'cpu')}')"
-    )
+    device = args.device if args.device != "auto" else ("cuda:0" if torch.cuda.is_available() else "cpu")
+    parser["device"] = f"$torch.device('{device}')"
     evaluator = parser.get_parsed_content("evaluator")
     counter = _WindowCounter()
     parser.get_parsed_content("network").register_forward_pre_hook(counter)

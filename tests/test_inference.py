@@ -1,0 +1,115 @@
+"""Device and precision choice, and the mixed-precision policy of the predictor (CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.inferers import SlidingWindowInferer
+from monai.networks.nets import SegResNet, UNet
+
+from pipelines.bundle import load_bundle, load_weights, parse_config
+from pipelines.inference import ChannelsLast3d, InputLayersFP32, Predictor, resolve_device, resolve_precision
+from pipelines.phantoms import make_ct_phantom
+from tests.conftest import BUNDLES
+
+CPU = torch.device("cpu")
+
+
+def small_unet() -> UNet:
+    torch.manual_seed(0)
+    return UNet(3, 1, 3, channels=(8, 16, 32), strides=(2, 2), num_res_units=2, norm="batch").eval()
+
+
+def test_resolve_device_and_precision() -> None:
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    assert resolve_device("cpu") == CPU
+    with pytest.raises(ValueError, match="expected auto, cpu, cuda or cuda:N"):
+        resolve_device("tpu")
+    assert resolve_precision("fp32", CPU) == "fp32"
+    assert resolve_precision("auto", CPU) in ("fp32", "bf16")
+    with pytest.raises(ValueError, match="for CUDA devices"):
+        resolve_precision("fp16", CPU)
+    with pytest.raises(ValueError, match="expected one of auto, fp32, bf16, fp16"):
+        resolve_precision("int8", CPU)
+
+
+def test_layers_reading_the_image_are_found_and_kept_in_fp32() -> None:
+    network = small_unet()
+    reference = {k: v.clone() for k, v in network.state_dict().items()}
+    predictor = Predictor(network, SlidingWindowInferer((32, 32, 32), 2, 0.25), CPU, "bf16")
+    assert isinstance(predictor.network, ChannelsLast3d)
+    assert predictor.fp32_layers == []  # found on the first window
+    image = torch.rand(1, 1, 48, 40, 36)
+    out = predictor(image)
+    assert out.shape == (1, 3, 48, 40, 36) and out.dtype == torch.float32
+    # MONAI's residual unit feeds the image to its first convolution and to its strided residual branch
+    assert sorted(predictor.fp32_layers) == ["model.0.conv.unit0.conv", "model.0.residual"]
+
+    # the wrapped first convolution gives, under autocast, exactly the fp32 result of the original
+    wrapped = predictor.network.network.network.get_submodule("model.0.conv.unit0.conv")
+    original = UNet(3, 1, 3, channels=(8, 16, 32), strides=(2, 2), num_res_units=2, norm="batch")
+    original.load_state_dict(reference)
+    window = torch.rand(1, 1, 32, 32, 32)
+    with torch.inference_mode():
+        expected = original.model[0].conv.unit0.conv(window)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = wrapped(window)
+            plain = original.model[0].conv.unit0.conv(window)
+    assert got.dtype == torch.float32 and plain.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert (plain.float() - expected).abs().max() > 1e-3  # what the image would lose in bf16
+
+
+def shipped_ct_unet() -> torch.nn.Module:
+    bundle = load_bundle(BUNDLES / "ct_abdomen_unet")
+    network = parse_config(bundle, overrides={"device": "cpu"}).get_parsed_content("network_def")
+    load_weights(network, bundle)
+    return network.eval()
+
+
+def test_fp32_input_layers_bring_bf16_close_to_fp32_on_the_shipped_ct_model() -> None:
+    # trained weights on a phantom: the network turns small intensity steps (a lesion 40 HU below
+    # the liver) into decisions, so rounding the image itself is what moves boundaries
+    phantom = make_ct_phantom(3, shape=(192, 160, 96))
+    image = torch.from_numpy(np.clip((phantom.image.astype(np.float32) + 175) / 425, 0, 1))[None, None]
+    inferer = SlidingWindowInferer((96, 96, 96), 1, 0.25)
+    fp32 = Predictor(shipped_ct_unet(), inferer, CPU, "fp32")(image)
+    mixed = Predictor(shipped_ct_unet(), inferer, CPU, "bf16")(image)
+    network = shipped_ct_unet().to(memory_format=torch.channels_last_3d)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        all_bf16 = inferer(image.contiguous(memory_format=torch.channels_last_3d), network).float()
+
+    labels = fp32.argmax(1)
+    flipped_mixed = int((mixed.argmax(1) != labels).sum())
+    flipped_all = int((all_bf16.argmax(1) != labels).sum())
+    assert flipped_all > 1000, "all-bf16 moves thousands of voxels on this case"
+    assert flipped_mixed < 0.25 * flipped_all  # measured: 294 against 2403
+    assert (mixed - fp32).abs().mean() < 0.6 * (all_bf16 - fp32).abs().mean()  # 0.0083 against 0.0184
+
+
+def test_other_networks_and_no_reader() -> None:
+    segres = InputLayersFP32(SegResNet(spatial_dims=3, in_channels=2, out_channels=2, init_filters=8).eval())
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        segres(torch.rand(1, 2, 16, 16, 16))
+    assert segres.fp32_layers == ["convInit.conv"]
+
+    class CastsFirst(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv3d(1, 2, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x * 2.0)
+
+    wrapped = InputLayersFP32(CastsFirst())
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = wrapped(torch.rand(2, 1, 8, 8, 8))
+    assert wrapped.fp32_layers == [] and out.shape == (2, 2, 8, 8, 8)
+
+
+def test_fp32_precision_leaves_the_network_alone() -> None:
+    predictor = Predictor(small_unet(), SlidingWindowInferer((32, 32, 32), 1, 0.25), CPU, "fp32")
+    assert not any(isinstance(m, InputLayersFP32) for m in predictor.network.modules())
+    predictor(torch.rand(1, 1, 32, 32, 32))
+    assert predictor.fp32_layers == []
