@@ -26,7 +26,6 @@ import argparse
 import base64
 import contextlib
 import csv
-import hashlib
 import html
 import io
 import json
@@ -48,6 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from pipelines import __version__
+from pipelines.io.hashing import input_sha256, sha256_file
 
 if TYPE_CHECKING:
     import numpy as np
@@ -64,7 +64,6 @@ __all__ = [
     "BatchOptions",
     "BatchSummary",
     "add_batch_parser",
-    "input_sha256",
     "latest_records",
     "merge_ledger",
     "read_ledger",
@@ -324,34 +323,6 @@ class _LedgerWriter:
 
     def close(self) -> None:
         self._handle.close()
-
-
-def input_sha256(paths: Sequence[Path]) -> str:
-    """sha256 of a case's input, to tell whether it changed since it was last run.
-
-    One file: the sha256 of its bytes (as ``run.json`` records it). A DICOM folder, or several
-    channel files: the sha256 of the sequence of (relative name, file sha256) of every file, in
-    sorted order.
-
-    Raises:
-        FileNotFoundError: an input path does not exist.
-    """
-    from pipelines.bundle import sha256_file
-
-    if len(paths) == 1 and Path(paths[0]).is_file():
-        return sha256_file(paths[0])
-    digest = hashlib.sha256()
-    for path in map(Path, paths):
-        if path.is_dir():
-            for member in sorted(p for p in path.rglob("*") if p.is_file()):
-                digest.update(member.relative_to(path).as_posix().encode() + b"\0")
-                digest.update(bytes.fromhex(sha256_file(member)))
-        elif path.is_file():
-            digest.update(path.name.encode() + b"\0")
-            digest.update(bytes.fromhex(sha256_file(path)))
-        else:
-            raise FileNotFoundError(f"{path}: no such file or folder")
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -853,13 +824,13 @@ class _Pipeline:
             bar.update(1)
 
     def _finish_case(self, item: _Item, ledger: _LedgerWriter) -> None:
-        from pipelines.bundle import sha256_file
-
         files: dict[str, dict[str, str]] = {}
         seconds: dict[str, float] = {"hash": item.hash_seconds}
         if item.error is None:
             try:
-                result = self.segmenter.write(item.prepared, item.labels, self.output, item.case.case_id, item.outputs)
+                result = self.segmenter.write(
+                    item.prepared, item.labels, self.output, item.case.case_id, item.outputs, input_sha256=item.sha256
+                )
                 for name, path in result.files.items():
                     files[name] = {"path": path.relative_to(self.output).as_posix(), "sha256": sha256_file(path)}
             except Exception as err:

@@ -7,7 +7,6 @@ bundle root, the device, inputs and output folder); everything else comes from t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -16,6 +15,8 @@ from typing import Any
 
 import torch
 from monai.bundle import ConfigParser
+
+from pipelines.io.hashing import sha256_file  # re-exported: weights are checksummed the same way
 
 logger = logging.getLogger(__name__)
 
@@ -130,15 +131,6 @@ def parse_config(bundle: Bundle, name: str = "inference", overrides: dict[str, A
     for key, value in (overrides or {}).items():
         parser[key] = value
     return parser
-
-
-def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def require_weights(bundle: Bundle) -> Path:

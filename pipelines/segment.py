@@ -27,9 +27,10 @@ import torch
 from monai.transforms import Compose, EnsureChannelFirst, LoadImage, LoadImaged, SaveImage, SaveImaged
 
 from pipelines import __version__, keys
-from pipelines.bundle import Bundle, load_bundle, load_weights, parse_config, sha256_file
+from pipelines.bundle import Bundle, load_bundle, load_weights, parse_config
 from pipelines.inference import Predictor, resolve_device, resolve_precision
 from pipelines.io import Volume, read_volume, to_metatensor, write_json, write_labels
+from pipelines.io.hashing import input_sha256, sha256_file
 from pipelines.io.readers import case_id_from_path
 from pipelines.io.writers import current_umask
 
@@ -234,8 +235,13 @@ class Segmenter:
         output_dir: str | Path,
         case_id: str,
         outputs: Sequence[str] = ("labels",),
+        input_sha256: str | None = None,
     ) -> CaseResult:
-        """Write the outputs of one case. The case folder appears complete or not at all."""
+        """Write the outputs of one case. The case folder appears complete or not at all.
+
+        ``input_sha256`` is the input's checksum when the caller has it already (a batch run hashes
+        every input for its ledger); otherwise it is computed here, the same way.
+        """
         volume = prepared.volume
         seconds = prepared.seconds
         result = CaseResult(case_id, Path(output_dir) / case_id, {}, seconds)
@@ -271,7 +277,7 @@ class Segmenter:
                         algorithm_name=self.bundle.name,
                         algorithm_version=self.bundle.version,
                     )
-            result.provenance = self.provenance(volume, outputs, seconds)
+            result.provenance = self.provenance(volume, outputs, seconds, input_sha256)
             result.files["run"] = write_json(result.provenance, staging / "run.json")
         result.files = {k: result.case_dir / p.name for k, p in result.files.items()}
         # run.json was written before "save" finished; record the final save time too.
@@ -279,12 +285,14 @@ class Segmenter:
         write_json(result.provenance, result.files["run"])
         return result
 
-    def provenance(self, volume: Volume, outputs: Sequence[str], seconds: dict[str, float]) -> dict[str, Any]:
+    def provenance(
+        self, volume: Volume, outputs: Sequence[str], seconds: dict[str, float], sha256: str | None = None
+    ) -> dict[str, Any]:
         """The run.json record: what was read, with which model and software, how long each stage took."""
         return {
             "input": {
                 "path": str(volume.path.resolve()),
-                "sha256": input_sha256(volume),
+                "sha256": sha256 or input_sha256(volume.path),
                 "format": volume.format,
                 "series_uid": volume.series_uid,
                 "shape": list(volume.shape),
@@ -327,18 +335,6 @@ def segment_case(
     if not Path(input_path).exists():
         read_volume(input_path)
     return Segmenter(bundle, options).run(input_path, output_dir, case_id)
-
-
-def input_sha256(volume: Volume) -> str:
-    """sha256 of the input file, or of a DICOM series' files concatenated in slice order."""
-    if volume.format != "dicom":
-        return sha256_file(volume.path)
-    import hashlib
-
-    digest = hashlib.sha256()
-    for f in volume.dicom_files:
-        digest.update(bytes.fromhex(sha256_file(f)))
-    return digest.hexdigest()
 
 
 def _split_loader(preprocessing: Compose) -> tuple[Any, Compose]:

@@ -29,6 +29,7 @@ from pipelines.batch import (
     write_report,
 )
 from pipelines.bundle import load_bundle
+from pipelines.io import input_sha256
 from pipelines.manifests import ManifestError
 from pipelines.phantoms import make_ct_phantom, write_nifti
 from tests.conftest import copy_bundle_with_random_weights
@@ -147,6 +148,9 @@ def test_batch_runs_every_case_and_isolates_a_corrupt_file(
 
     ok = next(r for r in records if r["case_id"] == "case_03")
     assert ok["input"]["sha256"] and ok["bundle"]["model_sha256"]
+    # one checksum, computed once: the ledger and the case's run.json record the same value
+    run = json.loads((output / "case_03" / "run.json").read_text())
+    assert run["input"]["sha256"] == ok["input"]["sha256"] == input_sha256(ok["input"]["path"])
     assert ok["bundle"]["name"] == load_bundle(unet_bundle).name
     assert set(ok["outputs"]) >= {"labels", "stats_json", "preview", "run"}
     assert ok["outputs"]["labels"] == {"path": "case_03/labels.nii.gz", "sha256": ok["outputs"]["labels"]["sha256"]}

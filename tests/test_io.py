@@ -210,3 +210,28 @@ def test_series_selection_in_folder_with_two_series(tmp_path: Path, caplog: pyte
     np.testing.assert_allclose(explicit.affine, small.affine, atol=1e-4)
     with pytest.raises(ValueError, match=r"no series with SeriesInstanceUID 9\.9; the folder holds"):
         read_volume(folder, series_uid="9.9")
+
+
+def test_input_sha256_of_files_and_folders(tmp_path: Path) -> None:
+    import hashlib
+
+    from pipelines.io import input_sha256
+
+    single = tmp_path / "scan.nii.gz"
+    single.write_bytes(b"voxels")
+    assert input_sha256(single) == hashlib.sha256(b"voxels").hexdigest() == input_sha256([single])
+
+    folder = tmp_path / "series"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.dcm").write_bytes(b"slice a")
+    (folder / "sub" / "b.dcm").write_bytes(b"slice b")
+    first = input_sha256(folder)
+    assert first == input_sha256(str(folder))
+    (folder / "sub" / "b.dcm").rename(folder / "b.dcm")  # same bytes, another name: another input
+    renamed = input_sha256(folder)
+    assert renamed != first
+    (folder / "c.dcm").write_bytes(b"another series")  # the series rule may now choose differently
+    assert input_sha256(folder) not in (first, renamed)
+
+    with pytest.raises(FileNotFoundError, match="missing.nii.gz: no such file or folder"):
+        input_sha256([single, tmp_path / "missing.nii.gz"])

@@ -8,6 +8,7 @@ nibabel and of MONAI's ``MetaTensor``.
 from __future__ import annotations
 
 from pipelines.io.dicom import DicomSeries, find_dicom_series, select_series
+from pipelines.io.hashing import input_sha256, sha256_file
 from pipelines.io.readers import SUPPORTED_INPUTS, Volume, read_volume, to_metatensor
 from pipelines.io.writers import atomic_path, write_json, write_labels
 
@@ -17,8 +18,10 @@ __all__ = [
     "Volume",
     "atomic_path",
     "find_dicom_series",
+    "input_sha256",
     "read_volume",
     "select_series",
+    "sha256_file",
     "to_metatensor",
     "write_json",
     "write_labels",
