@@ -18,8 +18,6 @@ and mean metrics to ``<data-dir>/eval/`` and prints the mean per structure.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import sys
 import time
@@ -40,34 +38,20 @@ def bundle_channels(bundle: Path) -> dict[str, int]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", type=Path, default=REPO / "bundles" / "mri_brain_tumor")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--train", type=int, default=16, help="training phantoms")
-    parser.add_argument("--val", type=int, default=4, help="validation phantoms")
-    parser.add_argument("--test", type=int, default=8, help="held-out test phantoms")
+    from pipelines.demo import make_brain_dataset
+    from pipelines.train import recipe_parser, run_recipe_from_args
+
+    parser = recipe_parser(
+        __doc__.splitlines()[0],
+        bundle=REPO / "bundles" / "mri_brain_tumor",
+        data_dir=DEFAULT_DATA,
+        counts={"training": 16, "validation": 4, "test": 8},
+    )
     parser.add_argument(
         "--channels", type=int, default=None, help="MR contrasts per case, 1-4 (default: the bundle's num_channels)"
     )
-    parser.add_argument("--max-epochs", type=int, default=None, help="default: the bundle's max_epochs")
-    parser.add_argument("--val-interval", type=int, default=None, help="default: the bundle's val_interval")
-    parser.add_argument(
-        "--samples-per-case", type=int, default=None, help="patches per case and iteration (default: the bundle's, 4)"
-    )
-    parser.add_argument(
-        "--fov-scale",
-        type=float,
-        default=1.0,
-        help="shrink the phantoms' field of view (0-1] for quick smoke runs (default 1)",
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--stage", choices=("all", "data", "train", "evaluate"), default="all")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    from pipelines.demo import make_brain_dataset, relocated
-    from pipelines.manifests import write_manifest
-    from pipelines.train import TrainOptions, run_recipe
 
     stated = bundle_channels(args.bundle)
     channels = args.channels if args.channels is not None else stated["inference"]
@@ -89,28 +73,7 @@ def main() -> int:
     )
     print(f"data: {manifest} ({time.perf_counter() - start:.0f} s)")
     example = REPO / "data_manifests" / f"{name}.json"
-    if args.data_dir.resolve() == DEFAULT_DATA.resolve() and args.fov_scale == 1.0:
-        # train.json's default manifest: the same files, relative to data_manifests/.
-        write_manifest(relocated(manifest, example.parent), example)
-    overrides = {} if getattr(args, "samples_per_case", None) is None else {"samples_per_case": args.samples_per_case}
-    options = TrainOptions(
-        max_epochs=args.max_epochs,
-        val_interval=args.val_interval,
-        device=args.device,
-        seed=0,
-        overrides=overrides,
-    )
-    figures = run_recipe(
-        args.bundle, manifest, stage=args.stage, options=options, eval_dir=args.data_dir / "eval", device=args.device
-    )
-    if figures["train"] is not None:
-        print(
-            f"train: best validation mean Dice {figures['train'].best_metric:.4f} at epoch "
-            f"{figures['train'].best_epoch} ({figures['train_minutes']:.1f} min)"
-        )
-    if figures["evaluation"] is not None:
-        print(json.dumps(figures["evaluation"]["mean"], indent=1))
-    return 0
+    return run_recipe_from_args(args, manifest, example_manifest=example, default_data_dir=DEFAULT_DATA)
 
 
 if __name__ == "__main__":

@@ -233,5 +233,5 @@ def test_input_sha256_of_files_and_folders(tmp_path: Path) -> None:
     (folder / "c.dcm").write_bytes(b"another series")  # the series rule may now choose differently
     assert input_sha256(folder) not in (first, renamed)
 
-    with pytest.raises(FileNotFoundError, match="missing.nii.gz: no such file or folder"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.nii\.gz: no such file or folder"):
         input_sha256([single, tmp_path / "missing.nii.gz"])
