@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from monai.inferers import SlidingWindowInferer
-from monai.networks.nets import SegResNet, UNet
+from monai.networks.nets import UNETR, SegResNet, UNet
 
 from pipelines.bundle import load_bundle, load_weights, parse_config
 from pipelines.inference import ChannelsLast3d, InputLayersFP32, Predictor, resolve_device, resolve_precision
@@ -93,6 +93,18 @@ def test_other_networks_and_no_reader() -> None:
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         segres(torch.rand(1, 2, 16, 16, 16))
     assert segres.fp32_layers == ["convInit.conv"]
+
+    unetr = InputLayersFP32(
+        UNETR(1, 3, (32, 32, 32), feature_size=8, hidden_size=96, mlp_dim=192, num_heads=4, res_block=True).eval()
+    )
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        unetr(torch.rand(2, 1, 32, 32, 32))
+    # the patch embedding and the full-resolution encoder block (its convolution and 1x1 residual)
+    assert unetr.fp32_layers == [
+        "vit.patch_embedding.patch_embeddings",
+        "encoder1.layer.conv1.conv",
+        "encoder1.layer.conv3.conv",
+    ]
 
     class CastsFirst(torch.nn.Module):
         def __init__(self) -> None:
