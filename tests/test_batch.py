@@ -26,12 +26,12 @@ from pipelines.batch import (
     merge_ledger,
     read_ledger,
     run_batch,
-    write_report,
 )
 from pipelines.bundle import load_bundle
 from pipelines.io import input_sha256
 from pipelines.manifests import ManifestError
 from pipelines.phantoms import make_ct_phantom, write_nifti
+from pipelines.report import write_report
 from tests.conftest import copy_bundle_with_random_weights
 
 REPO = Path(__file__).resolve().parents[1]
