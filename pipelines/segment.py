@@ -314,7 +314,7 @@ class Segmenter:
             "device": str(self.device),
             "precision": self.precision,
             # under bf16/fp16 the layers that read the image stay in fp32 (see InputLayersFP32)
-            "fp32_layers": self.predictor.fp32_layers if self.precision != "fp32" else [],
+            "fp32_layers": self.predictor.fp32_layers,
             "sw_batch_size": getattr(self.inferer, "sw_batch_size", None),
             "options": {**asdict(self.options), "outputs": list(outputs)},
             "seconds": {k: round(v, 4) for k, v in seconds.items()},
