@@ -911,20 +911,10 @@ def _redirect_logging_to(bar: Any) -> Iterator[None]:
 # command line
 
 
-def _outputs_arg(value: str) -> tuple[str, ...]:
-    from pipelines.segment import OUTPUTS
-
-    names = tuple(v.strip() for v in value.split(",") if v.strip())
-    unknown = [n for n in names if n not in OUTPUTS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown output(s) {', '.join(unknown) or repr(value)}; choose from {', '.join(OUTPUTS)}"
-        )
-    return names
-
-
 def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``batch`` subcommand to an ``add_subparsers()`` object; returns its parser."""
+    from pipelines.cli import add_run_options, outputs_arg  # the options segment has too
+
     p = subparsers.add_parser(
         "batch",
         help="segment every case of a manifest split, resumable, on one or many GPUs (torchrun)",
@@ -943,17 +933,11 @@ def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="with --resume, also rerun cases that failed")
     p.add_argument(
         "--outputs",
-        type=_outputs_arg,
+        type=outputs_arg,
         default=None,
         help="comma list of labels,dicom-seg,stats,preview (default: labels,stats,preview; dicom-seg too for DICOM)",
     )
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=("auto", "fp32", "bf16", "fp16"),
-        help="compute precision; auto = bf16 where the hardware runs it fast, else fp32 (default: auto)",
-    )
+    add_run_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     p.set_defaults(func=_cmd_batch)
     return p

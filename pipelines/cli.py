@@ -42,17 +42,21 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         root.setLevel(logging.INFO)
 
 
-def _outputs(value: str) -> tuple[str, ...]:
+def outputs_arg(value: str) -> tuple[str, ...]:
+    """``--outputs`` of ``segment`` and ``batch``: a comma list of output names."""
     from pipelines.segment import OUTPUTS
 
     names = tuple(v.strip() for v in value.split(",") if v.strip())
     unknown = [n for n in names if n not in OUTPUTS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown output(s) {', '.join(unknown)}; choose from {', '.join(OUTPUTS)}")
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown output(s) {', '.join(unknown) or repr(value)}; choose from {', '.join(OUTPUTS)}"
+        )
     return names
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--precision``, shared by the commands that run a network."""
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
     p.add_argument(
         "--precision",
@@ -77,18 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--series-uid", help="DICOM folder with several series: the SeriesInstanceUID to read")
     p.add_argument(
         "--outputs",
-        type=_outputs,
+        type=outputs_arg,
         default=None,
         help="comma list of labels,dicom-seg,stats,preview (default: labels,stats,preview; dicom-seg too for DICOM)",
     )
-    _add_run_options(p)
+    add_run_options(p)
     p.set_defaults(func=_cmd_segment)
 
     p = sub.add_parser("demo", help="generate a CT phantom, segment it with the shipped CT bundle, score it")
     p.add_argument("--output", "-o", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
     p.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: the shipped ct_abdomen_unet)")
     p.add_argument("--seed", type=int, default=None, help="phantom seed (default: the first demo seed)")
-    _add_run_options(p)
+    add_run_options(p)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("phantoms", help="generate a CT phantom dataset with a manifest, labelled for a bundle")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -406,18 +407,33 @@ def recipe_parser(
 
 
 def run_recipe_from_args(
-    args: argparse.Namespace, manifest: Path, *, example_manifest: Path, default_data_dir: Path
+    args: argparse.Namespace,
+    make_data: Callable[[dict[str, int]], Path],
+    *,
+    example_manifest: Path,
+    default_data_dir: Path,
 ) -> int:
-    """Train and evaluate as a weights script's arguments say, and print the figures the docs quote.
+    """Generate the data, train and evaluate as a weights script's arguments say; print the figures.
 
-    When the phantoms went to ``default_data_dir`` at full field of view, ``example_manifest``
-    (the manifest train.json reads by default, in ``data_manifests/``) is rewritten to point at them.
+    Args:
+        args: parsed from :func:`recipe_parser`.
+        make_data: ``make_data(counts) -> manifest``, the script's phantom generator, given the
+            cases per split from ``--train/--val/--test``.
+        example_manifest: the manifest train.json reads by default (in ``data_manifests/``); it is
+            rewritten to point at the phantoms when they went to ``default_data_dir`` at full field
+            of view.
+        default_data_dir: the script's default ``--data-dir``.
     """
     import json
+    import time
 
     from pipelines.demo import relocated
     from pipelines.manifests import write_manifest
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    start = time.perf_counter()
+    manifest = make_data({"training": args.train, "validation": args.val, "test": args.test})
+    print(f"data: {manifest} ({time.perf_counter() - start:.0f} s)")
     if Path(args.data_dir).resolve() == default_data_dir.resolve() and args.fov_scale == 1.0:
         write_manifest(relocated(manifest, example_manifest.parent), example_manifest)
     if args.stage == "data":

@@ -13,9 +13,7 @@ mean metrics to ``data/phantoms/ct/eval/`` and prints the table the bundle's doc
 
 from __future__ import annotations
 
-import logging
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,19 +33,14 @@ def main() -> int:
         val_interval=4,
     )
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    start = time.perf_counter()
-    manifest = make_phantom_dataset(
-        args.data_dir,
-        args.bundle,
-        kind="ct",
-        name="ct_phantoms",
-        fov_scale=args.fov_scale,
-        counts={"training": args.train, "validation": args.val, "test": args.test},
-    )
-    print(f"data: {manifest} ({time.perf_counter() - start:.0f} s)")
+
+    def make_data(counts: dict[str, int]) -> Path:
+        return make_phantom_dataset(
+            args.data_dir, args.bundle, kind="ct", name="ct_phantoms", fov_scale=args.fov_scale, counts=counts
+        )
+
     example = REPO / "data_manifests" / "ct_phantoms.json"
-    return run_recipe_from_args(args, manifest, example_manifest=example, default_data_dir=DEFAULT_DATA)
+    return run_recipe_from_args(args, make_data, example_manifest=example, default_data_dir=DEFAULT_DATA)
 
 
 if __name__ == "__main__":

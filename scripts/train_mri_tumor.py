@@ -18,9 +18,7 @@ and mean metrics to ``<data-dir>/eval/`` and prints the mean per structure.
 
 from __future__ import annotations
 
-import logging
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +49,6 @@ def main() -> int:
         "--channels", type=int, default=None, help="MR contrasts per case, 1-4 (default: the bundle's num_channels)"
     )
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     stated = bundle_channels(args.bundle)
     channels = args.channels if args.channels is not None else stated["inference"]
@@ -62,18 +59,14 @@ def main() -> int:
             "configs/inference.json, configs/train.json and metadata.json (network_data_format.inputs.image) first"
         )
     name = "brain_tumor_phantoms" if channels == 1 else f"brain_tumor_phantoms_{channels}ch"
-    start = time.perf_counter()
-    manifest = make_brain_dataset(
-        args.data_dir,
-        args.bundle,
-        channels=channels,
-        name=name,
-        fov_scale=args.fov_scale,
-        counts={"training": args.train, "validation": args.val, "test": args.test},
-    )
-    print(f"data: {manifest} ({time.perf_counter() - start:.0f} s)")
+
+    def make_data(counts: dict[str, int]) -> Path:
+        return make_brain_dataset(
+            args.data_dir, args.bundle, channels=channels, name=name, fov_scale=args.fov_scale, counts=counts
+        )
+
     example = REPO / "data_manifests" / f"{name}.json"
-    return run_recipe_from_args(args, manifest, example_manifest=example, default_data_dir=DEFAULT_DATA)
+    return run_recipe_from_args(args, make_data, example_manifest=example, default_data_dir=DEFAULT_DATA)
 
 
 if __name__ == "__main__":
