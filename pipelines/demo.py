@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from pipelines import phantoms
-from pipelines.bundle import Bundle, load_bundle
-from pipelines.io import write_json
-from pipelines.manifests import write_manifest
+from pipelines.bundles.bundle import Bundle, load_bundle
+from pipelines.data import phantoms
+from pipelines.data.manifests import write_manifest
+from pipelines.io.writers import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ def _write_channels(phantom: phantoms.Phantom, case_dir: Path, names: Sequence[s
     """Write a channel-first phantom as one NIfTI per channel plus ``label.nii.gz``, atomically."""
     import nibabel as nib
 
-    from pipelines.io import atomic_path
+    from pipelines.io.writers import atomic_path
 
     arrays = [*(phantom.image[c] for c in range(len(names))), phantom.label.astype(np.uint8, copy=False)]
     for name, data in zip([*names, "label"], arrays, strict=True):
@@ -252,7 +252,7 @@ def make_phantom_dataset(
             with a tumour, geometry from :func:`brain_case_geometry`, cases ``brain_<seed>``).
         name: the manifest's ``name`` and file stem; default ``ct_phantoms`` / ``brain_tumor_phantoms``.
         channels: brain only: MR contrasts per case (1–4, in the order of
-            :data:`pipelines.phantoms.MR_CONTRASTS`). One channel is written as ``image.nii.gz``;
+            :data:`pipelines.data.phantoms.MR_CONTRASTS`). One channel is written as ``image.nii.gz``;
             several as ``image_<contrast>.nii.gz`` each, listed in the manifest entry's ``image``
             (loaded and stacked as channels by ``LoadImaged``).
         fov_scale: shrink the field of view (see :func:`scale_geometry`); 1 for realistic cases.
@@ -280,7 +280,7 @@ def make_phantom_dataset(
     image_names = ["image"] if channels == 1 else [f"image_{c.lower()}" for c in contrasts]
     manifest: dict[str, Any] = {
         "name": name,
-        "description": f"synthetic {'CT' if kind == 'ct' else 'brain tumour MR'} phantoms from pipelines.phantoms, "
+        "description": f"synthetic {'CT' if kind == 'ct' else 'brain tumour MR'} phantoms from pipelines.data.phantoms, "
         f"labelled for {bundle.name}",
         "modality": modality,
         "labels": {str(k): v for k, v in sorted(bundle.labels.items())},

@@ -20,3 +20,9 @@ CASE_ID = "case_id"
 
 IMAGE_META = "image_meta_dict"
 """Meta data of the image, for transforms that still ask for a meta dict key."""
+
+OUTPUTS = ("labels", "dicom-seg", "stats", "preview")
+"""What a case can write besides run.json: the label map, DICOM-SEG, statistics, a preview picture."""
+
+DEFAULT_OUTPUTS = ("labels", "stats", "preview")
+"""What a case writes when nobody asks (DICOM input adds ``dicom-seg``)."""

@@ -38,7 +38,8 @@ import torch
 from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
 from scipy import ndimage
 
-from pipelines.io import atomic_path, read_volume
+from pipelines.io.readers import read_volume
+from pipelines.io.writers import atomic_path
 
 logger = logging.getLogger(__name__)
 

@@ -27,19 +27,18 @@ import torch
 from monai.transforms import Compose, EnsureChannelFirst, LoadImage, LoadImaged, SaveImage, SaveImaged
 
 from pipelines import __version__, keys
-from pipelines.bundle import Bundle, load_bundle, load_weights, parse_config
+from pipelines.bundles.bundle import Bundle, load_bundle, load_weights, parse_config
 from pipelines.inference import Predictor, resolve_device, resolve_precision
-from pipelines.io import Volume, read_volume, to_metatensor, write_json, write_labels
 from pipelines.io.hashing import input_sha256, sha256_file
-from pipelines.io.readers import case_id_from_path
-from pipelines.io.writers import current_umask
+from pipelines.io.readers import Volume, case_id_from_path, read_volume
+from pipelines.io.writers import current_umask, write_json, write_labels
+from pipelines.keys import DEFAULT_OUTPUTS, OUTPUTS
+from pipelines.transforms.loading import to_metatensor
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_OUTPUTS", "OUTPUTS", "CaseResult", "SegmentOptions", "Segmenter", "segment_case"]
 
-OUTPUTS = ("labels", "dicom-seg", "stats", "preview")
-DEFAULT_OUTPUTS = ("labels", "stats", "preview")
 STAGES = ("load", "preprocess", "infer", "postprocess", "save")
 
 
@@ -97,7 +96,7 @@ class Segmenter:
     """A bundle loaded once and ready to segment many cases.
 
     Args:
-        bundle: the bundle folder (or an already opened :class:`~pipelines.bundle.Bundle`).
+        bundle: the bundle folder (or an already opened :class:`~pipelines.bundles.Bundle`).
         options: device, precision, outputs, series choice.
 
     Raises:

@@ -20,8 +20,8 @@ import torch
 from monai.bundle import ConfigWorkflow
 from monai.handlers import CheckpointLoader
 
-from pipelines.bundle import Bundle, load_bundle
-from pipelines.manifests import ManifestError, load_manifest, validate_manifest
+from pipelines.bundles.bundle import Bundle, load_bundle
+from pipelines.data.manifests import ManifestError, load_manifest, validate_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -427,8 +427,8 @@ def run_recipe_from_args(
     import json
     import time
 
+    from pipelines.data.manifests import write_manifest
     from pipelines.demo import relocated
-    from pipelines.manifests import write_manifest
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()

@@ -27,7 +27,7 @@ DEFAULT_DATA = REPO / "data" / "phantoms" / "brain_tumor"
 
 def bundle_channels(bundle: Path) -> dict[str, int]:
     """``num_channels`` as each config of the bundle states it."""
-    from pipelines.bundle import load_bundle, parse_config
+    from pipelines.bundles.bundle import load_bundle, parse_config
 
     opened = load_bundle(bundle)
     found = {name: int(parse_config(opened, name)["num_channels"]) for name in ("inference", "train")}

@@ -21,18 +21,18 @@ import pytest
 from pipelines.batch import (
     LEDGER,
     BatchOptions,
-    add_batch_parser,
     latest_records,
     merge_ledger,
     read_ledger,
     run_batch,
 )
-from pipelines.bundle import load_bundle
-from pipelines.io import input_sha256
-from pipelines.manifests import ManifestError
-from pipelines.phantoms import make_ct_phantom, write_nifti
-from pipelines.report import write_report
-from tests.conftest import copy_bundle_with_random_weights
+from pipelines.batch.report import write_report
+from pipelines.bundles.bundle import load_bundle
+from pipelines.cli.batch import add_batch_parser
+from pipelines.data.manifests import ManifestError
+from pipelines.data.phantoms import make_ct_phantom, write_nifti
+from pipelines.io.hashing import input_sha256
+from tests.helpers import copy_bundle_with_random_weights
 
 REPO = Path(__file__).resolve().parents[1]
 # 48 x 40 x 24 voxels of 3 x 3 x 4 mm resample to 96 x 80 x 48 at the bundle's 1.5 x 1.5 x 2 mm:

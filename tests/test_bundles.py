@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.bundle import load_bundle, parse_config
+from pipelines.bundles.bundle import load_bundle, parse_config
 from pipelines.cli import main
-from tests.conftest import BUNDLES, copy_bundle_with_random_weights, write_nifti
+from tests.helpers import BUNDLES, copy_bundle_with_random_weights, write_nifti
 
 # A two-class, spleen-style bundle written only with MONAI components and Model Zoo key names.
 SPLEEN_STYLE_INFERENCE = {
@@ -172,7 +172,7 @@ def abdomen_scan(
     path: Path, codes: str = "LPS", shape=(56, 48, 30), spacing=(2.0, 2.0, 3.0)
 ) -> tuple[Path, np.ndarray]:
     """A CT-like scan: a soft-tissue body with a brighter ellipsoid, written as NIfTI in ``codes``."""
-    from tests.test_io import oriented_affine
+    from tests.helpers import oriented_affine
 
     affine = oriented_affine(codes, shape, spacing=spacing)
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
@@ -228,7 +228,7 @@ def test_zoo_style_bundle_runs_unchanged_and_matches_plain_monai(tmp_path: Path,
 
 
 def test_zoo_style_bundle_passes_the_metadata_and_config_checks(spleen_style_bundle: Path) -> None:
-    from pipelines.conformance import check_bundle
+    from pipelines.bundles.conformance import check_bundle
 
     problems = check_bundle(spleen_style_bundle, checks=("metadata", "configs", "net_in_out"))
     assert problems == []
@@ -239,7 +239,7 @@ def test_zoo_style_bundle_passes_the_metadata_and_config_checks(spleen_style_bun
 
 @pytest.mark.slow
 def test_unetr_bundle_segments_a_small_phantom_on_its_grid(tmp_path: Path) -> None:
-    from pipelines import phantoms
+    from pipelines.data import phantoms
 
     bundle = copy_bundle_with_random_weights("ct_multiorgan_unetr", tmp_path / "bundles")
     ids = {n: i for n, i in phantoms.CT_STRUCTURES.items() if n != "liver_tumor"}
@@ -272,7 +272,7 @@ def test_unetr_bundle_segments_a_small_phantom_on_its_grid(tmp_path: Path) -> No
 
 def test_unetr_training_patches_are_class_balanced_96_cubes(tmp_path: Path) -> None:
     """train.json's sampling: 4 patches of 96³ per case, indices precomputed and not carried along."""
-    from pipelines import phantoms
+    from pipelines.data import phantoms
 
     ids = {n: i for n, i in phantoms.CT_STRUCTURES.items() if n != "liver_tumor"}
     phantom = phantoms.make_ct_phantom(
@@ -292,7 +292,7 @@ def test_unetr_training_patches_are_class_balanced_96_cubes(tmp_path: Path) -> N
 
 @pytest.mark.shared_data
 def test_mri_bundle_on_the_shared_brain_scan_keeps_its_exact_grid(tmp_path: Path, shared_data: Path) -> None:
-    from pipelines.io import read_volume
+    from pipelines.io.readers import read_volume
 
     bundle = copy_bundle_with_random_weights("mri_brain_tumor", tmp_path / "bundles")
     source = shared_data / "mri_brain_tumor" / "image.nrrd"
@@ -320,9 +320,9 @@ def test_mri_bundle_on_the_shared_brain_scan_keeps_its_exact_grid(tmp_path: Path
 
 def test_mri_bundle_takes_several_contrasts_as_channels(tmp_path: Path) -> None:
     """A manifest entry listing four contrast files loads as four channels; num_channels sizes the network."""
+    from pipelines.data.manifests import load_manifest, validate_manifest
+    from pipelines.data.phantoms import MR_CONTRASTS
     from pipelines.demo import make_brain_dataset
-    from pipelines.manifests import load_manifest, validate_manifest
-    from pipelines.phantoms import MR_CONTRASTS
     from pipelines.train import datalist
 
     manifest = make_brain_dataset(
@@ -435,7 +435,7 @@ def test_weights_script_smoke_run(tmp_path: Path, script: str, bundle_name: str)
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     bundle = tmp_path / bundle_name
     shutil.copytree(BUNDLES / bundle_name, bundle, ignore=shutil.ignore_patterns("models", "eval"))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from pipelines.cli import main
-from pipelines.phantoms import make_ct_phantom, write_nifti
-from tests.conftest import write_nifti as write_array
+from pipelines.data.phantoms import make_ct_phantom, write_nifti
+from tests.helpers import write_nifti as write_array
 
 
 def test_metrics_command_writes_csv_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -112,7 +112,7 @@ def test_manifest_validate_reports_every_problem(tmp_path: Path, capsys: pytest.
 
 
 def test_phantoms_command_writes_a_valid_manifest(tmp_path: Path) -> None:
-    from pipelines.manifests import validate_manifest
+    from pipelines.data.manifests import validate_manifest
 
     assert (
         main(["phantoms", "--output", str(tmp_path / "ph"), "--training", "1", "--validation", "1", "--test", "0"]) == 0

@@ -12,16 +12,16 @@ from typing import Any
 import pytest
 import torch
 
-from pipelines.conformance import (
+from pipelines.bundles.conformance import (
     QUICK_CHECKS,
-    add_bundle_parser,
     bundle_info,
     check_bundle,
     default_bundles_folder,
     list_bundles,
     run_checks,
 )
-from tests.conftest import BUNDLES
+from pipelines.cli.bundle import add_bundle_parser
+from tests.helpers import BUNDLES
 
 SHIPPED = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs").is_dir())
 SLOW_CHECKS = ("net_in_out", "export", "run")
@@ -278,7 +278,7 @@ def test_bundle_info(name: str, expected: dict[str, Any]) -> None:
 
 
 def test_unetr_labels_are_the_13_btcv_organs() -> None:
-    from pipelines.phantoms import CT_STRUCTURES
+    from pipelines.data.phantoms import CT_STRUCTURES
 
     labels = bundle_info(BUNDLES / "ct_multiorgan_unetr")["labels"]
     assert labels == {0: "background", **{i: n for n, i in CT_STRUCTURES.items() if n != "liver_tumor"}}
@@ -326,7 +326,7 @@ def test_cli_list_and_info(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.slow
 def test_a_four_channel_mri_bundle_passes_every_check(tmp_path: Path) -> None:
     """num_channels set to 4 in the three places the bundle docs name: the checks feed 4-channel data."""
-    from pipelines.phantoms import MR_CONTRASTS
+    from pipelines.data.phantoms import MR_CONTRASTS
 
     bundle = small_bundle(tmp_path)
     for config in ("inference.json", "train.json"):

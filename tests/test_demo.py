@@ -9,7 +9,7 @@ import nibabel as nib
 import pytest
 
 from pipelines.cli import main
-from tests.conftest import BUNDLES
+from tests.helpers import BUNDLES
 
 WEIGHTS = BUNDLES / "ct_abdomen_unet" / "models" / "model.pt"
 

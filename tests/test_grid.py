@@ -10,7 +10,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, Invertd, Orientationd
 from scipy import ndimage
 
 from pipelines.transforms import ResampleLabelsToGrid, ResampleLabelsToOriginald
-from tests.test_io import oriented_affine
+from tests.helpers import oriented_affine
 
 
 def _loaded(codes: str, shape=(40, 34, 12), spacing=(0.8, 1.1, 2.5)) -> tuple[MetaTensor, np.ndarray]:

@@ -8,10 +8,10 @@ import torch
 from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import UNETR, SegResNet, UNet
 
-from pipelines.bundle import load_bundle, load_weights, parse_config
+from pipelines.bundles.bundle import load_bundle, load_weights, parse_config
+from pipelines.data.phantoms import make_ct_phantom
 from pipelines.inference import ChannelsLast3d, InputLayersFP32, Predictor, resolve_device, resolve_precision
-from pipelines.phantoms import make_ct_phantom
-from tests.conftest import BUNDLES
+from tests.helpers import BUNDLES
 
 CPU = torch.device("cpu")
 

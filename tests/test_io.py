@@ -11,25 +11,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipelines.io import read_volume, to_metatensor, write_labels
-from pipelines.io.readers import case_id_from_path
-from tests.conftest import write_nifti
+from pipelines.io.readers import case_id_from_path, read_volume
+from pipelines.io.writers import write_labels
+from pipelines.transforms.loading import to_metatensor
+from tests.helpers import oriented_affine, write_nifti
 
 # Anisotropic voxels, three orientations of the same physical grid.
-SPACING = (0.8, 1.1, 2.5)
 ORIENTATIONS = ["RAS", "LPS", "LAS"]
-
-
-def oriented_affine(codes: str, shape: tuple[int, int, int], spacing=SPACING) -> np.ndarray:
-    """An affine whose axes point along ``codes`` (e.g. LPS), centred near the world origin."""
-    axis = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
-    affine = np.zeros((4, 4))
-    for col, code in enumerate(codes):
-        row, sign = axis[code]
-        affine[row, col] = sign * spacing[col]
-    affine[:3, 3] = -affine[:3, :3] @ (np.array(shape) / 2) + np.array([3.3, -7.1, 12.5])
-    affine[3, 3] = 1
-    return affine
 
 
 @pytest.mark.parametrize("codes", ORIENTATIONS)
@@ -191,7 +179,7 @@ def test_dicom_series_and_its_las_label_agree_in_physical_space(shared_data: Pat
 
 
 def test_series_selection_in_folder_with_two_series(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from pipelines.phantoms import make_ct_phantom, write_dicom_series
+    from pipelines.data.phantoms import make_ct_phantom, write_dicom_series
 
     small = make_ct_phantom(1, shape=(32, 32, 8), spacing_mm=(8.0, 8.0, 20.0))
     large = make_ct_phantom(2, shape=(32, 32, 12), spacing_mm=(8.0, 8.0, 14.0))
@@ -215,7 +203,7 @@ def test_series_selection_in_folder_with_two_series(tmp_path: Path, caplog: pyte
 def test_input_sha256_of_files_and_folders(tmp_path: Path) -> None:
     import hashlib
 
-    from pipelines.io import input_sha256
+    from pipelines.io.hashing import input_sha256
 
     single = tmp_path / "scan.nii.gz"
     single.write_bytes(b"voxels")

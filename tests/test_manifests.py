@@ -1,4 +1,4 @@
-"""Tests of pipelines.manifests: loading, validation messages, creation, splits, writing."""
+"""Tests of pipelines.data.manifests: loading, validation messages, creation, splits, writing."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipelines.manifests import (
+from pipelines.data.manifests import (
     MANIFEST_SCHEMA,
     Case,
     Manifest,

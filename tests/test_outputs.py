@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from pipelines.io import read_volume
+from pipelines.io.readers import read_volume
 from pipelines.outputs import (
     PREVIEW_SIZE_PX,
     SNOMED,

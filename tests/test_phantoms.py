@@ -1,4 +1,4 @@
-"""Tests of pipelines.phantoms: determinism, anatomy, geometry, writers and argument checks."""
+"""Tests of pipelines.data.phantoms: determinism, anatomy, geometry, writers and argument checks."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from pipelines import phantoms
-from pipelines.phantoms import (
+from pipelines.data import phantoms
+from pipelines.data.phantoms import (
     BRAIN_TISSUES,
     CT_STRUCTURES,
     TISSUES,
@@ -468,7 +468,7 @@ def test_bad_seed() -> None:
 
 
 def test_phantom_module_has_no_import_side_effects() -> None:
-    assert phantoms.logger.name == "pipelines.phantoms"
+    assert phantoms.logger.name == "pipelines.data.phantoms"
     assert not phantoms.logger.handlers
 
 

@@ -12,8 +12,7 @@ import torch
 
 from pipelines.cli import main
 from pipelines.segment import SegmentOptions, segment_case
-from tests.conftest import write_nifti
-from tests.test_io import oriented_affine
+from tests.helpers import oriented_affine, write_nifti
 
 ZOO_INFERENCE = {
     "imports": ["$import torch"],
@@ -235,7 +234,7 @@ def test_cuda_request_without_cuda(tmp_path: Path, zoo_bundle: Path) -> None:
 def test_ct_bundle_on_shared_scans_writes_labels_on_the_input_grid(
     tmp_path: Path, shared_data: Path, unet_bundle: Path, sub: str, case_id: str
 ) -> None:
-    from pipelines.io import read_volume
+    from pipelines.io.readers import read_volume
 
     source = shared_data / sub
     code = main(

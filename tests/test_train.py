@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.bundle import load_bundle
+from pipelines.bundles.bundle import load_bundle
 from pipelines.cli import main
-from pipelines.manifests import ManifestError, write_manifest
-from pipelines.phantoms import make_ct_phantom, write_nifti
+from pipelines.data.manifests import ManifestError, write_manifest
+from pipelines.data.phantoms import make_ct_phantom, write_nifti
 from pipelines.train import TrainOptions, evaluate, latest_checkpoint, train
-from tests.conftest import BUNDLES, REPO
+from tests.helpers import BUNDLES, REPO
 
 LABELS = {"0": "background", "1": "spleen", "2": "kidney_right", "3": "kidney_left", "4": "liver", "5": "liver_tumor"}
 IDS = {name: int(k) for k, name in LABELS.items() if k != "0"}

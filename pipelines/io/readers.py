@@ -15,10 +15,8 @@ from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
-import torch
-from monai.data import MetaTensor
-from monai.utils import MetaKeys, SpaceKeys
 
+from pipelines.geometry import affine_from_itk
 from pipelines.io.dicom import find_dicom_series, select_series
 
 if TYPE_CHECKING:
@@ -26,13 +24,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SUPPORTED_INPUTS", "Volume", "case_id_from_path", "read_volume", "to_metatensor"]
+__all__ = ["SUPPORTED_INPUTS", "Volume", "case_id_from_path", "read_volume"]
 
 SUPPORTED_INPUTS = "a NIfTI file (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) or a DICOM folder"
 _NIFTI = (".nii", ".nii.gz")
 _ITK = (".nrrd", ".nhdr", ".mha", ".mhd")
-# DICOM's patient coordinates are LPS; nibabel and MONAI use RAS. The two differ by this flip.
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 @dataclass(frozen=True, eq=False)
@@ -149,12 +145,8 @@ def _sitk_to_volume(image: sitk.Image, path: Path, fmt: str, **extra: object) ->
         raise ValueError(f"{path}: expected a 3D image, got shape {shape}")
     # SimpleITK arrays are (k, j, i); reverse the axes to get the (i, j, k) voxel order.
     array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
-    affine_lps = np.eye(4)
-    affine_lps[:3, :3] = direction * spacing
-    affine_lps[:3, 3] = np.asarray(image.GetOrigin(), dtype=np.float64)
-    return Volume(array=_as_3d(array, path), affine=_LPS_TO_RAS @ affine_lps, path=path, format=fmt, **extra)  # type: ignore[arg-type]
+    affine = affine_from_itk(image.GetOrigin(), image.GetSpacing(), image.GetDirection())
+    return Volume(array=_as_3d(array, path), affine=affine, path=path, format=fmt, **extra)  # type: ignore[arg-type]
 
 
 def _read_itk(path: Path) -> Volume:
@@ -188,23 +180,3 @@ def _read_dicom(folder: Path, series_uid: str | None) -> Volume:
         series_uid=series.uid,
         dicom_files=series.files,
     )
-
-
-def to_metatensor(volume: Volume, *, dtype: torch.dtype = torch.float32) -> MetaTensor:
-    """The volume as MONAI's ``LoadImage`` would return it: no channel axis, RAS affine, meta keys set.
-
-    Bundles start their preprocessing with ``LoadImaged``; running the rest of that chain on this
-    tensor gives the same result as letting MONAI read the file, without reading it twice.
-    """
-    array = np.ascontiguousarray(volume.array)
-    tensor = torch.as_tensor(array).to(dtype)
-    affine = torch.as_tensor(volume.affine, dtype=torch.float64)
-    meta = {
-        MetaKeys.AFFINE: affine.clone(),
-        MetaKeys.ORIGINAL_AFFINE: affine.clone(),
-        MetaKeys.SPATIAL_SHAPE: np.asarray(volume.shape),
-        MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
-        MetaKeys.SPACE: SpaceKeys.RAS,
-        "filename_or_obj": str(volume.path),
-    }
-    return MetaTensor(tensor, meta=meta)

@@ -7,11 +7,13 @@ once it is complete, so a crash or a kill leaves either the old file or the new 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,26 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["atomic_path", "current_umask", "write_json", "write_labels"]
+__all__ = ["Written", "atomic_path", "current_umask", "write_bytes", "write_json", "write_labels"]
+
+
+@dataclass(frozen=True)
+class Written:
+    """A file a writer produced, with the sha256 of the bytes it wrote (no re-read needed)."""
+
+    path: Path
+    sha256: str
+
+
+def write_bytes(data: bytes, path: str | os.PathLike[str]) -> Written:
+    """Write ``data`` to ``path`` atomically and return its checksum, computed from ``data`` itself.
+
+    Every output file goes through here (or :func:`atomic_path`), so an output is hashed by the
+    writer that wrote it and a batch ledger never reads an output back.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
+    return Written(Path(path), hashlib.sha256(data).hexdigest())
 
 
 @contextlib.contextmanager

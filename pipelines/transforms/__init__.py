@@ -15,6 +15,7 @@ Post-processing of integer label maps (after argmax and a cast to uint8 / uint16
 
 from __future__ import annotations
 
+from pipelines.geometry import spacing_from_affine
 from pipelines.transforms.grid import (
     ResampleLabelsToGrid,
     ResampleLabelsToOriginald,
@@ -28,7 +29,6 @@ from pipelines.transforms.islands import (
     RemoveSmallIslands,
     RemoveSmallIslandsd,
 )
-from pipelines.transforms.labels import spacing_from_affine
 
 __all__ = [
     "FillHoles",

@@ -20,6 +20,8 @@ from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type
 from scipy import ndimage
 
+from pipelines.geometry import spacing_from_affine
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -121,31 +123,6 @@ def like_input(volume: np.ndarray, img: NdarrayOrTensor) -> NdarrayOrTensor:
     if isinstance(img, torch.Tensor):
         return convert_to_dst_type(out, dst=img)[0]
     return out
-
-
-def spacing_from_affine(affine: Any) -> tuple[float, float, float]:
-    """Voxel size in mm from a voxel-to-world affine.
-
-    Args:
-        affine: ``(4, 4)`` (or ``(3, 3)``) matrix, numpy or torch, mapping voxel (i, j, k) to mm.
-
-    Returns:
-        ``(si, sj, sk)`` in mm: the lengths of the first three columns of ``affine[:3, :3]``.
-
-    Raises:
-        ValueError: the affine is not at least 3x3 or gives a zero or non-finite voxel size.
-    """
-    if isinstance(affine, torch.Tensor):
-        affine = affine.detach().cpu().numpy()
-    a = np.asarray(affine, dtype=np.float64)
-    if a.ndim == 3 and a.shape[0] == 1:  # a batched affine of one item
-        a = a[0]
-    if a.ndim != 2 or a.shape[0] < 3 or a.shape[1] < 3:
-        raise ValueError(f"expected a (4, 4) affine, got shape {a.shape}")
-    spacing = np.linalg.norm(a[:3, :3], axis=0)
-    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
-        raise ValueError(f"the affine gives voxel size {spacing.tolist()} mm; expected three positive numbers")
-    return float(spacing[0]), float(spacing[1]), float(spacing[2])
 
 
 def voxel_volume_mm3(img: NdarrayOrTensor, spacing_mm: Sequence[float] | None, who: str) -> float:

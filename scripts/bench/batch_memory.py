@@ -62,7 +62,7 @@ def _child(args: argparse.Namespace) -> int:
 def _make_data(
     folder: Path, count: int, shape: tuple[int, int, int], spacing: tuple[float, float, float]
 ) -> list[Path]:
-    from pipelines.phantoms import make_ct_phantom, write_nifti
+    from pipelines.data.phantoms import make_ct_phantom, write_nifti
 
     images = []
     for seed in range(count):
@@ -72,7 +72,7 @@ def _make_data(
 
 
 def _manifest(path: Path, images: list[Path]) -> Path:
-    from pipelines.manifests import write_manifest
+    from pipelines.data.manifests import write_manifest
 
     entries = [{"image": str(p), "case_id": p.parent.name} for p in images]
     return write_manifest({"name": "bench", "modality": "CT", "labels": {"0": "background"}, "test": entries}, path)

@@ -70,7 +70,7 @@ def network_gflop_per_window(bundle: Path) -> float:
 
 
 def make_inputs(work: Path, names: list[str], shared: Path) -> dict[str, Path]:
-    from pipelines import phantoms
+    from pipelines.data import phantoms
 
     inputs: dict[str, Path] = {}
     big = None

@@ -48,7 +48,7 @@ from pipelines.io.hashing import input_sha256, sha256_file
 if TYPE_CHECKING:
     import numpy as np
 
-    from pipelines.manifests import Case, Manifest
+    from pipelines.data.manifests import Case, Manifest
 
 # The command line builds this module's parser on every start, so heavy imports (torch, MONAI,
 # nibabel...) wait inside the functions that need them.
@@ -273,7 +273,7 @@ def merge_ledger(output: str | Path) -> Path:
     shards = [p for p in _ledger_files(output) if p != target]
     if not shards:
         return target
-    from pipelines.io import atomic_path
+    from pipelines.io.writers import atomic_path
 
     records = read_ledger(output)
     with atomic_path(target) as temporary, temporary.open("w", encoding="utf-8") as handle:
@@ -409,7 +409,7 @@ def run_batch(
     a one-line error naming its input, leaves no case folder, and the run goes on.
 
     Args:
-        manifest: a manifest file or an already loaded :class:`~pipelines.manifests.Manifest`.
+        manifest: a manifest file or an already loaded :class:`~pipelines.data.manifests.Manifest`.
         bundle: the bundle folder.
         output: the output folder (created when missing).
         options: split, resume, device, precision, outputs... (see :class:`BatchOptions`).
@@ -421,10 +421,10 @@ def run_batch(
 
     Raises:
         FileNotFoundError: manifest or bundle (or its weights) missing.
-        ValueError: bad manifest (:class:`~pipelines.manifests.ManifestError`), empty split, an
+        ValueError: bad manifest (:class:`~pipelines.data.manifests.ManifestError`), empty split, an
             output folder with a ledger and no ``resume``, or holding another bundle's run.
     """
-    from pipelines.manifests import SPLITS, Manifest, load_manifest
+    from pipelines.data.manifests import SPLITS, Manifest, load_manifest
     from pipelines.segment import Segmenter, SegmentOptions
 
     options = options or BatchOptions()
@@ -521,7 +521,7 @@ def _finish(
         "wall_seconds": round(summary.wall_seconds, 3),
         "cases_per_minute": round(summary.cases_per_minute, 3),
     }
-    from pipelines.report import write_report
+    from pipelines.batch.report import write_report
 
     csv_path, html_path = write_report(output, run=run)
     return replace(summary, report_csv=csv_path, report_html=html_path)
@@ -572,7 +572,7 @@ def _check_output_folder(output: Path, identity: dict[str, Any], options: BatchO
 def _write_batch_json(
     output: Path, identity: dict[str, Any], manifest: Manifest, options: BatchOptions, world_size: int
 ) -> None:
-    from pipelines.io import write_json
+    from pipelines.io.writers import write_json
 
     info = output / BATCH_JSON
     created = _now()
@@ -905,114 +905,3 @@ def _redirect_logging_to(bar: Any) -> Iterator[None]:
 
     with logging_redirect_tqdm(loggers=[logging.getLogger()], tqdm_class=type(bar)):
         yield
-
-
-# --------------------------------------------------------------------------------------------
-# command line
-
-
-def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``batch`` subcommand to an ``add_subparsers()`` object; returns its parser."""
-    from pipelines.cli import add_run_options, outputs_arg  # the options segment has too
-
-    p = subparsers.add_parser(
-        "batch",
-        help="segment every case of a manifest split, resumable, on one or many GPUs (torchrun)",
-        description=(
-            "Segment every case of a manifest split into OUTPUT/<case_id>/, recording each case in "
-            "OUTPUT/ledger.jsonl and writing OUTPUT/report.html. Scale out with "
-            "`torchrun --nproc_per_node N -m pipelines batch ...` (several nodes: OUTPUT and the "
-            "inputs must be on a filesystem every node sees)."
-        ),
-    )
-    p.add_argument("manifest", type=Path, help="data manifest (JSON, Decathlon dataset.json style)")
-    p.add_argument("--bundle", type=Path, required=True, help="bundle folder (MONAI Model Zoo layout)")
-    p.add_argument("--output", "-o", type=Path, required=True, help="output folder; results go to OUTPUT/<case-id>/")
-    p.add_argument("--split", default="test", choices=BATCH_SPLITS, help="manifest split to run (default: test)")
-    p.add_argument("--resume", action="store_true", help="continue a run: skip cases already done with the same input")
-    p.add_argument("--retry-failed", action="store_true", help="with --resume, also rerun cases that failed")
-    p.add_argument(
-        "--outputs",
-        type=outputs_arg,
-        default=None,
-        help="comma list of labels,dicom-seg,stats,preview (default: labels,stats,preview; dicom-seg too for DICOM)",
-    )
-    add_run_options(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
-    p.set_defaults(func=_cmd_batch)
-    return p
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except ValueError as err:
-        raise ValueError(f"environment variable {name}={value!r}: expected an integer (set by torchrun)") from err
-
-
-def _cmd_batch(args: argparse.Namespace) -> int:
-    import torch
-
-    # torchrun announces the ranks through the environment; only this command layer reads it.
-    world_size = _env_int("WORLD_SIZE", 1)
-    rank = _env_int("RANK", 0)
-    local_rank = _env_int("LOCAL_RANK", 0)
-    device = args.device
-    use_cuda = torch.cuda.is_available() and device.strip().lower() in ("auto", "cuda")
-    if world_size > 1 and use_cuda:
-        if not 0 <= local_rank < torch.cuda.device_count():
-            raise ValueError(
-                f"LOCAL_RANK={local_rank}: this machine has {torch.cuda.device_count()} CUDA device(s); "
-                "start at most that many processes per node (torchrun --nproc_per_node)"
-            )
-        device = f"cuda:{local_rank}"
-        torch.cuda.set_device(local_rank)
-    started_group = False
-    if world_size > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            backend = "nccl" if use_cuda or device.startswith("cuda") else "gloo"
-            dist.init_process_group(backend=backend, timeout=DISTRIBUTED_TIMEOUT)
-            started_group = True
-    options = BatchOptions(
-        split=args.split,
-        resume=args.resume,
-        retry_failed=args.retry_failed,
-        device=device,
-        precision=args.precision,
-        outputs=args.outputs,
-        progress=False if getattr(args, "no_progress", False) else None,
-    )
-    try:
-        summary = run_batch(args.manifest, args.bundle, args.output, options, rank=rank, world_size=world_size)
-    finally:
-        if started_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-    if rank == 0:
-        _print_summary(summary)
-    return 1 if summary.has_failures else 0
-
-
-def _print_summary(summary: BatchSummary) -> None:
-    print(
-        f"batch: {summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped"
-        + (f", {summary.failed_earlier} failed earlier (not retried)" if summary.failed_earlier else "")
-        + f" of {summary.total} case(s) in {summary.wall_seconds:.1f} s"
-        + f" ({summary.cases_per_minute:.1f} cases/min"
-        + (f", {summary.world_size} ranks)" if summary.world_size > 1 else ")")
-    )
-    if summary.failures:
-        print("failures:")
-        for case_id, error in summary.failures:
-            print(f"  {case_id}: {error}")
-        if summary.failed_earlier:
-            print("  (rerun failed cases with --resume --retry-failed)")
-    if summary.report_html is not None:
-        print(f"report: {summary.report_html}")
-    print(f"ledger: {summary.ledger}")

@@ -31,7 +31,8 @@ from pydicom.sr.codedict import codes
 from scipy import ndimage
 
 from pipelines import __version__
-from pipelines.io import Volume, atomic_path, write_json
+from pipelines.io.readers import Volume
+from pipelines.io.writers import atomic_path, write_json
 
 logger = logging.getLogger(__name__)
 

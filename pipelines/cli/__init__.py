@@ -7,7 +7,6 @@ Every subcommand is a thin wrapper around a typed library function. Errors a per
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -17,6 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipelines import __version__
+from pipelines.cli.batch import add_batch_parser
+from pipelines.cli.bundle import add_bundle_parser
+from pipelines.cli.common import add_run_options, outputs_arg
 
 logger = logging.getLogger("pipelines")
 
@@ -40,30 +42,6 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     logging.getLogger("pipelines").setLevel(level)
     if verbose > 1:
         root.setLevel(logging.INFO)
-
-
-def outputs_arg(value: str) -> tuple[str, ...]:
-    """``--outputs`` of ``segment`` and ``batch``: a comma list of output names."""
-    from pipelines.segment import OUTPUTS
-
-    names = tuple(v.strip() for v in value.split(",") if v.strip())
-    unknown = [n for n in names if n not in OUTPUTS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown output(s) {', '.join(unknown) or repr(value)}; choose from {', '.join(OUTPUTS)}"
-        )
-    return names
-
-
-def add_run_options(p: argparse.ArgumentParser) -> None:
-    """``--device`` and ``--precision``, shared by the commands that run a network."""
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=("auto", "fp32", "bf16", "fp16"),
-        help="compute precision; auto = bf16 where the hardware runs it fast, else fp32 (default: auto)",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,13 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=_cmd_manifest_split)
 
-    for hook in ("pipelines.batch:add_batch_parser", "pipelines.conformance:add_bundle_parser"):
-        module, name = hook.split(":")
-        try:
-            add = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            continue
-        add(sub)
+    add_batch_parser(sub)
+    add_bundle_parser(sub)
     return parser
 
 
@@ -176,7 +149,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 def _default_bundle() -> Path:
     """The CT U-Net bundle shipped beside the package (a source checkout or an editable install)."""
-    return Path(__file__).resolve().parents[1] / "bundles" / "ct_abdomen_unet"
+    return Path(__file__).resolve().parents[2] / "bundles" / "ct_abdomen_unet"
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -250,14 +223,14 @@ def _print_metric_means(mean: dict) -> None:
 def _cmd_metrics(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from pipelines.io import read_volume
+    from pipelines.io.readers import read_volume
     from pipelines.metrics import metrics_for_files, summarize, write_metrics
 
     if args.labels is None:
         found = np.unique(read_volume(args.label).array)
         labels = {int(v): f"label_{int(v)}" for v in found if v != 0}
     elif args.labels.is_dir():
-        from pipelines.bundle import load_bundle
+        from pipelines.bundles.bundle import load_bundle
 
         labels = {k: v for k, v in load_bundle(args.labels).labels.items() if k != 0}
     else:
@@ -274,7 +247,7 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def _cmd_manifest_validate(args: argparse.Namespace) -> int:
-    from pipelines.manifests import validate_manifest
+    from pipelines.data.manifests import validate_manifest
 
     if not args.file.is_file():
         raise FileNotFoundError(f"{args.file}: manifest does not exist")
@@ -286,7 +259,7 @@ def _cmd_manifest_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_manifest_create(args: argparse.Namespace) -> int:
-    from pipelines.manifests import create_manifest, write_manifest
+    from pipelines.data.manifests import create_manifest, write_manifest
 
     target = args.output or args.folder / "dataset.json"
     manifest = create_manifest(args.folder, name=args.name, modality=args.modality, manifest_dir=target.parent)
@@ -297,7 +270,7 @@ def _cmd_manifest_create(args: argparse.Namespace) -> int:
 
 
 def _cmd_manifest_split(args: argparse.Namespace) -> int:
-    from pipelines.manifests import split_manifest, write_manifest
+    from pipelines.data.manifests import split_manifest, write_manifest
 
     stem = args.file.name.removesuffix(".json")
     for fold, manifest in enumerate(split_manifest(args.file, folds=args.folds, seed=args.seed)):

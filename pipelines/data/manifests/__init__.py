@@ -40,8 +40,9 @@ import nibabel as nib
 import numpy as np
 
 from pipelines import keys
-from pipelines.io import atomic_path, find_dicom_series, read_volume, select_series
-from pipelines.io.readers import case_id_from_path
+from pipelines.io.dicom import find_dicom_series, select_series
+from pipelines.io.readers import case_id_from_path, read_volume
+from pipelines.io.writers import atomic_path
 
 logger = logging.getLogger(__name__)
 

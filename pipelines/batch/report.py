@@ -49,7 +49,7 @@ def write_report(output: str | Path, run: dict[str, Any] | None = None) -> tuple
     Returns:
         ``(report.csv, report.html)``.
     """
-    from pipelines.io import atomic_path
+    from pipelines.io.writers import atomic_path
 
     output = Path(output)
     latest = latest_records(read_ledger(output))

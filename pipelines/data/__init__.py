@@ -1,0 +1,1 @@
+"""Data: study manifests (schema, validation, creation, splits) and synthetic phantoms."""

@@ -1,0 +1,32 @@
+"""A read :class:`~pipelines.io.readers.Volume` as the ``MetaTensor`` MONAI's ``LoadImage`` returns."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.utils import MetaKeys, SpaceKeys
+
+from pipelines.io.readers import Volume
+
+__all__ = ["to_metatensor"]
+
+
+def to_metatensor(volume: Volume, *, dtype: torch.dtype = torch.float32) -> MetaTensor:
+    """The volume as MONAI's ``LoadImage`` would return it: no channel axis, RAS affine, meta keys set.
+
+    Bundles start their preprocessing with ``LoadImaged``; running the rest of that chain on this
+    tensor gives the same result as letting MONAI read the file, without reading it twice.
+    """
+    array = np.ascontiguousarray(volume.array)
+    tensor = torch.as_tensor(array).to(dtype)
+    affine = torch.as_tensor(volume.affine, dtype=torch.float64)
+    meta = {
+        MetaKeys.AFFINE: affine.clone(),
+        MetaKeys.ORIGINAL_AFFINE: affine.clone(),
+        MetaKeys.SPATIAL_SHAPE: np.asarray(volume.shape),
+        MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
+        MetaKeys.SPACE: SpaceKeys.RAS,
+        "filename_or_obj": str(volume.path),
+    }
+    return MetaTensor(tensor, meta=meta)
