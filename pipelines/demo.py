@@ -17,7 +17,7 @@ import numpy as np
 
 from pipelines.bundles.bundle import Bundle, load_bundle
 from pipelines.data import phantoms
-from pipelines.data.manifests import write_manifest
+from pipelines.data.manifests.model import write_manifest
 from pipelines.io.writers import write_json
 
 logger = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def run_demo(
         "bundle": {"name": segmenter.bundle.name, "version": segmenter.bundle.version},
         "seconds": result.seconds,
     }
-    metrics_path = write_json(record, output / "metrics.json")
+    metrics_path = write_json(record, output / "metrics.json").path
     return DemoResult(output, dice, mean_dice, metrics_path, result.case_dir)
 
 

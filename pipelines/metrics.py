@@ -38,8 +38,9 @@ import torch
 from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
 from scipy import ndimage
 
+from pipelines.geometry import Grid, affine_text, grids_match
 from pipelines.io.readers import read_volume
-from pipelines.io.writers import atomic_path
+from pipelines.io.writers import write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +54,6 @@ __all__ = [
 
 METRIC_NAMES: tuple[str, ...] = ("dice", "hd95_mm", "asd_mm")
 """The metrics computed for each structure, in CSV column order."""
-
-GRID_TOLERANCE_MM = 1e-3
-"""Largest difference, in mm, allowed between matching entries of two affines."""
 
 
 def _label_map(labels: Mapping[int, str] | Mapping[str, str]) -> dict[int, str]:
@@ -182,11 +180,6 @@ def segmentation_metrics(
     return results
 
 
-def _affine_text(affine: np.ndarray) -> str:
-    """The top three rows of an affine on one line, e.g. ``[[1.5, 0, 0, -90], ...]``."""
-    return "[" + ", ".join("[" + ", ".join(f"{v:.6g}" for v in row) + "]" for row in affine[:3]) + "]"
-
-
 def metrics_for_files(
     pred_path: str | os.PathLike[str],
     label_path: str | os.PathLike[str],
@@ -208,15 +201,17 @@ def metrics_for_files(
 
     Raises:
         FileNotFoundError: a file does not exist.
-        ValueError: the grids differ (shape, or affine beyond 1e-3 mm; the message gives both), a
+        ValueError: the grids differ (shape, or affine beyond :data:`~pipelines.geometry.GRID_TOLERANCE_MM`;
+            the message gives both, and a label stored in another axis order is refused too), a
             file is unreadable, or a map holds values not in ``labels`` (naming the file).
     """
     pred = read_volume(pred_path)
     truth = read_volume(label_path)
-    if pred.shape != truth.shape or not np.allclose(pred.affine, truth.affine, atol=GRID_TOLERANCE_MM, rtol=0):
+    # voxel by voxel comparison needs the same storage order, so a reordered grid is refused too
+    if not grids_match(Grid(pred.shape, pred.affine), Grid(truth.shape, truth.affine), allow_reorder=False):
         raise ValueError(
-            f"grids differ: prediction {pred_path} has shape {pred.shape} and affine {_affine_text(pred.affine)}; "
-            f"reference {label_path} has shape {truth.shape} and affine {_affine_text(truth.affine)}"
+            f"grids differ: prediction {pred_path} has shape {pred.shape} and affine {affine_text(pred.affine)}; "
+            f"reference {label_path} has shape {truth.shape} and affine {affine_text(truth.affine)}"
         )
     label_map = _label_map(labels)
     pred_array = _as_label_array(pred.array, str(pred_path))
@@ -295,9 +290,7 @@ def write_metrics(
     for case_id, structures in per_case.items():
         for name, values in structures.items():
             writer.writerow([case_id, name, *(_text(values.get(m, math.nan)) for m in METRIC_NAMES)])
-    csv_path = folder / "metrics.csv"
-    with atomic_path(csv_path) as temporary:
-        temporary.write_text(buffer.getvalue(), encoding="utf-8")
+    csv_path = write_bytes(buffer.getvalue().encode("utf-8"), folder / "metrics.csv").path
 
     document = {
         "cases": {
@@ -308,8 +301,7 @@ def write_metrics(
         },
         "mean": {name: {m: _json_number(v) for m, v in values.items()} for name, values in summarize(per_case).items()},
     }
-    json_path = folder / "metrics.json"
-    with atomic_path(json_path) as temporary:
-        temporary.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    json_text = json.dumps(document, indent=2, allow_nan=False) + "\n"
+    json_path = write_bytes(json_text.encode("utf-8"), folder / "metrics.json").path
     logger.info("wrote %s and %s (%d cases)", csv_path, json_path, len(per_case))
     return csv_path, json_path

@@ -24,14 +24,14 @@ from typing import Any
 import monai
 import numpy as np
 import torch
-from monai.transforms import Compose, EnsureChannelFirst, LoadImage, LoadImaged, SaveImage, SaveImaged
+from monai.transforms import Compose, EnsureChannelFirst, SaveImage, SaveImaged
 
 from pipelines import __version__, keys
 from pipelines.bundles.bundle import Bundle, load_bundle, load_weights, parse_config
 from pipelines.inference import Predictor, resolve_device, resolve_precision
 from pipelines.io.hashing import input_sha256, sha256_file
 from pipelines.io.readers import Volume, case_id_from_path, read_volume
-from pipelines.io.writers import current_umask, write_json, write_labels
+from pipelines.io.writers import Written, current_umask, json_bytes, write_bytes, write_labels
 from pipelines.keys import DEFAULT_OUTPUTS, OUTPUTS
 from pipelines.transforms.loading import to_metatensor
 
@@ -81,6 +81,8 @@ class CaseResult:
     seconds: dict[str, float]
     stats: list[dict[str, Any]] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)
+    sha256: dict[str, str] = field(default_factory=dict)
+    """sha256 of each file in ``files`` (same keys), from the bytes its writer wrote."""
 
 
 @dataclass
@@ -121,6 +123,9 @@ class Segmenter:
         self.weights_sha256 = sha256_file(self.bundle.weights) if self.bundle.weights.is_file() else None
         parser = parse_config(self.bundle, "inference", {"device": f"$torch.device('{self.device}')"})
         self.parser = parser
+        # We read inputs ourselves (DICOM geometry, checksums while reading), so the bundle's loader
+        # is never built: its settings are read from the config and it is replaced by an identity.
+        self.loader = take_loader(parser)
         self.preprocessing: Compose = parser.get_parsed_content("preprocessing")
         self.postprocessing: Compose = parser.get_parsed_content("postprocessing")
         self.inferer = parser.get_parsed_content("inferer")
@@ -132,7 +137,6 @@ class Segmenter:
         network = parser.get_parsed_content("network_def")
         load_weights(network, self.bundle, "cpu")
         self.predictor = Predictor(network, self.inferer, self.device, self.precision)
-        self._loader, self._after_load = _split_loader(self.preprocessing)
         self._post_steps = Compose(
             [t for t in self.postprocessing.transforms if not isinstance(t, SaveImaged | SaveImage)],
             map_items=self.postprocessing.map_items,
@@ -145,13 +149,11 @@ class Segmenter:
         return read_volume(path, series_uid=self.options.series_uid)
 
     def preprocess(self, volume: Volume) -> dict[str, Any]:
-        """Apply the bundle's preprocessing (minus its file loader) to a loaded volume."""
-        loader = getattr(self._loader, "_loader", self._loader)  # LoadImaged wraps a LoadImage
-        dtype = getattr(loader, "dtype", None) or np.float32
-        image = to_metatensor(volume, dtype=monai.utils.get_equivalent_dtype(dtype, torch.Tensor))
-        if getattr(loader, "ensure_channel_first", False):
+        """Apply the bundle's preprocessing (its loader replaced by our read) to a loaded volume."""
+        image = to_metatensor(volume, dtype=monai.utils.get_equivalent_dtype(self.loader.dtype, torch.Tensor))
+        if self.loader.ensure_channel_first:
             image = EnsureChannelFirst()(image)
-        return self._after_load({keys.IMAGE: image})
+        return self.preprocessing({keys.IMAGE: image})
 
     def infer(self, data: dict[str, Any]) -> dict[str, Any]:
         """Run the network over the preprocessed image; adds ``pred`` (C, H, W, D) scores."""
@@ -238,51 +240,72 @@ class Segmenter:
     ) -> CaseResult:
         """Write the outputs of one case. The case folder appears complete or not at all.
 
-        ``input_sha256`` is the input's checksum when the caller has it already (a batch run hashes
-        every input for its ledger); otherwise it is computed here, the same way.
+        Every file is hashed by the writer that wrote it (``CaseResult.sha256``). ``input_sha256``
+        is the input's checksum when the caller has it already; otherwise the reader's is used.
+        run.json is written once, last, with the time spent saving the other files.
         """
         volume = prepared.volume
         seconds = prepared.seconds
         result = CaseResult(case_id, Path(output_dir) / case_id, {}, seconds)
-        with _timed(seconds, "save"), _staged_case_dir(Path(output_dir), case_id) as staging:
-            result.files["labels"] = write_labels(
-                labels, volume.affine, staging / "labels.nii.gz", header=volume.nifti_header
-            )
-            names = self.bundle.labels or {int(v): f"label_{int(v)}" for v in np.unique(labels) if v}
-            extra = [o for o in outputs if o != "labels"]
-            if extra:
-                from pipelines import outputs as out  # optional heavy deps (matplotlib, highdicom)
-
-                if "stats" in extra or "preview" in extra:
-                    result.stats = out.compute_stats(labels, volume.array, volume.affine, names)
-                if "stats" in extra:
-                    result.files["stats_json"], result.files["stats_csv"] = out.write_stats(result.stats, staging)
-                if "preview" in extra:
-                    result.files["preview"] = out.write_preview(
-                        volume.array,
-                        labels,
-                        volume.affine,
-                        names,
-                        staging / "preview.png",
-                        modality=volume.modality or self.bundle.modality or "CT",
-                        title=f"{case_id} ({self.bundle.name})",
-                    )
-                if "dicom-seg" in extra:
-                    result.files["dicom_seg"] = out.write_dicom_seg(
-                        labels,
-                        volume,
-                        names,
-                        staging / "seg.dcm",
-                        algorithm_name=self.bundle.name,
-                        algorithm_version=self.bundle.version,
-                    )
+        written: dict[str, Written] = {}
+        with _staged_case_dir(Path(output_dir), case_id) as staging:
+            with _timed(seconds, "save"):
+                written["labels"] = write_labels(
+                    labels, volume.affine, staging / "labels.nii.gz", header=volume.nifti_header
+                )
+                self._write_extras(result, written, prepared, labels, staging, case_id, outputs)
             result.provenance = self.provenance(volume, outputs, seconds, input_sha256)
-            result.files["run"] = write_json(result.provenance, staging / "run.json")
-        result.files = {k: result.case_dir / p.name for k, p in result.files.items()}
-        # run.json was written before "save" finished; record the final save time too.
-        result.provenance["seconds"] = {k: round(v, 4) for k, v in seconds.items()}
-        write_json(result.provenance, result.files["run"])
+            written["run"] = write_bytes(json_bytes(result.provenance), staging / "run.json")
+        result.files = {k: result.case_dir / w.path.name for k, w in written.items()}
+        result.sha256 = {k: w.sha256 for k, w in written.items()}
         return result
+
+    def _write_extras(
+        self,
+        result: CaseResult,
+        written: dict[str, Written],
+        prepared: Prepared,
+        labels: np.ndarray,
+        staging: Path,
+        case_id: str,
+        outputs: Sequence[str],
+    ) -> None:
+        """Statistics, preview and DICOM-SEG, as asked; their modules import matplotlib / highdicom."""
+        volume = prepared.volume
+        extra = [o for o in outputs if o != "labels"]
+        if not extra:
+            return
+        names = self.bundle.labels or {int(v): f"label_{int(v)}" for v in np.unique(labels) if v}
+        if "stats" in extra or "preview" in extra:
+            from pipelines.outputs.stats import compute_stats, write_stats
+
+            result.stats = compute_stats(labels, volume.array, volume.affine, names)
+            if "stats" in extra:
+                written["stats_json"], written["stats_csv"] = write_stats(result.stats, staging)
+        if "preview" in extra:
+            from pipelines.outputs.preview import write_preview
+
+            written["preview"] = write_preview(
+                volume.array,
+                labels,
+                volume.affine,
+                names,
+                staging / "preview.png",
+                modality=volume.modality or self.bundle.modality or "CT",
+                title=f"{case_id} ({self.bundle.name})",
+            )
+        if "dicom-seg" in extra:
+            from pipelines.outputs.dicom_seg import write_dicom_seg
+
+            written["dicom_seg"] = write_dicom_seg(
+                labels,
+                volume,
+                names,
+                staging / "seg.dcm",
+                algorithm_name=self.bundle.name,
+                algorithm_version=self.bundle.version,
+                source_headers=volume.dicom_headers or None,
+            )
 
     def provenance(
         self, volume: Volume, outputs: Sequence[str], seconds: dict[str, float], sha256: str | None = None
@@ -291,7 +314,7 @@ class Segmenter:
         return {
             "input": {
                 "path": str(volume.path.resolve()),
-                "sha256": sha256 or input_sha256(volume.path),
+                "sha256": sha256 or volume.sha256 or input_sha256(volume.path),
                 "format": volume.format,
                 "series_uid": volume.series_uid,
                 "shape": list(volume.shape),
@@ -336,18 +359,49 @@ def segment_case(
     return Segmenter(bundle, options).run(input_path, output_dir, case_id)
 
 
-def _split_loader(preprocessing: Compose) -> tuple[Any, Compose]:
-    """Split a bundle's preprocessing into its file loader and the rest.
+@dataclass(frozen=True)
+class LoaderSettings:
+    """What the bundle's ``LoadImage``/``LoadImaged`` asks of a read image (MONAI's defaults otherwise)."""
 
-    We read inputs ourselves (DICOM series selection, exact geometry) and hand the rest of the
-    chain the same tensor ``LoadImaged`` would have produced. The remaining transforms are the very
-    same instances, so ``Invertd`` over the full ``preprocessing`` still finds their records.
+    dtype: Any = np.float32
+    ensure_channel_first: bool = False
+
+
+_LOADERS = ("LoadImaged", "LoadImage")
+
+
+def take_loader(parser: Any, config_id: str = "preprocessing#transforms#0") -> LoaderSettings:
+    """Read the settings of the bundle's file loader from its config and replace it by ``Identityd``.
+
+    The remaining preprocessing transforms are built as the bundle defines them, so ``Invertd``
+    over ``@preprocessing`` still inverts them. The loader itself (and its reader package, e.g.
+    ``itk`` for an ``ITKReader``) is never built: medseg reads the input.
+
+    Raises:
+        ValueError: the preprocessing does not start with a loader medseg can stand in for.
     """
-    transforms = list(preprocessing.transforms)
-    loader = None
-    if transforms and isinstance(transforms[0], LoadImaged | LoadImage):
-        loader = transforms.pop(0)
-    return loader, Compose(transforms, map_items=preprocessing.map_items, unpack_items=preprocessing.unpack_items)
+    try:
+        raw = parser.get(config_id)
+    except (KeyError, IndexError, TypeError):
+        raw = None
+    target = str(raw.get("_target_", "")).rsplit(".", 1)[-1] if isinstance(raw, dict) else ""
+    if target not in _LOADERS:
+        raise ValueError(
+            f"{parser.get('bundle_root', 'bundle')}: configs/inference: preprocessing must start with LoadImaged "
+            f"(as {config_id}); found {target or raw!r}"
+        )
+    settings = LoaderSettings(
+        dtype=parser.get_parsed_content(f"{config_id}#dtype") if "dtype" in raw else np.float32,
+        ensure_channel_first=bool(parser.get_parsed_content(f"{config_id}#ensure_channel_first"))
+        if "ensure_channel_first" in raw
+        else False,
+    )
+    parser[config_id] = (
+        {"_target_": "Identityd", "keys": raw.get("keys", keys.IMAGE)}
+        if target == "LoadImaged"
+        else {"_target_": "Identity"}
+    )
+    return settings
 
 
 def _check_case_id(case_id: str) -> None:

@@ -22,7 +22,7 @@ DEFAULT_DATA = REPO / "data" / "phantoms" / "ct"
 
 def main() -> int:
     from pipelines.demo import make_phantom_dataset
-    from pipelines.train import recipe_parser, run_recipe_from_args
+    from pipelines.cli.recipe import recipe_parser, run_recipe_from_args
 
     parser = recipe_parser(
         __doc__.splitlines()[0],

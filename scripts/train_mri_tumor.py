@@ -37,7 +37,7 @@ def bundle_channels(bundle: Path) -> dict[str, int]:
 
 def main() -> int:
     from pipelines.demo import make_brain_dataset
-    from pipelines.train import recipe_parser, run_recipe_from_args
+    from pipelines.cli.recipe import recipe_parser, run_recipe_from_args
 
     parser = recipe_parser(
         __doc__.splitlines()[0],

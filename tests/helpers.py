@@ -53,3 +53,10 @@ def oriented_affine(
     affine[:3, 3] = -affine[:3, :3] @ (np.array(shape) / 2) + np.array([3.3, -7.1, 12.5])
     affine[3, 3] = 1
     return affine
+
+
+def read_labels_json(path: Path) -> dict[int, str]:
+    """A labels.json file (``{"1": "liver", ...}``) as label id -> structure name."""
+    import json
+
+    return {int(k): v for k, v in json.loads(path.read_text()).items()}

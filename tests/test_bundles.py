@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pipelines.bundles.bundle import load_bundle, parse_config
-from pipelines.cli import main
+from pipelines.cli.main import main
 from tests.helpers import BUNDLES, copy_bundle_with_random_weights, write_nifti
 
 # A two-class, spleen-style bundle written only with MONAI components and Model Zoo key names.
@@ -320,7 +320,8 @@ def test_mri_bundle_on_the_shared_brain_scan_keeps_its_exact_grid(tmp_path: Path
 
 def test_mri_bundle_takes_several_contrasts_as_channels(tmp_path: Path) -> None:
     """A manifest entry listing four contrast files loads as four channels; num_channels sizes the network."""
-    from pipelines.data.manifests import load_manifest, validate_manifest
+    from pipelines.data.manifests.model import load_manifest
+    from pipelines.data.manifests.validate import validate_manifest
     from pipelines.data.phantoms import MR_CONTRASTS
     from pipelines.demo import make_brain_dataset
     from pipelines.train import datalist

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.cli import main
+from pipelines.cli.main import main
 from pipelines.data.phantoms import make_ct_phantom, write_nifti
 from tests.helpers import write_nifti as write_array
 
@@ -112,7 +112,7 @@ def test_manifest_validate_reports_every_problem(tmp_path: Path, capsys: pytest.
 
 
 def test_phantoms_command_writes_a_valid_manifest(tmp_path: Path) -> None:
-    from pipelines.data.manifests import validate_manifest
+    from pipelines.data.manifests.validate import validate_manifest
 
     assert (
         main(["phantoms", "--output", str(tmp_path / "ph"), "--training", "1", "--validation", "1", "--test", "0"]) == 0

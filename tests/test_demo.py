@@ -8,7 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import pytest
 
-from pipelines.cli import main
+from pipelines.cli.main import main
 from tests.helpers import BUNDLES
 
 WEIGHTS = BUNDLES / "ct_abdomen_unet" / "models" / "model.pt"

@@ -33,7 +33,7 @@ def test_nifti_round_trip_keeps_shape_and_affine(tmp_path: Path, codes: str) -> 
     np.testing.assert_array_equal(volume.array, data)
     out = write_labels(
         (data > 0).astype(np.uint8), volume.affine, tmp_path / "labels.nii.gz", header=volume.nifti_header
-    )
+    ).path
     back = nib.load(out)
     assert back.shape == shape
     np.testing.assert_array_equal(back.affine, nib.load(path).affine)  # bit for bit, via the header

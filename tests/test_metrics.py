@@ -8,11 +8,11 @@ import math
 import re
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
 from pipelines.metrics import metrics_for_files, segmentation_metrics, summarize, write_metrics
+from tests.helpers import write_nifti
 
 LABELS = {0: "background", 1: "cube", 2: "ball"}
 
@@ -21,11 +21,6 @@ def _cube(shape: tuple[int, int, int], start: tuple[int, int, int], size: int, v
     volume = np.zeros(shape, dtype=np.uint8)
     volume[tuple(slice(s, s + size) for s in start)] = value
     return volume
-
-
-def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
-    nib.Nifti1Image(array, affine).to_filename(path)
-    return path
 
 
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (1.5, 1.5, 1.5), (0.7, 1.2, 3.0)])
@@ -178,8 +173,8 @@ def test_metrics_for_files_takes_spacing_from_affine(tmp_path: Path) -> None:
     pred = _cube((20, 20, 20), (5, 5, 7), 10)
     # spacing (1.0, 1.0, 1.5) mm with flipped and swapped axes: spacing is the column norm
     affine = np.array([[0.0, -1.0, 0.0, 10.0], [-1.0, 0.0, 0.0, 5.0], [0.0, 0.0, 1.5, -3.0], [0, 0, 0, 1]])
-    pred_path = _write_nifti(tmp_path / "pred.nii.gz", pred, affine)
-    label_path = _write_nifti(tmp_path / "label.nii.gz", truth, affine)
+    pred_path = write_nifti(tmp_path / "pred.nii.gz", pred, affine)
+    label_path = write_nifti(tmp_path / "label.nii.gz", truth, affine)
     result = metrics_for_files(pred_path, label_path, labels={0: "background", 1: "cube"})
     assert result["cube"]["dice"] == pytest.approx(0.8, abs=1e-6)
     assert result["cube"]["hd95_mm"] == pytest.approx(3.0, abs=1e-5)
@@ -193,8 +188,8 @@ def test_metrics_for_files_takes_spacing_from_affine(tmp_path: Path) -> None:
 def test_metrics_for_files_grid_mismatch_names_both_files(
     tmp_path: Path, pred_shape: tuple[int, int, int], pred_affine: np.ndarray
 ) -> None:
-    pred_path = _write_nifti(tmp_path / "pred.nii.gz", np.zeros(pred_shape, np.uint8), pred_affine)
-    label_path = _write_nifti(tmp_path / "label.nii.gz", np.zeros((8, 8, 8), np.uint8), np.eye(4))
+    pred_path = write_nifti(tmp_path / "pred.nii.gz", np.zeros(pred_shape, np.uint8), pred_affine)
+    label_path = write_nifti(tmp_path / "label.nii.gz", np.zeros((8, 8, 8), np.uint8), np.eye(4))
     pattern = (
         rf"grids differ: prediction {re.escape(str(pred_path))} has shape \(8, 8, {pred_shape[2]}\) and affine .*; "
         rf"reference {re.escape(str(label_path))} has shape \(8, 8, 8\) and affine"
@@ -203,15 +198,28 @@ def test_metrics_for_files_grid_mismatch_names_both_files(
         metrics_for_files(pred_path, label_path, labels=LABELS)
 
 
+def test_metrics_for_files_refuses_same_voxels_stored_in_another_order(tmp_path: Path) -> None:
+    # the label holds the same voxel centres with the j axis reversed: a manifest accepts that, but
+    # a voxel-by-voxel comparison would pair the wrong voxels, so the metrics refuse it
+    flipped = np.diag([1.0, -1.0, 1.0, 1.0])
+    flipped[1, 3] = 7.0
+    pred_path = write_nifti(tmp_path / "pred.nii.gz", np.zeros((8, 8, 8), np.uint8), np.eye(4))
+    label_path = write_nifti(tmp_path / "label.nii.gz", np.zeros((8, 8, 8), np.uint8), flipped)
+    with pytest.raises(
+        ValueError, match=r"grids differ: prediction .* reference .* affine \[\[1, 0, 0, 0\], \[0, -1, 0, 7\]"
+    ):
+        metrics_for_files(pred_path, label_path, labels=LABELS)
+
+
 def test_metrics_for_files_names_file_with_unknown_labels(tmp_path: Path) -> None:
-    pred_path = _write_nifti(tmp_path / "pred.nii.gz", _cube((8, 8, 8), (1, 1, 1), 3, value=9), np.eye(4))
-    label_path = _write_nifti(tmp_path / "label.nii.gz", _cube((8, 8, 8), (1, 1, 1), 3), np.eye(4))
+    pred_path = write_nifti(tmp_path / "pred.nii.gz", _cube((8, 8, 8), (1, 1, 1), 3, value=9), np.eye(4))
+    label_path = write_nifti(tmp_path / "label.nii.gz", _cube((8, 8, 8), (1, 1, 1), 3), np.eye(4))
     with pytest.raises(ValueError, match=rf"{re.escape(str(pred_path))}: label values 9 are not in labels"):
         metrics_for_files(pred_path, label_path, labels=LABELS)
 
 
 def test_metrics_for_files_missing_file(tmp_path: Path) -> None:
-    label_path = _write_nifti(tmp_path / "label.nii.gz", np.zeros((4, 4, 4), np.uint8), np.eye(4))
+    label_path = write_nifti(tmp_path / "label.nii.gz", np.zeros((4, 4, 4), np.uint8), np.eye(4))
     with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "pred.nii.gz"))):
         metrics_for_files(tmp_path / "pred.nii.gz", label_path, labels=LABELS)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.cli import main
+from pipelines.cli.main import main
 from pipelines.segment import SegmentOptions, segment_case
 from tests.helpers import oriented_affine, write_nifti
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from pipelines.bundles.bundle import load_bundle
-from pipelines.cli import main
-from pipelines.data.manifests import ManifestError, write_manifest
+from pipelines.cli.main import main
+from pipelines.data.manifests.model import ManifestError, write_manifest
 from pipelines.data.phantoms import make_ct_phantom, write_nifti
 from pipelines.train import TrainOptions, evaluate, latest_checkpoint, train
 from tests.helpers import BUNDLES, REPO

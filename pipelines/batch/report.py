@@ -17,7 +17,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipelines.batch import BATCH_JSON, latest_records, read_ledger
+from PIL import Image  # Pillow comes with matplotlib
+
+from pipelines.batch.ledger import BATCH_JSON, latest_records, read_ledger
+from pipelines.io.writers import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +52,6 @@ def write_report(output: str | Path, run: dict[str, Any] | None = None) -> tuple
     Returns:
         ``(report.csv, report.html)``.
     """
-    from pipelines.io.writers import atomic_path
-
     output = Path(output)
     latest = latest_records(read_ledger(output))
     records = [latest[k] for k in sorted(latest)]
@@ -95,8 +96,6 @@ def _thumbnail(path: Path) -> str | None:
     """The preview as a PNG data URI, scaled to at most :data:`THUMBNAIL_PX` pixels a side."""
     if not path.is_file():
         return None
-    from PIL import Image  # Pillow comes with matplotlib
-
     try:
         with Image.open(path) as image:
             image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipelines import batch
+from pipelines.batch.options import BATCH_SPLITS, DISTRIBUTED_TIMEOUT, BatchOptions, BatchSummary
 from pipelines.cli.common import add_run_options, outputs_arg
 
 
@@ -26,7 +26,7 @@ def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("manifest", type=Path, help="data manifest (JSON, Decathlon dataset.json style)")
     p.add_argument("--bundle", type=Path, required=True, help="bundle folder (MONAI Model Zoo layout)")
     p.add_argument("--output", "-o", type=Path, required=True, help="output folder; results go to OUTPUT/<case-id>/")
-    p.add_argument("--split", default="test", choices=batch.BATCH_SPLITS, help="manifest split to run (default: test)")
+    p.add_argument("--split", default="test", choices=BATCH_SPLITS, help="manifest split to run (default: test)")
     p.add_argument("--resume", action="store_true", help="continue a run: skip cases already done with the same input")
     p.add_argument("--retry-failed", action="store_true", help="with --resume, also rerun cases that failed")
     p.add_argument(
@@ -52,7 +52,11 @@ def _env_int(name: str, default: int) -> int:
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
+    # torch and the batch machinery are imported only when the command runs, not while parsing.
     import torch
+    import torch.distributed as dist
+
+    from pipelines.batch.run import run_batch
 
     # torchrun announces the ranks through the environment; only this command layer reads it.
     world_size = _env_int("WORLD_SIZE", 1)
@@ -70,13 +74,11 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         torch.cuda.set_device(local_rank)
     started_group = False
     if world_size > 1:
-        import torch.distributed as dist
-
         if not dist.is_initialized():
             backend = "nccl" if use_cuda or device.startswith("cuda") else "gloo"
-            dist.init_process_group(backend=backend, timeout=batch.DISTRIBUTED_TIMEOUT)
+            dist.init_process_group(backend=backend, timeout=DISTRIBUTED_TIMEOUT)
             started_group = True
-    options = batch.BatchOptions(
+    options = BatchOptions(
         split=args.split,
         resume=args.resume,
         retry_failed=args.retry_failed,
@@ -86,18 +88,16 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         progress=False if getattr(args, "no_progress", False) else None,
     )
     try:
-        summary = batch.run_batch(args.manifest, args.bundle, args.output, options, rank=rank, world_size=world_size)
+        summary = run_batch(args.manifest, args.bundle, args.output, options, rank=rank, world_size=world_size)
     finally:
         if started_group:
-            import torch.distributed as dist
-
             dist.destroy_process_group()
     if rank == 0:
         _print_summary(summary)
     return 1 if summary.has_failures else 0
 
 
-def _print_summary(summary: batch.BatchSummary) -> None:
+def _print_summary(summary: BatchSummary) -> None:
     print(
         f"batch: {summary.ok} ok, {summary.failed} failed, {summary.skipped} skipped"
         + (f", {summary.failed_earlier} failed earlier (not retried)" if summary.failed_earlier else "")

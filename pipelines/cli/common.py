@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+import warnings
 
 from pipelines.keys import OUTPUTS
 
-__all__ = ["add_run_options", "outputs_arg"]
+__all__ = ["add_run_options", "outputs_arg", "setup_logging"]
 
 
 def outputs_arg(value: str) -> tuple[str, ...]:
@@ -29,3 +32,23 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         choices=("auto", "fp32", "bf16", "fp16"),
         help="compute precision; auto = bf16 where the hardware runs it fast, else fp32 (default: auto)",
     )
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
+    """Log to stderr: pipelines at INFO (DEBUG with -vv, WARNING with -q), libraries at WARNING."""
+    if verbose < 2:
+        # Library deprecation chatter (MONAI argument defaults, optional GPU codecs) is not
+        # something a user of the command can act on.
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+        logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("pipelines").setLevel(level)
+    if verbose > 1:
+        root.setLevel(logging.INFO)

@@ -1,23 +1,49 @@
-"""DICOM series discovery and selection.
+"""DICOM series: discovery, selection and stacking into a volume with exact geometry.
 
-SimpleITK (GDCM) groups files into series and sorts each series along its slice normal; pydicom
-reads the few header fields the selection rule needs. Pixel data are decoded by GDCM, which handles
-JPEG 2000 and the other common transfer syntaxes natively.
+pydicom reads every file of the folder once: the bytes are hashed (the input checksum), parsed
+(headers for series selection, geometry and DICOM-SEG) and, for the chosen series, decoded
+(pylibjpeg handles JPEG and JPEG 2000). Slices are ordered by their ImagePositionPatient along the
+slice normal and the spacing is taken from those positions, never assumed: a series whose slices
+are not evenly spaced, or whose slice positions are not along the normal (gantry tilt), is refused
+with a message saying so, because stacking it as a regular grid would put labels on the wrong
+slices. GDCM (through SimpleITK) could do the decoding too, but it hides exactly these geometry
+problems behind a warning and would need a second read of every file.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pydicom
+from pydicom.errors import InvalidDicomError
+
+from pipelines.geometry import LPS_TO_RAS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SELECTION_RULE", "DicomSeries", "find_dicom_series", "select_series"]
+__all__ = [
+    "SELECTION_RULE",
+    "DicomSeries",
+    "StackedSeries",
+    "find_dicom_series",
+    "scan_dicom_folder",
+    "select_series",
+    "stack_series",
+]
 
 SELECTION_RULE = "the CT series with the most slices; without a CT series, the series with the most slices"
+# Slice gaps may differ by this much (mm, or this fraction of the gap, whichever is larger) and
+# still count as evenly spaced: DICOM stores positions as decimal strings of limited precision.
+SPACING_TOLERANCE_MM = 0.01
+SPACING_TOLERANCE_FRACTION = 0.01
+# The slice step may lean this far from the slice normal (radians) before it counts as gantry tilt.
+TILT_TOLERANCE_RAD = 1e-3
 
 
 @dataclass(frozen=True)
@@ -30,6 +56,8 @@ class DicomSeries:
         modality: DICOM Modality (``CT``, ``MR``...), ``""`` when absent.
         description: SeriesDescription, ``""`` when absent.
         series_number: SeriesNumber, or None.
+        datasets: the parsed instances in ``files`` order (pixel data not decoded yet), when the
+            folder was read by :func:`scan_dicom_folder`; empty after a header-only scan.
     """
 
     uid: str
@@ -37,40 +65,74 @@ class DicomSeries:
     modality: str
     description: str
     series_number: int | None
+    datasets: tuple[pydicom.Dataset, ...] = field(default=(), repr=False)
 
     @property
     def num_slices(self) -> int:
         return len(self.files)
 
 
-def find_dicom_series(folder: str | Path) -> list[DicomSeries]:
-    """List the DICOM series stored directly in ``folder``.
+@dataclass(frozen=True, eq=False)
+class StackedSeries:
+    """A series stacked into a volume.
 
-    Raises:
-        FileNotFoundError: the folder does not exist.
-        ValueError: the folder holds no DICOM image series.
+    Attributes:
+        array: voxels ``(i, j, k)``: i along the rows (ImageOrientationPatient's first vector), j
+            down the columns, k across the slices; rescaled (HU for CT).
+        affine: 4x4 voxel-to-RAS matrix in mm.
+        headers: the instances in k order, without pixel data (for DICOM-SEG and provenance).
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder")
-    import SimpleITK as sitk
 
-    reader = sitk.ImageSeriesReader()
-    uids = reader.GetGDCMSeriesIDs(str(folder))
+    array: np.ndarray
+    affine: np.ndarray
+    headers: tuple[pydicom.Dataset, ...]
+
+
+def _is_image(ds: pydicom.Dataset) -> bool:
+    return "SOPInstanceUID" in ds and "SeriesInstanceUID" in ds and ("PixelData" in ds or "Rows" in ds)
+
+
+def _parse(path: Path, data: bytes | None = None) -> pydicom.Dataset | None:
+    """Parse one file (from ``data`` when given); None when it is not a DICOM image instance."""
+    try:
+        if data is None:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        else:
+            ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except (InvalidDicomError, EOFError, ValueError, TypeError, AttributeError, KeyError, OSError) as err:
+        if isinstance(err, PermissionError):
+            raise
+        logger.debug("%s: not a DICOM file (%s)", path, err)
+        return None
+    return ds if _is_image(ds) else None
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except PermissionError as err:
+        raise PermissionError(f"{path}: permission denied (cannot read this file of the DICOM folder)") from err
+    except OSError as err:
+        raise ValueError(f"{path}: could not be read ({err.strerror or err})") from err
+
+
+def _group(folder: Path, parsed: Sequence[tuple[Path, pydicom.Dataset]], keep: bool) -> list[DicomSeries]:
+    by_uid: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
+    for path, ds in parsed:
+        by_uid.setdefault(str(ds.SeriesInstanceUID), []).append((path, ds))
     series = []
-    for uid in uids:
-        files = tuple(Path(f) for f in reader.GetGDCMSeriesFileNames(str(folder), uid))
-        if not files:
-            continue
-        header = pydicom.dcmread(files[0], stop_before_pixels=True, force=True)
-        number = header.get("SeriesNumber")
+    for uid, members in by_uid.items():
+        members = sorted(members, key=lambda m: (_position_along_normal(m[1]), m[0].name))
+        first = members[0][1]
+        number = first.get("SeriesNumber")
         series.append(
             DicomSeries(
                 uid=uid,
-                files=files,
-                modality=str(header.get("Modality", "")),
-                description=str(header.get("SeriesDescription", "")),
+                files=tuple(m[0] for m in members),
+                modality=str(first.get("Modality", "")),
+                description=str(first.get("SeriesDescription", "")),
                 series_number=int(number) if number not in (None, "") else None,
+                datasets=tuple(m[1] for m in members) if keep else (),
             )
         )
     if not series:
@@ -78,6 +140,63 @@ def find_dicom_series(folder: str | Path) -> list[DicomSeries]:
             f"{folder}: no DICOM series found (expected a folder holding the DICOM files of one or more series)"
         )
     return series
+
+
+def _check_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    try:
+        next(folder.iterdir(), None)
+    except PermissionError as err:
+        raise PermissionError(f"{folder}: permission denied (cannot list this DICOM folder)") from err
+
+
+def find_dicom_series(folder: str | Path) -> list[DicomSeries]:
+    """List the DICOM series stored directly in ``folder`` from their headers (no pixel data read).
+
+    Raises:
+        FileNotFoundError: the folder does not exist.
+        PermissionError: the folder or a file in it cannot be read.
+        ValueError: the folder holds no DICOM image series.
+    """
+    folder = Path(folder)
+    _check_folder(folder)
+    parsed = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            ds = _parse(path)
+        except PermissionError as err:
+            raise PermissionError(f"{path}: permission denied (cannot read this file of the DICOM folder)") from err
+        if ds is not None:
+            parsed.append((path, ds))
+    return _group(folder, parsed, keep=False)
+
+
+def scan_dicom_folder(folder: str | Path) -> tuple[list[DicomSeries], str]:
+    """Read every file under ``folder`` once: parse the DICOM files in it and checksum them all.
+
+    Returns:
+        The series stored directly in ``folder`` (with their parsed datasets) and the folder's
+        sha256, the same value as :func:`pipelines.io.hashing.input_sha256` of the folder.
+
+    Raises:
+        FileNotFoundError: the folder does not exist.
+        PermissionError: the folder or a file in it cannot be read (named).
+        ValueError: the folder holds no DICOM image series.
+    """
+    folder = Path(folder)
+    _check_folder(folder)
+    digest = hashlib.sha256()
+    parsed = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = _read_bytes(path)
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(data).digest())
+        if path.parent == folder:
+            ds = _parse(path, data)
+            if ds is not None:
+                parsed.append((path, ds))
+    return _group(folder, parsed, keep=True), digest.hexdigest()
 
 
 def select_series(series: list[DicomSeries], folder: str | Path, series_uid: str | None = None) -> DicomSeries:
@@ -107,3 +226,140 @@ def select_series(series: list[DicomSeries], folder: str | Path, series_uid: str
             others,
         )
     return chosen
+
+
+# -- geometry ---------------------------------------------------------------------------------
+
+
+def _orientation(ds: pydicom.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Row direction, column direction and slice normal (LPS unit vectors), or None when absent."""
+    iop = ds.get("ImageOrientationPatient")
+    if iop is None or len(iop) != 6:
+        return None
+    row = np.asarray([float(v) for v in iop[:3]])
+    col = np.asarray([float(v) for v in iop[3:]])
+    normal = np.cross(row, col)
+    return row, col, normal
+
+
+def _position(ds: pydicom.Dataset) -> np.ndarray | None:
+    ipp = ds.get("ImagePositionPatient")
+    return None if ipp is None or len(ipp) != 3 else np.asarray([float(v) for v in ipp])
+
+
+def _position_along_normal(ds: pydicom.Dataset) -> float:
+    axes, position = _orientation(ds), _position(ds)
+    if axes is None or position is None:
+        number = ds.get("InstanceNumber")
+        return float(number) if number not in (None, "") else 0.0
+    return float(position @ axes[2])
+
+
+def _same(values: Sequence[object]) -> bool:
+    return all(v == values[0] for v in values[1:])
+
+
+def stack_series(series: DicomSeries, folder: str | Path) -> StackedSeries:
+    """Decode a series read by :func:`scan_dicom_folder` and stack it into a volume.
+
+    Raises:
+        ValueError: the series cannot be placed in space exactly: a single slice, slices of
+            different size, orientation or pixel spacing, missing geometry, two slices at one
+            position (mixed acquisitions), uneven slice spacing (a missing slice or variable
+            gaps) or gantry tilt. Each message names the folder, the series and what was found.
+    """
+    folder = Path(folder)
+    where = f"{folder}: series {series.uid}"
+    datasets = series.datasets
+    if not datasets:
+        raise ValueError(f"{where}: headers not loaded (read the folder with scan_dicom_folder)")
+    if len(datasets) < 2:
+        raise ValueError(f"{folder}: expected a 3D image, series {series.uid} has a single slice")
+    geometry = [(_orientation(ds), _position(ds), ds.get("PixelSpacing")) for ds in datasets]
+    missing = [
+        series.files[n].name for n, (axes, pos, ps) in enumerate(geometry) if axes is None or pos is None or ps is None
+    ]
+    if missing:
+        raise ValueError(
+            f"{where}: {len(missing)} slice(s) lack ImageOrientationPatient, ImagePositionPatient or PixelSpacing "
+            f"(first: {missing[0]}); cannot place the slices in space"
+        )
+    sizes = [(int(ds.Rows), int(ds.Columns)) for ds in datasets]
+    if not _same(sizes):
+        raise ValueError(f"{where}: slices differ in size ({sorted(set(sizes))} rows x columns); expected one size")
+    row, col, normal = geometry[0][0]  # type: ignore[misc]
+    for n, (axes, _, _) in enumerate(geometry):
+        if not (np.allclose(axes[0], row, atol=1e-4) and np.allclose(axes[1], col, atol=1e-4)):  # type: ignore[index]
+            raise ValueError(
+                f"{where}: slice {series.files[n].name} has another ImageOrientationPatient than the first; "
+                "expected one orientation for the whole series"
+            )
+    spacings = [tuple(round(float(v), 6) for v in ps) for _, _, ps in geometry]  # type: ignore[union-attr]
+    if not _same(spacings):
+        raise ValueError(f"{where}: slices differ in PixelSpacing ({sorted(set(spacings))}); expected one spacing")
+    positions = np.stack([pos for _, pos, _ in geometry])  # type: ignore[misc]
+    along = positions @ normal
+    gaps = np.diff(along)
+    if np.any(np.abs(gaps) < SPACING_TOLERANCE_MM):
+        at = int(np.argmin(np.abs(gaps)))
+        raise ValueError(
+            f"{where}: slices {series.files[at].name} and {series.files[at + 1].name} lie at the same position "
+            f"({along[at]:.3f} mm along the normal); the series mixes acquisitions. Split it, or pick one "
+            "acquisition with --series-uid if they have their own series"
+        )
+    median_gap = float(np.median(gaps))
+    deviation = float(np.max(np.abs(gaps - median_gap)))
+    if deviation > max(SPACING_TOLERANCE_MM, SPACING_TOLERANCE_FRACTION * median_gap):
+        raise ValueError(
+            f"{where}: slices are not evenly spaced (gaps from {gaps.min():.3f} to {gaps.max():.3f} mm, median "
+            f"{median_gap:.3f} mm: a missing slice or variable spacing); stacking them as a regular grid would put "
+            "labels on the wrong slices"
+        )
+    step = (positions[-1] - positions[0]) / (len(positions) - 1)
+    lean = float(np.arccos(np.clip(abs(step @ normal) / np.linalg.norm(step), -1.0, 1.0)))
+    if lean > TILT_TOLERANCE_RAD:
+        raise ValueError(
+            f"{where}: slice positions lean {np.degrees(lean):.2f} degrees from the slice normal (gantry tilt); "
+            "expected slices stacked along their normal"
+        )
+    pixel_spacing = [float(v) for v in datasets[0].PixelSpacing]  # (between rows, between columns) in mm
+    lps = np.eye(4)
+    lps[:3, 0] = row * pixel_spacing[1]
+    lps[:3, 1] = col * pixel_spacing[0]
+    lps[:3, 2] = step
+    lps[:3, 3] = positions[0]
+    array = _decode(datasets, series, where)
+    headers = []
+    for ds in datasets:
+        if "PixelData" in ds:
+            del ds.PixelData  # decoded: keep the header only
+        headers.append(ds)
+    return StackedSeries(array=array, affine=LPS_TO_RAS @ lps, headers=tuple(headers))
+
+
+def _decode(datasets: Sequence[pydicom.Dataset], series: DicomSeries, where: str) -> np.ndarray:
+    """Pixel data rescaled by each slice's slope and intercept, ``(i, j, k)`` = (columns, rows, slices)."""
+    rescale = [(float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)) for ds in datasets]
+    integral = all(s == 1.0 and i == int(i) for s, i in rescale)
+    slices = []
+    for n, ds in enumerate(datasets):
+        try:
+            pixels = ds.pixel_array
+        except Exception as err:  # pydicom raises several types for unsupported or corrupt pixel data
+            raise ValueError(
+                f"{where}: slice {series.files[n].name}: pixel data cannot be decoded ({str(err).splitlines()[0]})"
+            ) from err
+        if pixels.ndim != 2:
+            raise ValueError(
+                f"{where}: slice {series.files[n].name} holds pixel data of shape {pixels.shape}; "
+                "expected one 2D greyscale frame per file"
+            )
+        slope, intercept = rescale[n]
+        slices.append(pixels.astype(np.int32) + int(intercept) if integral else pixels * slope + intercept)
+    if integral:
+        low, high = min(int(s.min()) for s in slices), max(int(s.max()) for s in slices)
+        dtype = np.int16 if np.iinfo(np.int16).min <= low and high <= np.iinfo(np.int16).max else np.int32
+    else:
+        dtype = np.float32
+    # (k, rows, columns) in C order is (columns, rows, k) = (i, j, k) in Fortran order, as NIfTI stores it.
+    return np.stack([s.astype(dtype, copy=False) for s in slices]).transpose(2, 1, 0)

@@ -7,17 +7,18 @@ read (it is large and NIfTI-only runs, the common case, never need it).
 from __future__ import annotations
 
 import gzip
+import hashlib
 import logging
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
 
 from pipelines.geometry import affine_from_itk
-from pipelines.io.dicom import find_dicom_series, select_series
+from pipelines.io.dicom import scan_dicom_folder, select_series, stack_series
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
@@ -44,6 +45,10 @@ class Volume:
         series_uid: SeriesInstanceUID for DICOM input.
         dicom_files: the series' instance files in k order, for DICOM input.
         nifti_header: the input's NIfTI header, to write outputs with the identical stored affine.
+        sha256: the input's checksum, computed from the bytes the reader read (see
+            :func:`pipelines.io.hashing.input_sha256` for what it covers); None when not computed.
+        dicom_headers: the series' instances in k order without pixel data, for DICOM input
+            (DICOM-SEG references them; nothing has to read the files again).
     """
 
     array: np.ndarray
@@ -54,6 +59,8 @@ class Volume:
     series_uid: str | None = None
     dicom_files: tuple[Path, ...] = field(default_factory=tuple)
     nifti_header: nib.Nifti1Header | None = None
+    sha256: str | None = None
+    dicom_headers: tuple[Any, ...] = field(default_factory=tuple, repr=False)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -114,12 +121,20 @@ def _as_3d(array: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _read_nifti(path: Path) -> Volume:
+    # The file is read once: its bytes give the checksum and the image.
     try:
-        image = nib.load(path)
+        data = path.read_bytes()
+    except PermissionError as err:
+        raise PermissionError(f"{path}: permission denied (cannot read this file)") from err
+    sha256 = hashlib.sha256(data).hexdigest()
+    try:
+        raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    except (EOFError, OSError, zlib.error) as err:
+        raise ValueError(f"{path}: truncated or corrupt image data ({err})") from err
+    try:
+        image = _nifti_from_bytes(raw)
     except Exception as err:  # nibabel raises several types for a file that is not NIfTI
         raise ValueError(f"{path}: not a readable NIfTI image ({err})") from err
-    if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
-        raise ValueError(f"{path}: not a NIfTI image (read as {type(image).__name__})")
     if len(image.shape) < 3 or (len(image.shape) > 3 and any(s != 1 for s in image.shape[3:])):
         raise ValueError(f"{path}: expected a 3D image, got shape {tuple(image.shape)}")
     try:
@@ -132,7 +147,20 @@ def _read_nifti(path: Path) -> Volume:
         path=path,
         format="nifti",
         nifti_header=image.header,
+        sha256=sha256,
     )
+
+
+def _nifti_from_bytes(raw: bytes) -> nib.Nifti1Image | nib.Nifti2Image:
+    """NIfTI-1 or NIfTI-2 (told apart by ``sizeof_hdr``, 348 or 540, in either byte order)."""
+    if len(raw) < 4:
+        raise ValueError(f"file has {len(raw)} bytes; a NIfTI header has at least 348")
+    size = {int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")}
+    if 540 in size:
+        return nib.Nifti2Image.from_bytes(raw)
+    if 348 not in size:
+        raise ValueError("no NIfTI header (sizeof_hdr is neither 348 nor 540)")
+    return nib.Nifti1Image.from_bytes(raw)
 
 
 def _sitk_to_volume(image: sitk.Image, path: Path, fmt: str, **extra: object) -> Volume:
@@ -161,22 +189,17 @@ def _read_itk(path: Path) -> Volume:
 
 
 def _read_dicom(folder: Path, series_uid: str | None) -> Volume:
-    import SimpleITK as sitk
-
-    series = select_series(find_dicom_series(folder), folder, series_uid)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames([str(f) for f in series.files])
-    try:
-        image = reader.Execute()
-    except RuntimeError as err:
-        raise ValueError(f"{folder}: could not read DICOM series {series.uid} ({str(err).strip()[-200:]})") from err
-    if image.GetDimension() == 3 and image.GetSize()[2] < 2:
-        raise ValueError(f"{folder}: expected a 3D image, series {series.uid} has a single slice")
-    return _sitk_to_volume(
-        image,
-        folder,
-        "dicom",
+    series_list, sha256 = scan_dicom_folder(folder)
+    series = select_series(series_list, folder, series_uid)
+    stacked = stack_series(series, folder)
+    return Volume(
+        array=_as_3d(stacked.array, folder),
+        affine=stacked.affine,
+        path=folder,
+        format="dicom",
         modality=series.modality,
         series_uid=series.uid,
         dicom_files=series.files,
+        sha256=sha256,
+        dicom_headers=stacked.headers,
     )

@@ -7,6 +7,7 @@ once it is complete, so a crash or a kill leaves either the old file or the new 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Written", "atomic_path", "current_umask", "write_bytes", "write_json", "write_labels"]
+__all__ = ["Written", "atomic_path", "current_umask", "json_bytes", "write_bytes", "write_json", "write_labels"]
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,14 @@ def current_umask() -> int:
     return mask
 
 
-def write_json(data: Any, path: str | os.PathLike[str]) -> Path:
-    """Write ``data`` as indented JSON, atomically. Returns the final path."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n", encoding="utf-8")
-    return Path(path)
+def json_bytes(data: Any) -> bytes:
+    """``data`` as the indented UTF-8 JSON every medseg JSON file uses."""
+    return (json.dumps(data, indent=2, default=_json_default) + "\n").encode("utf-8")
+
+
+def write_json(data: Any, path: str | os.PathLike[str]) -> Written:
+    """Write ``data`` as indented JSON, atomically; returns the file and its sha256."""
+    return write_bytes(json_bytes(data), path)
 
 
 def _json_default(value: Any) -> Any:
@@ -97,8 +101,8 @@ def write_labels(
     path: str | os.PathLike[str],
     *,
     header: nib.Nifti1Header | None = None,
-) -> Path:
-    """Write an integer label map as NIfTI, atomically.
+) -> Written:
+    """Write an integer label map as NIfTI, atomically; returns the file and its sha256.
 
     Args:
         labels: integer array ``(i, j, k)``; stored as uint8 when values fit, else uint16.
@@ -124,6 +128,6 @@ def write_labels(
         image.set_qform(affine, code=1)
         image.set_sform(affine, code=1)
     image.header.set_xyzt_units("mm", "sec")
-    with atomic_path(path) as tmp:
-        nib.save(image, tmp)
-    return Path(path)
+    raw = image.to_bytes()
+    # nibabel's own level for .nii.gz: 1 (fast; label maps compress well at any level)
+    return write_bytes(gzip.compress(raw, compresslevel=1, mtime=0) if str(path).endswith(".gz") else raw, path)

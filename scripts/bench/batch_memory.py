@@ -39,7 +39,8 @@ def _rss_mib(usage: resource.struct_rusage) -> float:
 
 def _child(args: argparse.Namespace) -> int:
     """Run one batch in this process and print its figures as one JSON line."""
-    from pipelines.batch import BatchOptions, run_batch
+    from pipelines.batch.options import BatchOptions
+    from pipelines.batch.run import run_batch
 
     start = time.perf_counter()
     summary = run_batch(
@@ -72,7 +73,7 @@ def _make_data(
 
 
 def _manifest(path: Path, images: list[Path]) -> Path:
-    from pipelines.data.manifests import write_manifest
+    from pipelines.data.manifests.model import write_manifest
 
     entries = [{"image": str(p), "case_id": p.parent.name} for p in images]
     return write_manifest({"name": "bench", "modality": "CT", "labels": {"0": "background"}, "test": entries}, path)

@@ -1,4 +1,4 @@
-"""Tests of pipelines.data.manifests: loading, validation messages, creation, splits, writing."""
+"""Tests of pipelines.data.manifests: schema, loading, validation messages, creation, splits, writing."""
 
 from __future__ import annotations
 
@@ -13,20 +13,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipelines.data.manifests import (
-    MANIFEST_SCHEMA,
-    Case,
-    Manifest,
-    ManifestError,
-    Problem,
-    create_manifest,
-    load_manifest,
-    split_manifest,
-    validate_manifest,
-    write_manifest,
-)
+from pipelines.data.manifests.create import create_manifest
+from pipelines.data.manifests.model import Case, Manifest, ManifestError, Problem, load_manifest, write_manifest
+from pipelines.data.manifests.schema import MANIFEST_SCHEMA, SCHEMA_PATH
+from pipelines.data.manifests.split import split_manifest
+from pipelines.data.manifests.validate import validate_manifest
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SHAPE = (8, 7, 6)
 AFFINE = np.diag([1.5, 1.5, 3.0, 1.0])
 LABELS = {"0": "background", "1": "liver", "2": "spleen"}
@@ -477,6 +470,21 @@ def test_schema_file_matches_module_schema() -> None:
     schema = json.loads((REPO / "data_manifests" / "schema.json").read_text())
     assert schema == MANIFEST_SCHEMA
     jsonschema.Draft202012Validator.check_schema(schema)
+
+
+def test_schema_is_one_file_linked_from_data_manifests() -> None:
+    linked = REPO / "data_manifests" / "schema.json"
+    assert linked.is_symlink() and linked.resolve() == SCHEMA_PATH.resolve()
+
+
+def test_schema_validates_example_manifests() -> None:
+    examples = sorted(p for p in (REPO / "data_manifests").glob("*.json") if p.name != "schema.json")
+    assert len(examples) >= 3
+    validator = jsonschema.Draft202012Validator(MANIFEST_SCHEMA)
+    for path in examples:
+        validator.validate(json.loads(path.read_text()))
+        manifest = load_manifest(path)  # structure only: the training scripts make the example data
+        assert manifest.cases and all(case.label is not None for case in manifest.split("training")), path
 
 
 def test_validate_accepts_loaded_manifest_with_duplicates(tmp_path: Path) -> None:

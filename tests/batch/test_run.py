@@ -29,7 +29,7 @@ from pipelines.batch import (
 from pipelines.batch.report import write_report
 from pipelines.bundles.bundle import load_bundle
 from pipelines.cli.batch import add_batch_parser
-from pipelines.data.manifests import ManifestError
+from pipelines.data.manifests.model import ManifestError
 from pipelines.data.phantoms import make_ct_phantom, write_nifti
 from pipelines.io.hashing import input_sha256
 from tests.helpers import copy_bundle_with_random_weights
@@ -293,7 +293,7 @@ def test_a_bad_manifest_stops_before_any_case(
 def test_cli_reports_a_bad_manifest_as_one_error_line(
     tmp_path: Path, unet_bundle: Path, no_torchrun: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pipelines.cli import main
+    from pipelines.cli.main import main
 
     parser = argparse.ArgumentParser()
     add_batch_parser(parser.add_subparsers())

@@ -1,0 +1,128 @@
+"""The output folder of a batch run: the checks before any case runs, and ``batch.json``.
+
+Every check on the folder a run writes into lives here, run once by each rank before its first
+case (cheap checks before expensive work): the folder is a folder, it holds no other bundle's run,
+and it holds no earlier run unless the run resumes. ``batch.json`` records the bundle the folder
+belongs to, the manifest and split, and the software versions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import platform
+from pathlib import Path
+from typing import Any
+
+import monai
+import numpy as np
+import torch
+
+from pipelines import __version__
+from pipelines.batch.ledger import BATCH_JSON, ledger_files, read_jsonl, utc_now
+from pipelines.batch.options import BatchOptions
+from pipelines.data.manifests.model import Manifest
+from pipelines.io.writers import write_json
+from pipelines.segment import Segmenter
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["bundle_identity", "check_output_folder", "write_batch_json"]
+
+_IDENTITY_KEYS = ("name", "version", "model_sha256")
+
+
+def bundle_identity(segmenter: Segmenter) -> dict[str, Any]:
+    """What ties an output folder to one model: ``{"name", "version", "model_sha256"}`` of the bundle."""
+    return {
+        "name": segmenter.bundle.name,
+        "version": segmenter.bundle.version,
+        "model_sha256": segmenter.weights_sha256,
+    }
+
+
+def _describe(identity: dict[str, Any]) -> str:
+    sha = identity.get("model_sha256") or "?"
+    return f"{identity.get('name')!r} version {identity.get('version')} (model sha256 {sha[:12]})"
+
+
+def check_output_folder(output: Path, identity: dict[str, Any], options: BatchOptions) -> None:
+    """Refuse a folder that holds another bundle's run, or a ledger when not resuming.
+
+    The bundle of an earlier run comes from ``batch.json``, else from the first ledger record.
+
+    Args:
+        output: the output folder (need not exist yet).
+        identity: this run's bundle (see :func:`bundle_identity`).
+        options: the run's options (``resuming`` allows an earlier ledger).
+
+    Raises:
+        NotADirectoryError: ``output`` exists and is a file.
+        ValueError: an unreadable ``batch.json``, another bundle's run, or an earlier run without resume.
+    """
+    if output.exists() and not output.is_dir():
+        raise NotADirectoryError(f"{output}: output exists and is not a folder")
+    previous: dict[str, Any] | None = None
+    info = output / BATCH_JSON
+    if info.is_file():
+        try:
+            previous = json.loads(info.read_text(encoding="utf-8")).get("bundle")
+        except (json.JSONDecodeError, AttributeError) as err:
+            raise ValueError(f"{info}: not a readable batch.json ({err}); use a new output folder") from err
+    ledgers = [p for p in ledger_files(output) if p.stat().st_size > 0] if output.is_dir() else []
+    if previous is None and ledgers:
+        first = next((r for p in ledgers for r in read_jsonl(p)), None)
+        previous = first.get("bundle") if first else None
+    if previous is not None and any(previous.get(k) != identity[k] for k in _IDENTITY_KEYS):
+        raise ValueError(
+            f"{output}: holds a run of bundle {_describe(previous)}, this run uses bundle "
+            f"{_describe(identity)}; write into a new output folder"
+        )
+    if ledgers and not options.resuming:
+        raise ValueError(
+            f"{output}: already holds a batch run ({ledgers[0].name}); add --resume to continue it "
+            "(--retry-failed to rerun failed cases too) or choose a new output folder"
+        )
+
+
+def write_batch_json(
+    output: Path, identity: dict[str, Any], manifest: Manifest, options: BatchOptions, world_size: int
+) -> Path:
+    """Write ``output/batch.json`` (atomically), keeping the ``created`` time of an earlier run.
+
+    Fields: ``bundle`` (identity), ``manifest`` (path), ``split``, ``outputs``, ``created``,
+    ``last_run`` (``started``, ``world_size``, ``resume``) and ``software`` (versions).
+
+    Returns:
+        The path of ``batch.json``.
+    """
+    info = output / BATCH_JSON
+    created = utc_now()
+    if info.is_file():
+        with contextlib.suppress(json.JSONDecodeError, AttributeError, OSError):
+            created = json.loads(info.read_text(encoding="utf-8")).get("created", created)
+    output.mkdir(parents=True, exist_ok=True)
+    write_json(
+        {
+            "bundle": identity,
+            "manifest": str(manifest.path),
+            "split": options.split,
+            "outputs": list(options.outputs) if options.outputs is not None else None,
+            "created": created,
+            "last_run": {"started": utc_now(), "world_size": world_size, "resume": options.resuming},
+            "software": _software(),
+        },
+        info,
+    )
+    return info
+
+
+def _software() -> dict[str, str]:
+    return {
+        "medseg": __version__,
+        "monai": monai.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }

@@ -1,0 +1,289 @@
+"""The ``medseg`` command line: parse, set up logging, call the library, report.
+
+Every subcommand is a thin wrapper around a typed library function. Errors a person can act on
+(bad input, missing weights, a bundle that does not fit) end with one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipelines import __version__
+from pipelines.cli.batch import add_batch_parser
+from pipelines.cli.bundle import add_bundle_parser
+from pipelines.cli.common import add_run_options, outputs_arg, setup_logging
+
+logger = logging.getLogger("pipelines")
+
+EXIT_ERROR = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medseg", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"medseg {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for libraries too)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("segment", help="segment one scan (NIfTI, NRRD, MHA or a DICOM folder) with a bundle")
+    p.add_argument("input", type=Path, help="image file or DICOM folder")
+    p.add_argument("--bundle", type=Path, required=True, help="bundle folder (MONAI Model Zoo layout)")
+    p.add_argument("--output", "-o", type=Path, required=True, help="output folder; results go to OUTPUT/<case-id>/")
+    p.add_argument("--case-id", help="name of the case folder (default: input name without extension)")
+    p.add_argument("--series-uid", help="DICOM folder with several series: the SeriesInstanceUID to read")
+    p.add_argument(
+        "--outputs",
+        type=outputs_arg,
+        default=None,
+        help="comma list of labels,dicom-seg,stats,preview (default: labels,stats,preview; dicom-seg too for DICOM)",
+    )
+    add_run_options(p)
+    p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser("demo", help="generate a CT phantom, segment it with the shipped CT bundle, score it")
+    p.add_argument("--output", "-o", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
+    p.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: the shipped ct_abdomen_unet)")
+    p.add_argument("--seed", type=int, default=None, help="phantom seed (default: the first demo seed)")
+    add_run_options(p)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("phantoms", help="generate a CT phantom dataset with a manifest, labelled for a bundle")
+    p.add_argument("--output", "-o", type=Path, required=True, help="dataset folder (manifest goes inside)")
+    p.add_argument("--bundle", type=Path, default=None, help="bundle whose labels to use (default: ct_abdomen_unet)")
+    p.add_argument("--training", type=int, default=24)
+    p.add_argument("--validation", type=int, default=4)
+    p.add_argument("--test", type=int, default=10)
+    p.set_defaults(func=_cmd_phantoms)
+
+    p = sub.add_parser(
+        "train",
+        help="train a bundle on a manifest (under torchrun: data-parallel with multi_gpu_train.json)",
+        description="Train a bundle with its configs/train.json. Data-parallel: "
+        "torchrun --nproc_per_node N -m pipelines train --bundle DIR --manifest FILE "
+        "(one GPU per process; gloo on CPU); configs/multi_gpu_train.json is layered automatically.",
+    )
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--max-epochs", type=int, default=None)
+    p.add_argument("--val-interval", type=int, default=None, help="epochs between validations")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from the newest models/last_checkpoint_*.pt")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a bundle on a manifest split (Dice, HD95, ASD in mm)")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--output", "-o", type=Path, required=True)
+    p.add_argument("--split", default="test", choices=("training", "validation", "test", "all"))
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("metrics", help="Dice, HD95 and ASD (mm) between a predicted and a reference label map")
+    p.add_argument("pred", type=Path)
+    p.add_argument("label", type=Path)
+    p.add_argument("--labels", type=Path, default=None, help="JSON {id: name} (or a bundle folder); default: ids found")
+    p.add_argument("--output", "-o", type=Path, default=None, help="folder for metrics.csv / metrics.json")
+    p.set_defaults(func=_cmd_metrics)
+
+    p = sub.add_parser("manifest", help="validate, create or split data manifests")
+    msub = p.add_subparsers(dest="manifest_command", required=True, metavar="ACTION")
+    q = msub.add_parser("validate", help="report every problem of a manifest at once")
+    q.add_argument("file", type=Path)
+    q.set_defaults(func=_cmd_manifest_validate)
+    q = msub.add_parser("create", help="build a manifest from a folder of image/label pairs")
+    q.add_argument("folder", type=Path)
+    q.add_argument("--output", "-o", type=Path, default=None, help="manifest file (default: FOLDER/dataset.json)")
+    q.add_argument("--name", default=None)
+    q.add_argument("--modality", default="CT")
+    q.set_defaults(func=_cmd_manifest_create)
+    q = msub.add_parser("split", help="write k-fold splits beside the manifest")
+    q.add_argument("file", type=Path)
+    q.add_argument("--folds", type=int, required=True)
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=_cmd_manifest_split)
+
+    add_batch_parser(sub)
+    add_bundle_parser(sub)
+    return parser
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from pipelines.segment import SegmentOptions, segment_case
+
+    options = SegmentOptions(
+        device=args.device, precision=args.precision, outputs=args.outputs, series_uid=args.series_uid
+    )
+    result = segment_case(args.input, args.bundle, args.output, case_id=args.case_id, options=options)
+    _print_stats(result.stats)
+    total = sum(result.seconds.values())
+    print(f"wrote {result.case_dir} ({', '.join(sorted(p.name for p in result.files.values()))}) in {total:.1f} s")
+    return 0
+
+
+def _default_bundle() -> Path:
+    """The CT U-Net bundle shipped beside the package (a source checkout or an editable install)."""
+    return Path(__file__).resolve().parents[2] / "bundles" / "ct_abdomen_unet"
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pipelines.demo import SEEDS, run_demo
+
+    bundle = args.bundle or _default_bundle()
+    seed = args.seed if args.seed is not None else SEEDS["demo"][0]
+    result = run_demo(args.output, bundle, seed=seed, device=args.device, precision=args.precision)
+    width = max(len("mean (organs)"), *(len(k) for k in result.dice))
+    print(f"{'structure':<{width}}  dice")
+    for name, value in result.dice.items():
+        print(f"{name:<{width}}  {value:.3f}")
+    print(f"{'mean (organs)':<{width}}  {result.mean_dice:.3f}")
+    print(f"wrote {result.output} (phantom/, {result.case_dir.name}/, metrics.json)")
+    return 0
+
+
+def _cmd_phantoms(args: argparse.Namespace) -> int:
+    from pipelines.demo import make_ct_dataset
+
+    counts = {"training": args.training, "validation": args.validation, "test": args.test}
+    manifest = make_ct_dataset(args.output, args.bundle or _default_bundle(), counts=counts)
+    print(f"wrote {sum(counts.values())} phantoms and {manifest}")
+    return 0
+
+
+def _distributed_env() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when started by torchrun, else None."""
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) < 2:
+        return None
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pipelines.train import TrainOptions, train
+
+    env = _distributed_env()
+    options = TrainOptions(
+        max_epochs=args.max_epochs,
+        val_interval=args.val_interval,
+        resume=args.resume,
+        device=args.device,
+        seed=args.seed,
+        distributed=env is not None,
+        world_size=env[1] if env else 1,
+    )
+    result = train(args.bundle, args.manifest, options)
+    print(
+        f"best validation mean Dice {result.best_metric:.4f} at epoch {result.best_epoch} "
+        f"after {result.epochs} epochs; weights: {result.weights}"
+    )
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipelines.train import evaluate
+
+    summary = evaluate(args.bundle, args.manifest, output=args.output, split=args.split, device=args.device)
+    _print_metric_means(summary["mean"])
+    print(f"wrote {args.output / 'metrics.csv'} and {args.output / 'metrics.json'}")
+    return 0
+
+
+def _print_metric_means(mean: dict) -> None:
+    width = max(len("structure"), *(len(k) for k in mean)) if mean else len("structure")
+    print(f"{'structure':<{width}}  {'dice':>6}  {'hd95 mm':>8}  {'asd mm':>7}")
+    for name, m in mean.items():
+        print(f"{name:<{width}}  {m['dice']:>6.3f}  {m['hd95_mm']:>8.2f}  {m['asd_mm']:>7.2f}")
+
+
+def _cmd_metrics(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from pipelines.io.readers import read_volume
+    from pipelines.metrics import metrics_for_files, summarize, write_metrics
+
+    if args.labels is None:
+        found = np.unique(read_volume(args.label).array)
+        labels = {int(v): f"label_{int(v)}" for v in found if v != 0}
+    elif args.labels.is_dir():
+        from pipelines.bundles.bundle import load_bundle
+
+        labels = {k: v for k, v in load_bundle(args.labels).labels.items() if k != 0}
+    else:
+        try:
+            labels = {int(k): str(v) for k, v in json.loads(args.labels.read_text()).items() if int(k) != 0}
+        except (json.JSONDecodeError, ValueError) as err:
+            raise ValueError(f"{args.labels}: expected a JSON object of label id -> name ({err})") from err
+    per_case = {args.pred.name: metrics_for_files(args.pred, args.label, labels=labels)}
+    _print_metric_means(summarize(per_case))
+    if args.output:
+        csv_path, json_path = write_metrics(per_case, args.output)
+        print(f"wrote {csv_path} and {json_path}")
+    return 0
+
+
+def _cmd_manifest_validate(args: argparse.Namespace) -> int:
+    from pipelines.data.manifests.validate import validate_manifest
+
+    if not args.file.is_file():
+        raise FileNotFoundError(f"{args.file}: manifest does not exist")
+    problems = validate_manifest(args.file)
+    for problem in problems:
+        print(problem)
+    print(f"{args.file}: {len(problems)} problem(s)" if problems else f"{args.file}: OK")
+    return EXIT_ERROR if problems else 0
+
+
+def _cmd_manifest_create(args: argparse.Namespace) -> int:
+    from pipelines.data.manifests.create import create_manifest
+    from pipelines.data.manifests.model import write_manifest
+
+    target = args.output or args.folder / "dataset.json"
+    manifest = create_manifest(args.folder, name=args.name, modality=args.modality, manifest_dir=target.parent)
+    path = write_manifest(manifest, target)
+    counts = ", ".join(f"{len(manifest.get(k, []))} {k}" for k in ("training", "validation", "test"))
+    print(f"wrote {path} ({counts})")
+    return 0
+
+
+def _cmd_manifest_split(args: argparse.Namespace) -> int:
+    from pipelines.data.manifests.model import write_manifest
+    from pipelines.data.manifests.split import split_manifest
+
+    stem = args.file.name.removesuffix(".json")
+    for fold, manifest in enumerate(split_manifest(args.file, folds=args.folds, seed=args.seed)):
+        path = write_manifest(manifest, args.file.with_name(f"{stem}_fold{fold}.json"))
+        print(f"wrote {path} ({len(manifest['training'])} training, {len(manifest['validation'])} validation)")
+    return 0
+
+
+def _print_stats(stats: Sequence[dict]) -> None:
+    if not stats:
+        return
+    width = max(len("structure"), *(len(s["name"]) for s in stats))
+    print(f"{'structure':<{width}}  {'volume mL':>10}  {'mean':>8}")
+    for s in stats:
+        print(f"{s['name']:<{width}}  {s['volume_ml']:>10.1f}  {s['mean']:>8.1f}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, TypeError, NotADirectoryError, IsADirectoryError) as err:
+        logger.debug("error details", exc_info=True)
+        print(f"medseg: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("medseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

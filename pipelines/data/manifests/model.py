@@ -1,0 +1,381 @@
+"""What a manifest holds (cases, splits, labels), how it is read from JSON and written back.
+
+:func:`load_manifest` checks structure only (JSON, the schema, unique case ids); opening the
+files is :func:`pipelines.data.manifests.validate.validate_manifest`'s job. Every path of a
+manifest is resolved by :func:`resolve_path`, relative to the folder that holds the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines import keys
+from pipelines.data.manifests.schema import schema_errors
+from pipelines.io.readers import case_id_from_path
+from pipelines.io.writers import write_bytes
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CHANNEL_SUFFIX",
+    "SPLITS",
+    "Case",
+    "Manifest",
+    "ManifestError",
+    "ParsedManifest",
+    "Problem",
+    "load_manifest",
+    "load_manifest_document",
+    "parse_manifest",
+    "resolve_path",
+    "schema_problems",
+    "unlabelled_problems",
+    "write_manifest",
+]
+
+SPLITS: tuple[str, ...] = ("training", "validation", "test")
+"""The case lists a manifest may hold, in the order they are read."""
+
+CHANNEL_SUFFIX = re.compile(r"_\d{4}$")
+"""The ``_0000``, ``_0001``... ending of a channel file name (the nnU-Net convention)."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case of a manifest, paths resolved against the manifest folder.
+
+    Attributes:
+        case_id: Unique identifier, from the entry's ``case_id`` or the image file name.
+        image: The image path, or a tuple of paths (one per channel) when the entry lists several.
+        label: The reference label map, or None.
+        split: ``"training"``, ``"validation"`` or ``"test"``.
+    """
+
+    case_id: str
+    image: Path | tuple[Path, ...]
+    label: Path | None
+    split: str
+
+    @property
+    def image_paths(self) -> tuple[Path, ...]:
+        """The image path(s) as a tuple, one per channel."""
+        return self.image if isinstance(self.image, tuple) else (self.image,)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the case as a MONAI datalist item (keys from :mod:`pipelines.keys`).
+
+        Returns:
+            ``{"image": str | list[str], "label": str (only when present), "case_id": str}``.
+        """
+        image: str | list[str] = [str(p) for p in self.image] if isinstance(self.image, tuple) else str(self.image)
+        item: dict[str, Any] = {keys.IMAGE: image, keys.CASE_ID: self.case_id}
+        if self.label is not None:
+            item[keys.LABEL] = str(self.label)
+        return item
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A loaded manifest.
+
+    Attributes:
+        path: The manifest file (absolute).
+        name: Dataset name.
+        modality: The modality; for a channel mapping ({"0": "T1", "1": "T2"}) the names in
+            channel order joined by ``","``.
+        labels: Label value to structure name; 0 is the background.
+        cases: Every case, training first, then validation, then test, in file order.
+        description: Free text, empty when absent.
+    """
+
+    path: Path
+    name: str
+    modality: str
+    labels: dict[int, str]
+    cases: tuple[Case, ...]
+    description: str = ""
+
+    def split(self, name: str) -> tuple[Case, ...]:
+        """Return the cases of one split.
+
+        Args:
+            name: ``"training"``, ``"validation"``, ``"test"`` or ``"all"``.
+
+        Raises:
+            ValueError: for any other name.
+        """
+        if name == "all":
+            return self.cases
+        if name not in SPLITS:
+            raise ValueError(f"{self.path}: unknown split {name!r}; expected one of {', '.join(SPLITS)} or 'all'")
+        return tuple(case for case in self.cases if case.split == name)
+
+    def datalist(self, name: str = "all") -> list[dict[str, Any]]:
+        """Return the cases of a split as a MONAI datalist (see :meth:`Case.as_dict`)."""
+        return [case.as_dict() for case in self.split(name)]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in a manifest.
+
+    Attributes:
+        case_id: The case concerned, or None for a manifest-wide problem.
+        file: The file concerned (the manifest itself for structural problems), or None.
+        message: What is wrong, with the value seen and what was expected.
+    """
+
+    case_id: str | None
+    file: Path | None
+    message: str
+
+    def __str__(self) -> str:
+        parts = []
+        if self.case_id is not None:
+            parts.append(f"case {self.case_id}")
+        if self.file is not None:
+            parts.append(str(self.file))
+        parts.append(self.message)
+        return ": ".join(parts)
+
+
+class ManifestError(ValueError):
+    """A manifest failed its checks; ``problems`` lists them all, ``str()`` one per line."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems: list[Problem] = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+def schema_problems(data: Any, manifest_path: Path) -> list[Problem]:
+    """Every schema violation of ``data`` as a :class:`Problem` naming ``manifest_path``."""
+    return [Problem(None, manifest_path, message) for _, message in schema_errors(data)]
+
+
+def resolve_path(manifest_folder: Path, value: str) -> Path:
+    """Resolve one path written in a manifest; every image and label path goes through here.
+
+    Args:
+        manifest_folder: The folder that holds the manifest (absolute).
+        value: The path as written: relative to ``manifest_folder``, absolute, or starting with ``~``.
+
+    Returns:
+        The absolute path, normalised lexically (``man/../data/x.nii.gz`` becomes ``data/x.nii.gz``,
+        which reads better in messages); symbolic links are not followed.
+    """
+    # Planned: refuse a path that resolves outside the manifest's folder before anything opens it.
+    path = Path(value).expanduser()
+    return Path(os.path.normpath(path if path.is_absolute() else manifest_folder / path))
+
+
+def _default_case_id(images: Sequence[str]) -> str:
+    """Case id for an entry without one: the first image's id; for several channel files named
+    ``<case>_0000``, ``<case>_0001``... (the nnU-Net convention) the shared ``<case>``."""
+    ids = [case_id_from_path(p) for p in images]
+    if len(ids) > 1 and all(CHANNEL_SUFFIX.search(i) for i in ids):
+        stripped = {CHANNEL_SUFFIX.sub("", i) for i in ids}
+        if len(stripped) == 1:
+            return stripped.pop()
+    return ids[0]
+
+
+def unlabelled_problems(cases: Iterable[Case]) -> list[Problem]:
+    """Training and validation cases need a reference label; test cases need not."""
+    return [
+        Problem(case.case_id, case.image_paths[0], f"{case.split} case has no label")
+        for case in cases
+        if case.split in ("training", "validation") and case.label is None
+    ]
+
+
+@dataclass
+class ParsedManifest:
+    """What could be read from a manifest file, with the problems found on the way.
+
+    Attributes:
+        manifest: The manifest, or None when the file is not JSON or not an object.
+        structural: Problems :func:`load_manifest` raises on (JSON, schema, duplicate case ids).
+        content: Problems only :func:`~pipelines.data.manifests.validate.validate_manifest`
+            reports (no background label, training or validation case without a label).
+        document: The JSON document as read (None when the file is not JSON), so that callers
+            needing the entries as written do not read the file again.
+    """
+
+    manifest: Manifest | None
+    structural: list[Problem] = field(default_factory=list)
+    content: list[Problem] = field(default_factory=list)
+    document: Any = None
+
+
+def _cases(data: dict[str, Any], base: Path, bad_entries: set[tuple[Any, ...]]) -> list[tuple[Case, str]]:
+    """Every case with the place of its entry (``training[3]``), in file order.
+
+    Entries that failed the schema (their ``(split, index)`` in ``bad_entries``) are skipped.
+    """
+    cases: list[tuple[Case, str]] = []
+    for split in SPLITS:
+        entries = data.get(split)
+        if not isinstance(entries, list):
+            continue
+        for index, entry in enumerate(entries):
+            if (split, index) in bad_entries:
+                continue
+            if isinstance(entry, str):
+                images: list[str] = [entry]
+                image_value: Any = entry
+                label_value = None
+                case_id = None
+            else:
+                image_value = entry["image"]
+                images = [image_value] if isinstance(image_value, str) else list(image_value)
+                label_value = entry.get("label")
+                case_id = entry.get("case_id")
+            resolved = tuple(resolve_path(base, p) for p in images)
+            case = Case(
+                case_id=case_id or _default_case_id(images),
+                image=resolved if isinstance(image_value, list) else resolved[0],
+                label=resolve_path(base, label_value) if label_value else None,
+                split=split,
+            )
+            cases.append((case, f"{split}[{index}]"))
+    return cases
+
+
+def parse_manifest(path: str | os.PathLike[str]) -> ParsedManifest:
+    """Read a manifest, collecting structural problems instead of stopping at the first.
+
+    Args:
+        path: The manifest JSON file.
+
+    Returns:
+        The manifest (None when the file is not JSON or not an object) and the problems found.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+    """
+    path = Path(path).expanduser().absolute()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: manifest file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        problem = Problem(None, path, f"not valid JSON: line {err.lineno} column {err.colno}: {err.msg}")
+        return ParsedManifest(None, [problem])
+    except UnicodeDecodeError as err:
+        return ParsedManifest(None, [Problem(None, path, f"not valid JSON: not UTF-8 text ({err.reason})")])
+
+    errors = schema_errors(data)
+    structural = [Problem(None, path, message) for _, message in errors]
+    if not isinstance(data, dict):
+        return ParsedManifest(None, structural, document=data)
+    # Entries that failed the schema are skipped; every other entry still gets checked.
+    bad_entries = {location[:2] for location, _ in errors if len(location) >= 2}
+    placed = _cases(data, path.parent, bad_entries)
+    cases = [case for case, _ in placed]
+
+    where_of: dict[str, list[str]] = {}
+    for case, place in placed:
+        where_of.setdefault(case.case_id, []).append(place)
+    for case_id, places in where_of.items():
+        if len(places) > 1:
+            structural.append(
+                Problem(case_id, path, f"duplicate case id, used by {len(places)} entries: {', '.join(places)}")
+            )
+
+    labels: dict[int, str] = {}
+    raw_labels = data.get("labels")
+    if isinstance(raw_labels, dict) and all(str(k).isdigit() for k in raw_labels):
+        labels = {int(k): str(v) for k, v in sorted(raw_labels.items(), key=lambda kv: int(kv[0]))}
+    content: list[Problem] = []
+    if isinstance(raw_labels, dict) and labels and 0 not in labels:
+        content.append(
+            Problem(None, path, f"labels has no '0' (background) entry; keys seen: {', '.join(map(str, labels))}")
+        )
+    content += unlabelled_problems(cases)
+
+    modality = data.get("modality")
+    if isinstance(modality, dict):
+        ordered = sorted(modality.items(), key=lambda kv: (len(str(kv[0])), str(kv[0])))
+        modality = ",".join(str(value) for _, value in ordered)
+    manifest = Manifest(
+        path=path,
+        name=str(data.get("name", "")),
+        modality=str(modality or ""),
+        labels=labels,
+        cases=tuple(cases),
+        description=str(data.get("description", "")),
+    )
+    return ParsedManifest(manifest, structural, content, data)
+
+
+def load_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """Load a manifest and check its structure (no image is opened).
+
+    Checks: the file is JSON, it follows the schema (:data:`~pipelines.data.manifests.schema.MANIFEST_SCHEMA`),
+    and case ids are unique across all splits. Use
+    :func:`~pipelines.data.manifests.validate.validate_manifest` to check the files as well.
+
+    Args:
+        path: The manifest JSON file.
+
+    Returns:
+        The manifest with every path resolved against the manifest's folder.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ManifestError: listing every structural problem, each naming the manifest file.
+    """
+    return _checked(parse_manifest(path))
+
+
+def load_manifest_document(path: str | os.PathLike[str]) -> tuple[Manifest, dict[str, Any]]:
+    """:func:`load_manifest`, also returning the JSON document as read (one read of the file)."""
+    parsed = parse_manifest(path)
+    return _checked(parsed), parsed.document
+
+
+def _checked(parsed: ParsedManifest) -> Manifest:
+    """The manifest of ``parsed``, or :class:`ManifestError` listing its structural problems."""
+    if parsed.structural or parsed.manifest is None:
+        raise ManifestError(parsed.structural)
+    return parsed.manifest
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+def write_manifest(manifest: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write a manifest as indented JSON, atomically (temporary file, then rename).
+
+    Args:
+        manifest: The manifest dict; it must follow the schema.
+        path: Destination file; its folder is created when missing.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ManifestError: if the dict does not follow the schema (nothing is written).
+    """
+    path = Path(path).expanduser().absolute()
+    problems = schema_problems(manifest, path)
+    if problems:
+        raise ManifestError(problems)
+    text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+    write_bytes(text.encode("utf-8"), path)
+    logger.info("wrote %s", path)
+    return path
