@@ -30,7 +30,9 @@ from pipelines import __version__, keys
 from pipelines.bundles.bundle import Bundle, load_bundle, load_weights, parse_config
 from pipelines.inference import Predictor, resolve_device, resolve_precision
 from pipelines.io.hashing import input_sha256, sha256_file
+from pipelines.io.output_folder import check_output_folder, estimated_case_bytes
 from pipelines.io.readers import Volume, case_id_from_path, read_volume
+from pipelines.io.values import NAN_POLICIES, check_finite
 from pipelines.io.writers import Written, current_umask, json_bytes, write_bytes, write_labels
 from pipelines.keys import DEFAULT_OUTPUTS, OUTPUTS
 from pipelines.transforms.loading import to_metatensor
@@ -52,6 +54,8 @@ class SegmentOptions:
         outputs: which of :data:`OUTPUTS` to write; ``labels`` and ``run.json`` are always written.
             ``dicom-seg`` is added automatically for DICOM input when ``outputs`` is None.
         series_uid: for a DICOM folder with several series, the one to read.
+        nan_policy: ``refuse`` an input with NaN or infinite voxels (the default), or ``fill`` them
+            with the image minimum and record it in run.json (see :func:`pipelines.io.values.check_finite`).
         sw_batch_size: sliding windows per network call; None keeps the bundle's on a GPU and uses 1
             on a CPU, where one window at a time measured fastest (0.037 s per 96³ U-Net window
             against 0.054 s in batches of 4). The result does not depend on it.
@@ -62,8 +66,11 @@ class SegmentOptions:
     outputs: tuple[str, ...] | None = None
     series_uid: str | None = None
     sw_batch_size: int | None = None
+    nan_policy: str = "refuse"
 
     def __post_init__(self) -> None:
+        if self.nan_policy not in NAN_POLICIES:
+            raise ValueError(f"NaN policy {self.nan_policy!r}: expected one of {', '.join(NAN_POLICIES)}")
         if self.sw_batch_size is not None and self.sw_batch_size < 1:
             raise ValueError(f"sw_batch_size {self.sw_batch_size}: expected a positive number of windows per batch")
         for name in self.outputs or ():
@@ -92,6 +99,8 @@ class Prepared:
     volume: Volume
     data: dict[str, Any]
     seconds: dict[str, float]
+    corrections: list[dict[str, Any]] = field(default_factory=list)
+    """What was changed on the input before inference (NaN filled ...); recorded in run.json."""
 
 
 class Segmenter:
@@ -190,9 +199,10 @@ class Segmenter:
         seconds: dict[str, float] = {}
         with _timed(seconds, "load"):
             volume = self.load(path)
+            volume, correction = check_finite(volume, self.options.nan_policy)
         with _timed(seconds, "preprocess"):
             data = self.preprocess(volume)
-        return Prepared(volume, data, seconds)
+        return Prepared(volume, data, seconds, [correction] if correction else [])
 
     def predict(self, prepared: Prepared) -> np.ndarray:
         """Inference and postprocessing: the label map on the input's grid."""
@@ -209,7 +219,9 @@ class Segmenter:
         case_id = case_id or case_id_from_path(path)
         _check_case_id(case_id)
         outputs = self.outputs_for(path)
+        check_output_folder(output_dir)  # before reading: a folder that cannot take results fails at once
         prepared = self.prepare(path)
+        check_output_folder(output_dir, estimated_case_bytes(int(np.prod(prepared.volume.shape))))
         labels = self.predict(prepared)
         return self.write(prepared, labels, output_dir, case_id, outputs)
 
@@ -255,6 +267,7 @@ class Segmenter:
                 )
                 self._write_extras(result, written, prepared, labels, staging, case_id, outputs)
             result.provenance = self.provenance(volume, outputs, seconds, input_sha256)
+            result.provenance["corrections"] = prepared.corrections
             written["run"] = write_bytes(json_bytes(result.provenance), staging / "run.json")
         result.files = {k: result.case_dir / w.path.name for k, w in written.items()}
         result.sha256 = {k: w.sha256 for k, w in written.items()}
@@ -434,6 +447,13 @@ def _staged_case_dir(output_dir: Path, case_id: str) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, final)
+    except OSError as err:
+        # Disk full, quota, a folder gone read-only: name the output, not the input; keep nothing.
+        shutil.rmtree(staging, ignore_errors=True)
+        failed = final / Path(err.filename).name if err.filename else final
+        raise OSError(
+            err.errno, f"{failed}: could not write the case's outputs ({err.strerror or err}); nothing was kept"
+        ) from err
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

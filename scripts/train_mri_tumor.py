@@ -36,8 +36,8 @@ def bundle_channels(bundle: Path) -> dict[str, int]:
 
 
 def main() -> int:
-    from pipelines.demo import make_brain_dataset
     from pipelines.cli.recipe import recipe_parser, run_recipe_from_args
+    from pipelines.data.datasets import make_brain_dataset
 
     parser = recipe_parser(
         __doc__.splitlines()[0],

@@ -29,8 +29,8 @@ DEFAULT_DATA = REPO / "data" / "phantoms" / "ct_multiorgan"
 
 
 def main() -> int:
-    from pipelines.demo import make_phantom_dataset
     from pipelines.cli.recipe import recipe_parser, run_recipe_from_args
+    from pipelines.data.datasets import make_phantom_dataset
 
     parser = recipe_parser(
         __doc__.splitlines()[0],

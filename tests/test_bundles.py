@@ -239,14 +239,16 @@ def test_zoo_style_bundle_passes_the_metadata_and_config_checks(spleen_style_bun
 
 @pytest.mark.slow
 def test_unetr_bundle_segments_a_small_phantom_on_its_grid(tmp_path: Path) -> None:
-    from pipelines.data import phantoms
+    from pipelines.data.phantoms.make import make_ct_phantom
+    from pipelines.data.phantoms.tissues import CT_STRUCTURES
+    from pipelines.data.phantoms.write import write_nifti
 
     bundle = copy_bundle_with_random_weights("ct_multiorgan_unetr", tmp_path / "bundles")
-    ids = {n: i for n, i in phantoms.CT_STRUCTURES.items() if n != "liver_tumor"}
-    phantom = phantoms.make_ct_phantom(
+    ids = {n: i for n, i in CT_STRUCTURES.items() if n != "liver_tumor"}
+    phantom = make_ct_phantom(
         5, shape=(64, 52, 30), spacing_mm=(3.0, 3.0, 4.0), orientation="LPS", label_ids=ids
     )
-    image, _ = phantoms.write_nifti(phantom, tmp_path / "case")
+    image, _ = write_nifti(phantom, tmp_path / "case")
     code = main(
         [
             "segment",
@@ -272,13 +274,15 @@ def test_unetr_bundle_segments_a_small_phantom_on_its_grid(tmp_path: Path) -> No
 
 def test_unetr_training_patches_are_class_balanced_96_cubes(tmp_path: Path) -> None:
     """train.json's sampling: 4 patches of 96³ per case, indices precomputed and not carried along."""
-    from pipelines.data import phantoms
+    from pipelines.data.phantoms.make import make_ct_phantom
+    from pipelines.data.phantoms.tissues import CT_STRUCTURES
+    from pipelines.data.phantoms.write import write_nifti
 
-    ids = {n: i for n, i in phantoms.CT_STRUCTURES.items() if n != "liver_tumor"}
-    phantom = phantoms.make_ct_phantom(
+    ids = {n: i for n, i in CT_STRUCTURES.items() if n != "liver_tumor"}
+    phantom = make_ct_phantom(
         1, shape=(60, 48, 30), spacing_mm=(3.0, 3.0, 4.0), orientation="LAS", label_ids=ids
     )
-    image, label = phantoms.write_nifti(phantom, tmp_path / "case")
+    image, label = write_nifti(phantom, tmp_path / "case")
     parser = parse_config(load_bundle(BUNDLES / "ct_multiorgan_unetr"), "train", {"manifest": "unused"})
     patches = parser.get_parsed_content("train#preprocessing")({"image": str(image), "label": str(label)})
     assert len(patches) == parser["samples_per_case"] == 4
@@ -320,10 +324,10 @@ def test_mri_bundle_on_the_shared_brain_scan_keeps_its_exact_grid(tmp_path: Path
 
 def test_mri_bundle_takes_several_contrasts_as_channels(tmp_path: Path) -> None:
     """A manifest entry listing four contrast files loads as four channels; num_channels sizes the network."""
+    from pipelines.data.datasets import make_brain_dataset
     from pipelines.data.manifests.model import load_manifest
     from pipelines.data.manifests.validate import validate_manifest
-    from pipelines.data.phantoms import MR_CONTRASTS
-    from pipelines.demo import make_brain_dataset
+    from pipelines.data.phantoms.tissues import MR_CONTRASTS
     from pipelines.train import datalist
 
     manifest = make_brain_dataset(
@@ -356,7 +360,7 @@ def test_mri_evaluation_config_saves_predictions_on_the_image_grid(tmp_path: Pat
     """evaluate.json over train.json: dataset from the manifest's test split, Invertd back to the image grid."""
     from monai.bundle import ConfigParser
 
-    from pipelines.demo import make_brain_dataset
+    from pipelines.data.datasets import make_brain_dataset
 
     manifest = make_brain_dataset(tmp_path / "data", BUNDLES / "mri_brain_tumor", counts={"test": 1}, fov_scale=0.3)
     root = BUNDLES / "mri_brain_tumor"
@@ -377,7 +381,7 @@ def test_mri_evaluation_config_saves_predictions_on_the_image_grid(tmp_path: Pat
 
 
 def test_brain_dataset_geometry_is_seeded_and_regenerated_when_it_changes(tmp_path: Path) -> None:
-    from pipelines.demo import brain_case_geometry, make_brain_dataset
+    from pipelines.data.datasets import brain_case_geometry, make_brain_dataset
 
     assert brain_case_geometry(7) == brain_case_geometry(7)
     g = brain_case_geometry(7)
@@ -407,7 +411,7 @@ def test_brain_dataset_geometry_is_seeded_and_regenerated_when_it_changes(tmp_pa
     ],
 )
 def test_phantom_dataset_bad_arguments(tmp_path: Path, kwargs: dict, message: str) -> None:
-    from pipelines.demo import make_phantom_dataset
+    from pipelines.data.datasets import make_phantom_dataset
 
     kwargs = {"counts": {"training": 1}, **kwargs}
     with pytest.raises(ValueError, match=message):
@@ -415,7 +419,7 @@ def test_phantom_dataset_bad_arguments(tmp_path: Path, kwargs: dict, message: st
 
 
 def test_brain_dataset_needs_a_tumour_bundle(tmp_path: Path) -> None:
-    from pipelines.demo import make_brain_dataset
+    from pipelines.data.datasets import make_brain_dataset
 
     with pytest.raises(ValueError, match=r"brain tumour phantoms label \{1: 'tumor'\}; the bundle's channel_def has"):
         make_brain_dataset(tmp_path, BUNDLES / "ct_abdomen_unet", counts={"training": 1})

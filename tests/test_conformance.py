@@ -278,7 +278,7 @@ def test_bundle_info(name: str, expected: dict[str, Any]) -> None:
 
 
 def test_unetr_labels_are_the_13_btcv_organs() -> None:
-    from pipelines.data.phantoms import CT_STRUCTURES
+    from pipelines.data.phantoms.tissues import CT_STRUCTURES
 
     labels = bundle_info(BUNDLES / "ct_multiorgan_unetr")["labels"]
     assert labels == {0: "background", **{i: n for n, i in CT_STRUCTURES.items() if n != "liver_tumor"}}
@@ -326,7 +326,7 @@ def test_cli_list_and_info(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.slow
 def test_a_four_channel_mri_bundle_passes_every_check(tmp_path: Path) -> None:
     """num_channels set to 4 in the three places the bundle docs name: the checks feed 4-channel data."""
-    from pipelines.data.phantoms import MR_CONTRASTS
+    from pipelines.data.phantoms.tissues import MR_CONTRASTS
 
     bundle = small_bundle(tmp_path)
     for config in ("inference.json", "train.json"):

@@ -41,7 +41,7 @@ def test_demo_segments_a_phantom_with_the_shipped_weights(tmp_path: Path, capsys
 
 
 def test_demo_seeds_are_disjoint_from_training() -> None:
-    from pipelines.demo import SEEDS
+    from pipelines.data.datasets import SEEDS
 
     ranges = list(SEEDS.values())
     for i, a in enumerate(ranges):

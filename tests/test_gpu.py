@@ -20,7 +20,8 @@ pytestmark = pytest.mark.gpu
 
 
 def test_segment_on_cuda_uses_amp_and_keeps_the_window_on_the_gpu(tmp_path: Path, unet_bundle: Path) -> None:
-    from pipelines.data.phantoms import make_ct_phantom, write_nifti
+    from pipelines.data.phantoms.make import make_ct_phantom
+    from pipelines.data.phantoms.write import write_nifti
 
     phantom = make_ct_phantom(3, shape=(160, 128, 64), spacing_mm=(1.8, 1.8, 3.0), orientation="LPS")
     image_path, _ = write_nifti(phantom, tmp_path / "case")

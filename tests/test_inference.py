@@ -9,7 +9,7 @@ from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import UNETR, SegResNet, UNet
 
 from pipelines.bundles.bundle import load_bundle, load_weights, parse_config
-from pipelines.data.phantoms import make_ct_phantom
+from pipelines.data.phantoms.make import make_ct_phantom
 from pipelines.inference import ChannelsLast3d, InputLayersFP32, Predictor, resolve_device, resolve_precision
 from tests.helpers import BUNDLES
 

@@ -14,7 +14,8 @@ import torch
 from pipelines.bundles.bundle import load_bundle
 from pipelines.cli.main import main
 from pipelines.data.manifests.model import ManifestError, write_manifest
-from pipelines.data.phantoms import make_ct_phantom, write_nifti
+from pipelines.data.phantoms.make import make_ct_phantom
+from pipelines.data.phantoms.write import write_nifti
 from pipelines.train import TrainOptions, evaluate, latest_checkpoint, train
 from tests.helpers import BUNDLES, REPO
 

@@ -15,7 +15,6 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-
 from pipelines.batch.folder import bundle_identity, check_output_folder, write_batch_json
 from pipelines.batch.ledger import LEDGER, latest_records, ledger_path, merge_ledger, read_ledger, utc_now
 from pipelines.batch.options import BatchOptions, BatchSummary
@@ -202,5 +201,3 @@ def _run_log(output: Path, rank: int) -> Iterator[tuple[Path, Callable[[str], No
     finally:
         package.removeHandler(handler)
         handler.close()
-
-

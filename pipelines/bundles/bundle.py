@@ -1,34 +1,42 @@
-"""Find, describe and parse MONAI bundles in the Model Zoo layout.
+"""Open a MONAI bundle in the Model Zoo layout and parse its configs.
 
-A bundle is the single source of truth for a model. This module reads its ``configs/`` through
-MONAI's :class:`~monai.bundle.ConfigParser` and only ever overrides what a run decides (the
-bundle root, the device, inputs and output folder); everything else comes from the JSON.
+A bundle is the single source of truth for a model. :func:`load_bundle` reads its
+``configs/metadata.json`` once and the :class:`Bundle` keeps it; :func:`parse_config` reads a
+config through MONAI's :class:`~monai.bundle.ConfigParser`, gives it that metadata (the file is
+not read again) and only overrides what a run decides (the bundle root, the device, inputs and
+output folder); everything else comes from the JSON.
+
+MONAI is imported inside the functions that parse configs, so that the command line can import
+this module before it knows whether a command needs MONAI.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from monai.bundle import ConfigParser
+from pipelines.bundles.layout import INFERENCE, METADATA, WEIGHTS, InvalidJSONError, config_path, read_json
+from pipelines.bundles.metadata import channel_labels, image_spec
 
-from pipelines.io.hashing import sha256_file  # re-exported: weights are checksummed the same way
+if TYPE_CHECKING:
+    from monai.bundle import ConfigParser
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Bundle", "MissingWeightsError", "load_bundle", "load_weights", "parse_config", "sha256_file"]
-
-INFERENCE_CONFIG = "configs/inference.json"
-METADATA = "configs/metadata.json"
-WEIGHTS = "models/model.pt"
-
-
-class MissingWeightsError(FileNotFoundError):
-    """The bundle has no trained weights at ``models/model.pt``."""
+__all__ = [
+    "Bundle",
+    "config_parser",
+    "load_bundle",
+    "parse_config",
+    "preprocessing_pixdim",
+    "target_name",
+    "transform_list",
+]
 
 
 @dataclass(frozen=True)
@@ -36,10 +44,11 @@ class Bundle:
     """A bundle folder and what its metadata says about it.
 
     Attributes:
-        root: the bundle folder.
+        root: the bundle folder (absolute).
         name: ``metadata.json`` ``name`` (the folder name when absent).
         version: ``metadata.json`` ``version`` (``"0.0.0"`` when absent).
-        metadata: the whole ``metadata.json`` (empty when the bundle has none).
+        metadata: the whole ``metadata.json`` as read by :func:`load_bundle` (empty when the bundle
+            has none). Treat it as read-only; :func:`parse_config` hands MONAI a copy.
         labels: label id -> structure name, from ``network_data_format.outputs.pred.channel_def``
             (empty when the metadata does not name them).
     """
@@ -52,35 +61,32 @@ class Bundle:
 
     @property
     def weights(self) -> Path:
+        """``models/model.pt`` (it may not exist; see :func:`pipelines.bundles.weights.require_weights`)."""
         return self.root / WEIGHTS
 
     def config_path(self, name: str) -> Path:
         """Path of ``configs/<name>.json`` (``.yaml`` also accepted, as MONAI does)."""
-        for ext in (".json", ".yaml", ".yml"):
-            candidate = self.root / "configs" / f"{name}{ext}"
-            if candidate.is_file():
-                return candidate
-        return self.root / "configs" / f"{name}.json"
+        return config_path(self.root, name)
 
     @property
     def modality(self) -> str:
         """Input modality from the metadata (``CT``, ``MR``...), ``""`` when unknown."""
-        image = self.metadata.get("network_data_format", {}).get("inputs", {}).get("image", {})
-        modality = image.get("modality", "")
+        modality = image_spec(self.metadata).get("modality", "")
         return str(modality).upper() if modality else ""
 
 
 def load_bundle(path: str | Path) -> Bundle:
-    """Open a bundle folder and read its metadata.
+    """Open a bundle folder and read its metadata (once).
 
     Raises:
         FileNotFoundError: the folder, or its ``configs/inference.json``, does not exist.
-        ValueError: ``metadata.json`` is not valid JSON.
+        ValueError: ``metadata.json`` is not valid JSON, not an object, or has a non-integer
+            ``channel_def`` key.
     """
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: bundle folder does not exist")
-    inference = root / INFERENCE_CONFIG
+    inference = root / INFERENCE
     if not inference.is_file():
         raise FileNotFoundError(
             f"{inference}: bundle has no inference config (expected the MONAI Model Zoo layout: "
@@ -89,80 +95,109 @@ def load_bundle(path: str | Path) -> Bundle:
     metadata: dict[str, Any] = {}
     meta_path = root / METADATA
     if meta_path.is_file():
-        try:
-            metadata = json.loads(meta_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{meta_path}: not valid JSON: line {err.lineno} column {err.colno}: {err.msg}") from err
+        metadata = read_json(meta_path)
+        if not isinstance(metadata, dict):
+            raise ValueError(f"{meta_path}: expected a JSON object, got {type(metadata).__name__}")
     else:
         logger.warning("%s: no metadata.json; name and labels unknown", root)
-    channel_def = metadata.get("network_data_format", {}).get("outputs", {}).get("pred", {}).get("channel_def", {})
-    labels: dict[int, str] = {}
-    for key, name in channel_def.items():
-        try:
-            labels[int(key)] = str(name)
-        except ValueError as err:
-            raise ValueError(f"{meta_path}: channel_def key {key!r} is not an integer label id") from err
     return Bundle(
         root=root.resolve(),
         name=str(metadata.get("name", root.name)),
         version=str(metadata.get("version", "0.0.0")),
         metadata=metadata,
-        labels=labels,
+        labels=channel_labels(metadata, str(meta_path)),
     )
 
 
-def parse_config(bundle: Bundle, name: str = "inference", overrides: dict[str, Any] | None = None) -> ConfigParser:
-    """Read ``configs/<name>.json`` with ``bundle_root`` set to the bundle folder plus ``overrides``.
+def config_parser(
+    root: Path,
+    configs: Sequence[Path],
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ConfigParser:
+    """A ConfigParser over ``configs`` with ``bundle_root`` set to ``root``, then ``overrides``.
 
-    Overrides use MONAI's id syntax (``"inferer#sw_batch_size"``); they are applied before any
-    reference is resolved, exactly as ``python -m monai.bundle run --key value`` would.
+    Args:
+        root: the bundle folder.
+        configs: config files; later ones are layered over earlier ones, as MONAI does for a list.
+        metadata: the parsed ``metadata.json`` to set as the parser's ``_meta_`` (copied); None
+            leaves ``_meta_`` empty.
+        overrides: MONAI id syntax (``"inferer#sw_batch_size"``), applied before any reference is
+            resolved, exactly as ``python -m monai.bundle run --key value`` would.
+
+    Raises:
+        InvalidJSONError: (a ``ValueError``) a config is not valid JSON; names the file, line and column.
     """
-    path = bundle.config_path(name)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: bundle {bundle.name} has no configs/{name}.json")
+    from monai.bundle import ConfigParser
+
     parser = ConfigParser()
     try:
-        parser.read_config(str(path))
+        parser.read_config([str(path) for path in configs])
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON: line {err.lineno} column {err.colno}: {err.msg}") from err
-    if (bundle.root / METADATA).is_file():
-        parser.read_meta(str(bundle.root / METADATA))
-    parser["bundle_root"] = str(bundle.root)
+        raise InvalidJSONError(_invalid_json_file(configs), err) from err
+    if metadata is not None:
+        parser.read_meta(copy.deepcopy(dict(metadata)))
+    parser["bundle_root"] = str(root)
     for key, value in (overrides or {}).items():
         parser[key] = value
     return parser
 
 
-def require_weights(bundle: Bundle) -> Path:
-    """Return the bundle's weights file or stop with an error that says how to get one."""
-    if not bundle.weights.is_file():
-        raise MissingWeightsError(
-            f"{bundle.weights}: bundle {bundle.name} has no trained weights. Weights go in "
-            f"{bundle.root.name}/models/model.pt; train them with "
-            f"`medseg train --bundle {bundle.root} --manifest MANIFEST` (see the bundle's docs/README.md)"
-        )
-    return bundle.weights
+def _invalid_json_file(configs: Sequence[Path]) -> Path:
+    """Which of ``configs`` is not valid JSON (only called when one is)."""
+    for path in configs:
+        try:
+            read_json(Path(path))
+        except ValueError:
+            return Path(path)
+    return Path(configs[0])
 
 
-def load_weights(network: torch.nn.Module, bundle: Bundle, device: torch.device | str = "cpu") -> Path:
-    """Load ``models/model.pt`` into ``network``.
+def parse_config(bundle: Bundle, name: str = "inference", overrides: dict[str, Any] | None = None) -> ConfigParser:
+    """Read ``configs/<name>.json`` with ``bundle_root`` set to the bundle folder plus ``overrides``.
 
-    Accepts a plain ``state_dict`` (the Zoo's format) or an ignite/MONAI checkpoint dict holding
-    one under ``"model"`` or ``"network"``.
+    The parser's ``_meta_`` is the metadata :func:`load_bundle` already read; ``metadata.json`` is
+    not read again. Overrides use MONAI's id syntax (``"inferer#sw_batch_size"``); they are applied
+    before any reference is resolved, exactly as ``python -m monai.bundle run --key value`` would.
+
+    Raises:
+        FileNotFoundError: the bundle has no such config.
+        ValueError: the config is not valid JSON.
     """
-    path = require_weights(bundle)
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # torch raises several types for a corrupt or foreign file
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
-    if isinstance(state, dict):
-        for key in ("model", "network"):
-            if key in state and isinstance(state[key], dict):
-                state = state[key]
-                break
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise ValueError(f"{path}: weights do not fit the network of {bundle.name} ({first})") from err
-    return path
+    path = bundle.config_path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: bundle {bundle.name} has no configs/{name}.json")
+    return config_parser(bundle.root, [path], metadata=bundle.metadata, overrides=overrides)
+
+
+# -- reading config items without building them ------------------------------------------------
+
+
+def target_name(item: Any) -> str:
+    """The class name a config item builds (``"pipelines.transforms.X"`` -> ``"X"``), or ``""``."""
+    target = item.get("_target_", "") if isinstance(item, dict) else ""
+    return str(target).rsplit(".", 1)[-1]
+
+
+def transform_list(parser: ConfigParser, id_: str) -> list[Any] | None:
+    """The raw ``transforms`` list of a Compose at ``id_`` (None when absent or built by an expression)."""
+    if id_ not in parser:
+        return None
+    value = parser[id_]
+    transforms = value.get("transforms") if isinstance(value, dict) else None
+    return transforms if isinstance(transforms, list) else None
+
+
+def preprocessing_pixdim(parser: ConfigParser) -> list[float] | None:
+    """The ``pixdim`` (mm) of the first Spacingd in ``preprocessing`` (references resolved), or None."""
+    import numpy as np
+
+    for index, item in enumerate(transform_list(parser, "preprocessing") or []):
+        if target_name(item) in ("Spacingd", "Spacing") and "pixdim" in item:
+            try:
+                value = parser.get_parsed_content(f"preprocessing#transforms#{index}#pixdim")
+            except Exception:  # an expression that needs more than the config: unknown
+                return None
+            return [float(v) for v in np.atleast_1d(value)]
+    return None

@@ -73,11 +73,10 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(local_rank)
     started_group = False
-    if world_size > 1:
-        if not dist.is_initialized():
-            backend = "nccl" if use_cuda or device.startswith("cuda") else "gloo"
-            dist.init_process_group(backend=backend, timeout=DISTRIBUTED_TIMEOUT)
-            started_group = True
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if use_cuda or device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend=backend, timeout=DISTRIBUTED_TIMEOUT)
+        started_group = True
     options = BatchOptions(
         split=args.split,
         resume=args.resume,

@@ -38,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--case-id", help="name of the case folder (default: input name without extension)")
     p.add_argument("--series-uid", help="DICOM folder with several series: the SeriesInstanceUID to read")
     p.add_argument(
+        "--nan-policy",
+        choices=("refuse", "fill"),
+        default="refuse",
+        help="NaN or infinite voxels: refuse the input (default), or fill them with the image minimum "
+        "(recorded in run.json)",
+    )
+    p.add_argument(
         "--outputs",
         type=outputs_arg,
         default=None,
@@ -118,7 +125,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from pipelines.segment import SegmentOptions, segment_case
 
     options = SegmentOptions(
-        device=args.device, precision=args.precision, outputs=args.outputs, series_uid=args.series_uid
+        device=args.device,
+        precision=args.precision,
+        outputs=args.outputs,
+        series_uid=args.series_uid,
+        nan_policy=args.nan_policy,
     )
     result = segment_case(args.input, args.bundle, args.output, case_id=args.case_id, options=options)
     _print_stats(result.stats)
@@ -133,7 +144,8 @@ def _default_bundle() -> Path:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from pipelines.demo import SEEDS, run_demo
+    from pipelines.data.datasets import SEEDS
+    from pipelines.demo import run_demo
 
     bundle = args.bundle or _default_bundle()
     seed = args.seed if args.seed is not None else SEEDS["demo"][0]
@@ -148,7 +160,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_phantoms(args: argparse.Namespace) -> int:
-    from pipelines.demo import make_ct_dataset
+    from pipelines.data.datasets import make_ct_dataset
 
     counts = {"training": args.training, "validation": args.validation, "test": args.test}
     manifest = make_ct_dataset(args.output, args.bundle or _default_bundle(), counts=counts)
@@ -270,15 +282,25 @@ def _print_stats(stats: Sequence[dict]) -> None:
         print(f"{s['name']:<{width}}  {s['volume_ml']:>10.1f}  {s['mean']:>8.1f}")
 
 
+def _one_line(err: BaseException) -> str:
+    """The message of an error on one line; an OSError built from (errno, text) shows only the text."""
+    if isinstance(err, OSError) and err.strerror and not err.filename and len(err.args) == 2:
+        text = err.strerror
+    else:
+        text = str(err)
+    return " ".join(text.split()) or type(err).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.quiet)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, TypeError, NotADirectoryError, IsADirectoryError) as err:
+    except (ValueError, TypeError, OSError) as err:
+        # OSError covers missing files, permissions, full disks, files where folders belong.
         logger.debug("error details", exc_info=True)
-        print(f"medseg: error: {err}", file=sys.stderr)
+        print(f"medseg: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("medseg: interrupted", file=sys.stderr)

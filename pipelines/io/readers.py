@@ -6,9 +6,13 @@ read (it is large and NIfTI-only runs, the common case, never need it).
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
+import io
 import logging
+import math
+import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import nibabel as nib
 import numpy as np
 
-from pipelines.geometry import affine_from_itk
+from pipelines.geometry import affine_from_itk, check_affine
 from pipelines.io.dicom import scan_dicom_folder, select_series, stack_series
 
 if TYPE_CHECKING:
@@ -27,8 +31,12 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["SUPPORTED_INPUTS", "Volume", "case_id_from_path", "read_volume"]
 
-SUPPORTED_INPUTS = "a NIfTI file (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) or a DICOM folder"
+SUPPORTED_INPUTS = (
+    "a NIfTI file (.nii, .nii.gz), FreeSurfer MGH (.mgz, .mgh), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) "
+    "or a DICOM folder"
+)
 _NIFTI = (".nii", ".nii.gz")
+_MGH = (".mgz", ".mgh")
 _ITK = (".nrrd", ".nhdr", ".mha", ".mhd")
 
 
@@ -76,7 +84,7 @@ def case_id_from_path(path: str | Path) -> str:
     """The input's name without its image extension: ``scan.nii.gz`` -> ``scan``; a folder -> its name."""
     path = Path(path)
     name = path.name
-    for ext in (*_NIFTI, *_ITK):
+    for ext in (*_NIFTI, *_MGH, *_ITK):
         if name.lower().endswith(ext):
             return name[: -len(ext)]
     return name
@@ -95,18 +103,61 @@ def read_volume(path: str | Path, *, series_uid: str | None = None) -> Volume:
         ValueError: the file is not a readable image, is truncated, or is not 3D.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder (expected {SUPPORTED_INPUTS})")
+    check_readable(path)
+    name = path.name.lower()
     if path.is_dir():
         volume = _read_dicom(path, series_uid)
-    elif path.name.lower().endswith(_NIFTI):
-        volume = _read_nifti(path)
-    elif path.name.lower().endswith(_ITK):
+    elif name.endswith(_NIFTI) or name.endswith(_MGH):
+        volume = _read_nibabel(path)
+    elif name.endswith(_ITK):
         volume = _read_itk(path)
     else:
         raise ValueError(f"{path}: unsupported file type (expected {SUPPORTED_INPUTS})")
+    check_affine(volume.affine, f"{path}: voxel-to-world affine")
     logger.debug("read %s: shape %s, spacing %s mm", path, volume.shape, volume.spacing_mm)
     return volume
+
+
+def check_readable(path: Path) -> None:
+    """Say why ``path`` cannot be read, before trying: missing, broken or looping link, permission.
+
+    Raises:
+        FileNotFoundError: no such file or folder, or a symbolic link to nothing.
+        PermissionError: not readable (for a folder: not listable) by this user.
+        ValueError: a symbolic link loop.
+    """
+    if not os.path.lexists(path):
+        raise FileNotFoundError(f"{path}: no such file or folder (expected {SUPPORTED_INPUTS})")
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ValueError(f"{path}: symbolic link loop (a link in this path points back to itself)") from err
+        if err.errno == errno.ENOENT:
+            raise FileNotFoundError(f"{path}: broken symbolic link (its target does not exist)") from err
+        if err.errno == errno.EACCES:
+            raise PermissionError(f"{path}: permission denied (a folder on the path cannot be entered)") from err
+        raise
+    wanted = os.R_OK | (os.X_OK if path.is_dir() else 0)
+    if not os.access(path, wanted):
+        what = "folder cannot be listed" if path.is_dir() else "file cannot be read"
+        raise PermissionError(f"{path}: permission denied (the {what} by this user)")
+
+
+def check_memory(path: Path, shape: tuple[int, ...], what: str) -> None:
+    """Refuse an image whose float32 copy alone would not fit in this machine's memory.
+
+    Checked from the header, before any voxel is allocated: a header that declares 32767³ voxels
+    is refused with the size it would need instead of exhausting memory.
+    """
+    voxels = math.prod(int(s) for s in shape)
+    needed = voxels * 4  # preprocessing works on float32
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > total:
+        raise ValueError(
+            f"{path}: {what} declares shape {tuple(int(s) for s in shape)} ({voxels:,} voxels): "
+            f"{needed / 2**30:,.1f} GiB as float32, more than this machine's {total / 2**30:.1f} GiB of memory"
+        )
 
 
 def _as_3d(array: np.ndarray, path: Path) -> np.ndarray:
@@ -120,47 +171,76 @@ def _as_3d(array: np.ndarray, path: Path) -> np.ndarray:
     return array
 
 
-def _read_nifti(path: Path) -> Volume:
-    # The file is read once: its bytes give the checksum and the image.
+def _read_nibabel(path: Path) -> Volume:
+    """NIfTI-1/2 and FreeSurfer MGH/MGZ, read once: the same bytes give the checksum and the image."""
     try:
         data = path.read_bytes()
     except PermissionError as err:
         raise PermissionError(f"{path}: permission denied (cannot read this file)") from err
     sha256 = hashlib.sha256(data).hexdigest()
+    gzipped = data[:2] == b"\x1f\x8b"
+    mgh = path.name.lower().endswith(_MGH)
+    header_bytes = _head(data, 544, path) if gzipped else data[:544]
+    header = _header(header_bytes, path, mgh)
+    shape = tuple(int(s) for s in header.get_data_shape())
+    if len(shape) < 3 or (len(shape) > 3 and any(s != 1 for s in shape[3:])):
+        raise ValueError(f"{path}: expected a 3D image, got shape {shape}")
+    if min(shape) < 1:
+        raise ValueError(f"{path}: image is empty, shape {shape}")
+    check_memory(path, shape, "the header")
     try:
-        raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+        raw = gzip.decompress(data) if gzipped else data
     except (EOFError, OSError, zlib.error) as err:
         raise ValueError(f"{path}: truncated or corrupt image data ({err})") from err
+    offset = 284 if mgh else int(header.get_data_offset())
+    needed = math.prod(shape) * np.dtype(header.get_data_dtype()).itemsize
+    if len(raw) < offset + needed:
+        raise ValueError(
+            f"{path}: truncated: the header declares shape {shape} of {np.dtype(header.get_data_dtype())} "
+            f"({needed:,} bytes of voxel data), the file holds {max(len(raw) - offset, 0):,}"
+        )
     try:
-        image = _nifti_from_bytes(raw)
-    except Exception as err:  # nibabel raises several types for a file that is not NIfTI
-        raise ValueError(f"{path}: not a readable NIfTI image ({err})") from err
-    if len(image.shape) < 3 or (len(image.shape) > 3 and any(s != 1 for s in image.shape[3:])):
-        raise ValueError(f"{path}: expected a 3D image, got shape {tuple(image.shape)}")
-    try:
+        image = _image_class(header).from_bytes(raw)
         array = np.asanyarray(image.dataobj)
-    except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as err:
-        raise ValueError(f"{path}: truncated or corrupt image data ({err})") from err
+    except Exception as err:  # nibabel raises several types for a file it cannot decode
+        raise ValueError(f"{path}: not a readable {'MGH' if mgh else 'NIfTI'} image ({err})") from err
     return Volume(
         array=_as_3d(array, path),
         affine=np.asarray(image.affine, dtype=np.float64),
         path=path,
-        format="nifti",
-        nifti_header=image.header,
+        format="mgh" if mgh else "nifti",
+        nifti_header=None if mgh else image.header,
         sha256=sha256,
     )
 
 
-def _nifti_from_bytes(raw: bytes) -> nib.Nifti1Image | nib.Nifti2Image:
-    """NIfTI-1 or NIfTI-2 (told apart by ``sizeof_hdr``, 348 or 540, in either byte order)."""
-    if len(raw) < 4:
-        raise ValueError(f"file has {len(raw)} bytes; a NIfTI header has at least 348")
-    size = {int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")}
-    if 540 in size:
-        return nib.Nifti2Image.from_bytes(raw)
-    if 348 not in size:
-        raise ValueError("no NIfTI header (sizeof_hdr is neither 348 nor 540)")
-    return nib.Nifti1Image.from_bytes(raw)
+def _image_class(header: Any) -> type:
+    if isinstance(header, nib.Nifti2Header):  # a subclass of Nifti1Header: test it first
+        return nib.Nifti2Image
+    return nib.Nifti1Image if isinstance(header, nib.Nifti1Header) else nib.MGHImage
+
+
+def _head(data: bytes, size: int, path: Path) -> bytes:
+    """The first ``size`` bytes of gzip-compressed ``data`` (the header), without inflating the rest."""
+    try:
+        return zlib.decompressobj(wbits=31).decompress(data, size)
+    except zlib.error as err:
+        raise ValueError(f"{path}: truncated or corrupt gzip data ({err})") from err
+
+
+def _header(head: bytes, path: Path, mgh: bool) -> Any:
+    """Parse a NIfTI-1 / NIfTI-2 (told apart by ``sizeof_hdr``, 348 or 540) or MGH header."""
+    try:
+        if mgh:
+            return nib.freesurfer.mghformat.MGHHeader.from_fileobj(io.BytesIO(head))
+        size = {int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")} if len(head) >= 4 else set()
+        if 540 in size:
+            return nib.Nifti2Header.from_fileobj(io.BytesIO(head))
+        if 348 in size:
+            return nib.Nifti1Header.from_fileobj(io.BytesIO(head))
+    except Exception as err:  # nibabel raises several types for a header it cannot parse
+        raise ValueError(f"{path}: not a readable {'MGH' if mgh else 'NIfTI'} image ({err})") from err
+    raise ValueError(f"{path}: not a readable NIfTI image (no NIfTI header: sizeof_hdr is neither 348 nor 540)")
 
 
 def _sitk_to_volume(image: sitk.Image, path: Path, fmt: str, **extra: object) -> Volume:

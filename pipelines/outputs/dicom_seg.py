@@ -95,8 +95,10 @@ def write_dicom_seg(
         raise ValueError(f"{path}: the label map holds no structures; a DICOM-SEG needs at least one segment")
 
     if source_headers is None:
-        source_headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in volume.dicom_files]
-    sources = _prepare_headers(source_headers, volume)
+        read = [pydicom.dcmread(f, stop_before_pixels=True) for f in volume.dicom_files]
+        sources = _prepare_headers(read, volume, copy_before_change=False)  # ours: changed in place
+    else:
+        sources = _prepare_headers(source_headers, volume, copy_before_change=True)
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=algorithm_version
     )
@@ -145,7 +147,9 @@ def _where(header: pydicom.Dataset, k: int, volume: Volume) -> str:
     return f"{volume.path} (slice {k})"
 
 
-def _prepare_headers(headers: Sequence[pydicom.Dataset], volume: Volume) -> list[pydicom.Dataset]:
+def _prepare_headers(
+    headers: Sequence[pydicom.Dataset], volume: Volume, *, copy_before_change: bool
+) -> list[pydicom.Dataset]:
     """The source headers in k order, checked, with identifying UIDs that anonymisation blanked restored.
 
     One header per slice, in the volume's slice order: when every header has an
@@ -155,7 +159,8 @@ def _prepare_headers(headers: Sequence[pydicom.Dataset], volume: Volume) -> list
     the data set while the file meta keeps the instance's identity (Media Storage SOP Class/Instance
     UID): take them from there. An empty StudyInstanceUID or SeriesInstanceUID is replaced by one
     UID derived from the instance UIDs (the same on every run), and a warning says the SEG cannot
-    join the original study. Changes are made on deep copies: the caller's headers stay as they are.
+    join the original study. With ``copy_before_change`` a header is deep-copied before its first
+    change, so that the caller's headers stay as they are.
     """
     slices = volume.shape[2]
     if len(headers) != slices:
@@ -165,7 +170,7 @@ def _prepare_headers(headers: Sequence[pydicom.Dataset], volume: Volume) -> list
         )
     _check_slice_order(headers, volume)
     prepared = list(headers)
-    copied = [False] * len(prepared)
+    copied = [not copy_before_change] * len(prepared)
 
     def writable(k: int) -> pydicom.Dataset:
         if not copied[k]:
@@ -181,9 +186,8 @@ def _prepare_headers(headers: Sequence[pydicom.Dataset], volume: Volume) -> list
             if not header.get(attribute):
                 value = meta.get(meta_attribute) if meta is not None else None
                 if not value:
-                    raise ValueError(
-                        f"{_where(header, k, volume)}: no {attribute} in the data set or its file meta; cannot reference it"
-                    )
+                    where = _where(header, k, volume)
+                    raise ValueError(f"{where}: no {attribute} in the data set or its file meta; cannot reference it")
                 setattr(writable(k), attribute, value)
     instance_uids = [str(h.SOPInstanceUID) for h in prepared]
     for attribute in ("StudyInstanceUID", "SeriesInstanceUID"):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from pipelines.geometry import check_affine, check_label_map
-from pipelines.io.writers import Written, write_bytes
+from pipelines.io.writers import Written, write_bytes, write_json
 from pipelines.outputs.names import name_of, names_by_id
 
 logger = logging.getLogger(__name__)
@@ -129,13 +128,6 @@ def _csv_row(entry: Mapping[str, Any]) -> list[Any]:
     return [entry["label"], entry["name"], entry["voxels"], *floats, entry["components"], *box, *box_mm]
 
 
-def _numpy_to_python(value: Any) -> Any:
-    # compute_stats gives plain Python values; numpy scalars and arrays from other callers are accepted too.
-    if isinstance(value, np.generic | np.ndarray):
-        return value.tolist()
-    raise TypeError(f"stats: cannot write {type(value).__name__} to JSON")
-
-
 def write_stats(stats: Sequence[Mapping[str, Any]], folder: str | Path) -> tuple[Written, Written]:
     """Write ``stats.json`` (the list from :func:`compute_stats`) and ``stats.csv``, atomically.
 
@@ -147,11 +139,10 @@ def write_stats(stats: Sequence[Mapping[str, Any]], folder: str | Path) -> tuple
         ``(json, csv)``: the path and sha256 of ``stats.json`` and of ``stats.csv``.
     """
     folder = Path(folder)
-    json_text = json.dumps(list(stats), indent=2, default=_numpy_to_python) + "\n"
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer)
     writer.writerow(STATS_CSV_COLUMNS)
     writer.writerows(_csv_row(entry) for entry in stats)
-    json_written = write_bytes(json_text.encode("utf-8"), folder / "stats.json")
+    json_written = write_json(list(stats), folder / "stats.json")
     csv_written = write_bytes(buffer.getvalue().encode("utf-8"), folder / "stats.csv")
     return json_written, csv_written

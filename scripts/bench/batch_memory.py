@@ -63,7 +63,8 @@ def _child(args: argparse.Namespace) -> int:
 def _make_data(
     folder: Path, count: int, shape: tuple[int, int, int], spacing: tuple[float, float, float]
 ) -> list[Path]:
-    from pipelines.data.phantoms import make_ct_phantom, write_nifti
+    from pipelines.data.phantoms.make import make_ct_phantom
+    from pipelines.data.phantoms.write import write_nifti
 
     images = []
     for seed in range(count):

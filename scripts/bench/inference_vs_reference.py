@@ -70,7 +70,8 @@ def network_gflop_per_window(bundle: Path) -> float:
 
 
 def make_inputs(work: Path, names: list[str], shared: Path) -> dict[str, Path]:
-    from pipelines.data import phantoms
+    from pipelines.data.phantoms.make import make_ct_phantom
+    from pipelines.data.phantoms.write import write_dicom_series, write_nifti
 
     inputs: dict[str, Path] = {}
     big = None
@@ -78,10 +79,10 @@ def make_inputs(work: Path, names: list[str], shared: Path) -> dict[str, Path]:
         nifti = work / "phantom512" / "image.nii.gz"
         dicom = work / "phantom512_dicom"
         if not nifti.is_file() or ("phantom_dicom" in names and not dicom.is_dir()):
-            big = phantoms.make_ct_phantom(95_000, shape=(512, 512, 200), spacing_mm=(0.8, 0.8, 2.0), orientation="LPS")
-            phantoms.write_nifti(big, nifti.parent)
+            big = make_ct_phantom(95_000, shape=(512, 512, 200), spacing_mm=(0.8, 0.8, 2.0), orientation="LPS")
+            write_nifti(big, nifti.parent)
             if "phantom_dicom" in names:
-                phantoms.write_dicom_series(big, dicom, overwrite=True)
+                write_dicom_series(big, dicom, overwrite=True)
         if "phantom_nifti" in names:
             inputs["phantom_nifti"] = nifti
         if "phantom_dicom" in names:

@@ -62,10 +62,13 @@ def test_metatensor_matches_monai_loader(tmp_path: Path) -> None:
 
     shape = (10, 8, 6)
     affine = oriented_affine("LPS", shape)
-    path = write_nifti(tmp_path / "scan.nii.gz", np.ones(shape, np.int16), affine)
+    # distinct values everywhere: an axis swapped or flipped by either loader cannot go unnoticed
+    data = np.arange(np.prod(shape), dtype=np.int16).reshape(shape)
+    path = write_nifti(tmp_path / "scan.nii.gz", data, affine)
     ours = to_metatensor(read_volume(path))
     theirs = LoadImage(image_only=True)(str(path))
     assert ours.shape == theirs.shape and ours.dtype == theirs.dtype
+    np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
     np.testing.assert_allclose(ours.affine.numpy(), theirs.affine.numpy(), atol=1e-5)
 
 
@@ -179,7 +182,8 @@ def test_dicom_series_and_its_las_label_agree_in_physical_space(shared_data: Pat
 
 
 def test_series_selection_in_folder_with_two_series(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from pipelines.data.phantoms import make_ct_phantom, write_dicom_series
+    from pipelines.data.phantoms.make import make_ct_phantom
+    from pipelines.data.phantoms.write import write_dicom_series
 
     small = make_ct_phantom(1, shape=(32, 32, 8), spacing_mm=(8.0, 8.0, 20.0))
     large = make_ct_phantom(2, shape=(32, 32, 12), spacing_mm=(8.0, 8.0, 14.0))

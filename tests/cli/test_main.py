@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from pipelines.cli.main import main
-from pipelines.data.phantoms import make_ct_phantom, write_nifti
+from pipelines.data.phantoms.make import make_ct_phantom
+from pipelines.data.phantoms.write import write_nifti
 from tests.helpers import write_nifti as write_array
 
 
@@ -59,7 +60,8 @@ def test_metrics_command_names_unknown_labels(tmp_path: Path, capsys: pytest.Cap
         ]
     )
     assert code == 1
-    assert "9" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'pred.nii.gz'}: label values 9 are not in labels (labels has 1)" in err
 
 
 def _pairs(folder: Path, n: int) -> None:
