@@ -27,9 +27,10 @@ import torch
 from monai.transforms import Compose, EnsureChannelFirst, SaveImage, SaveImaged
 
 from pipelines import __version__, keys
-from pipelines.bundles.bundle import Bundle, load_bundle, load_weights, parse_config
+from pipelines.bundles.bundle import Bundle, load_bundle, parse_config
+from pipelines.bundles.weights import load_weights, require_weights
 from pipelines.inference import Predictor, resolve_device, resolve_precision
-from pipelines.io.hashing import input_sha256, sha256_file
+from pipelines.io.hashing import input_sha256
 from pipelines.io.output_folder import check_output_folder, estimated_case_bytes
 from pipelines.io.readers import Volume, case_id_from_path, read_volume
 from pipelines.io.values import NAN_POLICIES, check_finite
@@ -129,7 +130,7 @@ class Segmenter:
         self.device = resolve_device(self.options.device)
         self.precision = resolve_precision(self.options.precision, self.device)
         # Fail on missing weights before parsing anything heavy: never predict with random weights.
-        self.weights_sha256 = sha256_file(self.bundle.weights) if self.bundle.weights.is_file() else None
+        require_weights(self.bundle)
         parser = parse_config(self.bundle, "inference", {"device": f"$torch.device('{self.device}')"})
         self.parser = parser
         # We read inputs ourselves (DICOM geometry, checksums while reading), so the bundle's loader
@@ -144,7 +145,7 @@ class Segmenter:
             elif self.device.type == "cpu":
                 self.inferer.sw_batch_size = 1
         network = parser.get_parsed_content("network_def")
-        load_weights(network, self.bundle, "cpu")
+        self.weights_sha256 = load_weights(network, self.bundle, "cpu").sha256  # hashed from the bytes loaded
         self.predictor = Predictor(network, self.inferer, self.device, self.precision)
         self._post_steps = Compose(
             [t for t in self.postprocessing.transforms if not isinstance(t, SaveImaged | SaveImage)],

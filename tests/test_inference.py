@@ -8,7 +8,8 @@ import torch
 from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import UNETR, SegResNet, UNet
 
-from pipelines.bundles.bundle import load_bundle, load_weights, parse_config
+from pipelines.bundles.bundle import load_bundle, parse_config
+from pipelines.bundles.weights import load_weights
 from pipelines.data.phantoms.make import make_ct_phantom
 from pipelines.inference import ChannelsLast3d, InputLayersFP32, Predictor, resolve_device, resolve_precision
 from tests.helpers import BUNDLES

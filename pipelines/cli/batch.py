@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.batch.options import BATCH_SPLITS, DISTRIBUTED_TIMEOUT, BatchOptions, BatchSummary
+from pipelines.cli.bundle import add_bundle_option
 from pipelines.cli.common import add_run_options, outputs_arg
 
 
@@ -24,7 +25,7 @@ def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("manifest", type=Path, help="data manifest (JSON, Decathlon dataset.json style)")
-    p.add_argument("--bundle", type=Path, required=True, help="bundle folder (MONAI Model Zoo layout)")
+    add_bundle_option(p, required=True)
     p.add_argument("--output", "-o", type=Path, required=True, help="output folder; results go to OUTPUT/<case-id>/")
     p.add_argument("--split", default="test", choices=BATCH_SPLITS, help="manifest split to run (default: test)")
     p.add_argument("--resume", action="store_true", help="continue a run: skip cases already done with the same input")

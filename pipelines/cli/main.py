@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipelines import __version__
+from pipelines.bundles.find import find_bundle
 from pipelines.cli.batch import add_batch_parser
-from pipelines.cli.bundle import add_bundle_parser
+from pipelines.cli.bundle import add_bundle_option, add_bundle_parser, bundle_search_path, resolve_bundle_args
 from pipelines.cli.common import add_run_options, outputs_arg, setup_logging
 
 logger = logging.getLogger("pipelines")
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("segment", help="segment one scan (NIfTI, NRRD, MHA or a DICOM folder) with a bundle")
     p.add_argument("input", type=Path, help="image file or DICOM folder")
-    p.add_argument("--bundle", type=Path, required=True, help="bundle folder (MONAI Model Zoo layout)")
+    add_bundle_option(p, required=True)
     p.add_argument("--output", "-o", type=Path, required=True, help="output folder; results go to OUTPUT/<case-id>/")
     p.add_argument("--case-id", help="name of the case folder (default: input name without extension)")
     p.add_argument("--series-uid", help="DICOM folder with several series: the SeriesInstanceUID to read")
@@ -55,14 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="generate a CT phantom, segment it with the shipped CT bundle, score it")
     p.add_argument("--output", "-o", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
-    p.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: the shipped ct_abdomen_unet)")
+    add_bundle_option(p, default="ct_abdomen_unet")
     p.add_argument("--seed", type=int, default=None, help="phantom seed (default: the first demo seed)")
     add_run_options(p)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("phantoms", help="generate a CT phantom dataset with a manifest, labelled for a bundle")
     p.add_argument("--output", "-o", type=Path, required=True, help="dataset folder (manifest goes inside)")
-    p.add_argument("--bundle", type=Path, default=None, help="bundle whose labels to use (default: ct_abdomen_unet)")
+    add_bundle_option(p, default="ct_abdomen_unet", help="bundle whose labels to use: folder or name")
     p.add_argument("--training", type=int, default=24)
     p.add_argument("--validation", type=int, default=4)
     p.add_argument("--test", type=int, default=10)
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "torchrun --nproc_per_node N -m pipelines train --bundle DIR --manifest FILE "
         "(one GPU per process; gloo on CPU); configs/multi_gpu_train.json is layered automatically.",
     )
-    p.add_argument("--bundle", type=Path, required=True)
+    add_bundle_option(p, required=True)
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--max-epochs", type=int, default=None)
     p.add_argument("--val-interval", type=int, default=None, help="epochs between validations")
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a bundle on a manifest split (Dice, HD95, ASD in mm)")
-    p.add_argument("--bundle", type=Path, required=True)
+    add_bundle_option(p, required=True)
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--output", "-o", type=Path, required=True)
     p.add_argument("--split", default="test", choices=("training", "validation", "test", "all"))
@@ -139,8 +140,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _default_bundle() -> Path:
-    """The CT U-Net bundle shipped beside the package (a source checkout or an editable install)."""
-    return Path(__file__).resolve().parents[2] / "bundles" / "ct_abdomen_unet"
+    """The CT U-Net bundle ``ct_abdomen_unet``, found on the bundle search path."""
+    return find_bundle("ct_abdomen_unet", bundle_search_path())
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -296,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.quiet)
     try:
-        return int(args.func(args) or 0)
+        return int(args.func(resolve_bundle_args(args)) or 0)
     except (ValueError, TypeError, OSError) as err:
         # OSError covers missing files, permissions, full disks, files where folders belong.
         logger.debug("error details", exc_info=True)

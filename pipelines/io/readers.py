@@ -126,17 +126,17 @@ def check_readable(path: Path) -> None:
         PermissionError: not readable (for a folder: not listable) by this user.
         ValueError: a symbolic link loop.
     """
-    if not os.path.lexists(path):
-        raise FileNotFoundError(f"{path}: no such file or folder (expected {SUPPORTED_INPUTS})")
     try:
         os.stat(path)
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise ValueError(f"{path}: symbolic link loop (a link in this path points back to itself)") from err
-        if err.errno == errno.ENOENT:
-            raise FileNotFoundError(f"{path}: broken symbolic link (its target does not exist)") from err
         if err.errno == errno.EACCES:
             raise PermissionError(f"{path}: permission denied (a folder on the path cannot be entered)") from err
+        if err.errno == errno.ENOENT and os.path.lexists(path):
+            raise FileNotFoundError(f"{path}: broken symbolic link (its target does not exist)") from err
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise FileNotFoundError(f"{path}: no such file or folder (expected {SUPPORTED_INPUTS})") from err
         raise
     wanted = os.R_OK | (os.X_OK if path.is_dir() else 0)
     if not os.access(path, wanted):
@@ -182,6 +182,11 @@ def _read_nibabel(path: Path) -> Volume:
     mgh = path.name.lower().endswith(_MGH)
     header_bytes = _head(data, 544, path) if gzipped else data[:544]
     header = _header(header_bytes, path, mgh)
+    try:
+        declared = header.get_affine() if mgh else header.get_best_affine()
+    except Exception as err:  # nibabel cannot even build the affine (a zero or non-finite voxel size)
+        raise ValueError(f"{path}: voxel-to-world affine cannot be built from the header ({err})") from err
+    check_affine(declared, f"{path}: voxel-to-world affine")
     shape = tuple(int(s) for s in header.get_data_shape())
     if len(shape) < 3 or (len(shape) > 3 and any(s != 1 for s in shape[3:])):
         raise ValueError(f"{path}: expected a 3D image, got shape {shape}")
@@ -229,15 +234,19 @@ def _head(data: bytes, size: int, path: Path) -> bytes:
 
 
 def _header(head: bytes, path: Path, mgh: bool) -> Any:
-    """Parse a NIfTI-1 / NIfTI-2 (told apart by ``sizeof_hdr``, 348 or 540) or MGH header."""
+    """Parse a NIfTI-1 / NIfTI-2 (told apart by ``sizeof_hdr``, 348 or 540) or MGH header.
+
+    NIfTI headers are parsed with ``check=False``: nibabel's check would silently set a zero voxel
+    size to 1 mm; we want to see it and refuse it (see :func:`pipelines.geometry.check_affine`).
+    """
     try:
         if mgh:
             return nib.freesurfer.mghformat.MGHHeader.from_fileobj(io.BytesIO(head))
         size = {int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")} if len(head) >= 4 else set()
         if 540 in size:
-            return nib.Nifti2Header.from_fileobj(io.BytesIO(head))
+            return nib.Nifti2Header.from_fileobj(io.BytesIO(head), check=False)
         if 348 in size:
-            return nib.Nifti1Header.from_fileobj(io.BytesIO(head))
+            return nib.Nifti1Header.from_fileobj(io.BytesIO(head), check=False)
     except Exception as err:  # nibabel raises several types for a header it cannot parse
         raise ValueError(f"{path}: not a readable {'MGH' if mgh else 'NIfTI'} image ({err})") from err
     raise ValueError(f"{path}: not a readable NIfTI image (no NIfTI header: sizeof_hdr is neither 348 nor 540)")

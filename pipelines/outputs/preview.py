@@ -19,10 +19,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from scipy import ndimage
 
-from pipelines.geometry import check_affine, check_label_map
 from pipelines.io.writers import Written, write_bytes
-from pipelines.outputs.names import label_colour, name_of, names_by_id
-from pipelines.outputs.stats import present_structures
+from pipelines.outputs.names import label_colour, name_of
+from pipelines.outputs.stats import check_image_and_labels, present_structures
 
 logger = logging.getLogger(__name__)
 
@@ -80,12 +79,7 @@ def write_preview(
         ValueError: shapes differ, the map is not 3D or has negative ids, the affine is not 4x4 or singular.
         TypeError: the label map is not integer, or a name's key is not a label id.
     """
-    labels = check_label_map(labels, "labels")
-    image = np.asarray(image)
-    if image.shape != labels.shape:
-        raise ValueError(f"image: shape {image.shape} differs from the label map's {labels.shape}")
-    affine = check_affine(affine, "affine")
-    names = names_by_id(label_names)
+    labels, image, affine, names = check_image_and_labels(labels, image, affine, label_names)
 
     # Reorient to RAS: views (transpose + flips), so nothing large is copied.
     ornt = nib.orientations.io_orientation(affine)

@@ -22,7 +22,7 @@ from pipelines.outputs.names import name_of, names_by_id
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STATS_CSV_COLUMNS", "compute_stats", "present_structures", "write_stats"]
+__all__ = ["STATS_CSV_COLUMNS", "check_image_and_labels", "compute_stats", "present_structures", "write_stats"]
 
 STATS_CSV_COLUMNS = (
     "label", "name", "voxels", "volume_ml", "mean", "median", "std", "components",
@@ -47,6 +47,28 @@ def present_structures(labels: np.ndarray) -> list[tuple[int, tuple[slice, slice
     """
     boxes = ndimage.find_objects(labels)
     return [(index + 1, box) for index, box in enumerate(boxes) if box is not None]
+
+
+def check_image_and_labels(
+    labels: np.ndarray, image: np.ndarray, affine: np.ndarray, label_names: Mapping[int, str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, str]]:
+    """The inputs of the statistics and the preview, checked: ``(labels, image, affine, names)``.
+
+    Args:
+        labels: integer label map ``(i, j, k)``, 0 = background (booleans are viewed as uint8).
+        image: the image ``(i, j, k)`` on the same grid.
+        affine: 4x4 voxel-to-RAS matrix (mm), returned as float64.
+        label_names: label id -> structure name; ids may be strings (labels.json), returned as ints.
+
+    Raises:
+        ValueError: shapes differ, the map is not 3D or has negative ids, the affine is not 4x4 or singular.
+        TypeError: the label map is not integer, or a name's key is not a label id.
+    """
+    labels = check_label_map(labels, "labels")
+    image = np.asarray(image)
+    if image.shape != labels.shape:
+        raise ValueError(f"image: shape {image.shape} differs from the label map's {labels.shape}")
+    return labels, image, check_affine(affine, "affine"), names_by_id(label_names)
 
 
 def compute_stats(
@@ -81,12 +103,7 @@ def compute_stats(
         ValueError: shapes differ, the map is not 3D or has negative ids, the affine is not 4x4 or singular.
         TypeError: the label map is not integer, or a name's key is not a label id.
     """
-    labels = check_label_map(labels, "labels")
-    image = np.asarray(image)
-    if image.shape != labels.shape:
-        raise ValueError(f"image: shape {image.shape} differs from the label map's {labels.shape}")
-    affine = check_affine(affine, "affine")
-    names = names_by_id(label_names)
+    labels, image, affine, names = check_image_and_labels(labels, image, affine, label_names)
     voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
 
     stats: list[dict[str, Any]] = []
