@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -60,3 +62,128 @@ def read_labels_json(path: Path) -> dict[int, str]:
     import json
 
     return {int(k): v for k, v in json.loads(path.read_text()).items()}
+
+
+def edit_json(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    """Apply ``change`` to the JSON object in ``path`` and write it back."""
+    import json
+
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data, indent=1))
+
+
+def zoo_inference_config(
+    network_def: dict[str, Any],
+    *,
+    intensity_range: tuple[float, float] = (-57, 164),
+    sw_batch_size: int = 4,
+    overlap: float = 0.5,
+) -> dict[str, Any]:
+    """A Model Zoo style ``inference.json`` (the shape of spleen_ct_segmentation) with MONAI components only.
+
+    No medseg key or transform: preprocessing is LoadImaged, EnsureChannelFirstd, Orientationd
+    (RAS), Spacingd (1.5 x 1.5 x 2.0 mm), ScaleIntensityRanged (``intensity_range`` -> [0, 1]),
+    EnsureTyped; a 32³ sliding window; postprocessing is softmax, Invertd, argmax, SaveImaged; and
+    the Zoo's dataset, dataloader, CheckpointLoader and evaluator so `monai.bundle run` runs it.
+    """
+    low, high = intensity_range
+    return {
+        "imports": ["$import glob", "$import os", "$import torch"],
+        "bundle_root": ".",
+        "output_dir": "$@bundle_root + '/eval'",
+        "dataset_dir": "/workspace/data/Task09_Spleen",
+        "datalist": "$list(sorted(glob.glob(@dataset_dir + '/imagesTs/*.nii.gz')))",
+        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "network_def": network_def,
+        "network": "$@network_def.to(@device)",
+        "preprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "LoadImaged", "keys": "image"},
+                {"_target_": "EnsureChannelFirstd", "keys": "image"},
+                {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+                {"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0], "mode": "bilinear"},
+                {
+                    "_target_": "ScaleIntensityRanged",
+                    "keys": "image",
+                    "a_min": low,
+                    "a_max": high,
+                    "b_min": 0,
+                    "b_max": 1,
+                    "clip": True,
+                },
+                {"_target_": "EnsureTyped", "keys": "image"},
+            ],
+        },
+        "dataset": {"_target_": "Dataset", "data": "$[{'image': i} for i in @datalist]", "transform": "@preprocessing"},
+        "dataloader": {
+            "_target_": "DataLoader",
+            "dataset": "@dataset",
+            "batch_size": 1,
+            "shuffle": False,
+            "num_workers": 0,
+        },
+        "inferer": {
+            "_target_": "SlidingWindowInferer",
+            "roi_size": [32, 32, 32],
+            "sw_batch_size": sw_batch_size,
+            "overlap": overlap,
+        },
+        "postprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+                {
+                    "_target_": "Invertd",
+                    "keys": "pred",
+                    "transform": "@preprocessing",
+                    "orig_keys": "image",
+                    "meta_key_postfix": "meta_dict",
+                    "nearest_interp": False,
+                    "to_tensor": True,
+                },
+                {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+                {
+                    "_target_": "SaveImaged",
+                    "keys": "pred",
+                    "output_dir": "@output_dir",
+                    "output_postfix": "seg",
+                    "separate_folder": False,
+                    "resample": False,
+                },
+            ],
+        },
+        "handlers": [
+            {
+                "_target_": "CheckpointLoader",
+                "load_path": "$@bundle_root + '/models/model.pt'",
+                "load_dict": {"model": "@network"},
+            },
+            {"_target_": "StatsHandler", "iteration_log": False},
+        ],
+        "evaluator": {
+            "_target_": "SupervisedEvaluator",
+            "device": "@device",
+            "val_data_loader": "@dataloader",
+            "network": "@network",
+            "inferer": "@inferer",
+            "postprocessing": "@postprocessing",
+            "val_handlers": "@handlers",
+            "amp": True,
+        },
+        "initialize": ["$monai.utils.set_determinism(seed=0)"],
+        "run": ["$@evaluator.run()"],
+    }
+
+
+def write_zoo_bundle(root: Path, inference: dict[str, Any], metadata: dict[str, Any]) -> Path:
+    """Write ``configs/inference.json`` and ``configs/metadata.json`` into a new bundle folder ``root``
+    (with an empty ``models/``); the caller saves the weights."""
+    import json
+
+    (root / "configs").mkdir(parents=True)
+    (root / "models").mkdir()
+    (root / "configs" / "inference.json").write_text(json.dumps(inference, indent=1))
+    (root / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=1))
+    return root

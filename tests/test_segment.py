@@ -338,3 +338,125 @@ def test_multichannel_bundle_is_refused_with_a_clear_error(tmp_path: Path, zoo_b
     (zoo_bundle / "configs" / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"bundle four_channel takes 4 input channels; medseg segment reads one image"):
         segment_case(tmp_path, zoo_bundle, tmp_path / "out", options=SegmentOptions(device="cpu"))
+
+
+# -- one case reads each thing once ----------------------------------------------------------
+
+
+def test_a_case_reads_input_weights_and_metadata_once(
+    tmp_path: Path, zoo_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Input, weights and metadata.json are each opened once per case; run.json written once;
+    outputs are hashed by their writer (the hashes match the files) and never read back."""
+    import builtins
+    import hashlib
+    import io
+
+    from pipelines.segment import Segmenter
+
+    image, affine, _ = cube_scan("LPS")
+    path = write_nifti(tmp_path / "scan.nii.gz", image, affine)
+    opened: list[tuple[str, str]] = []
+    real_open = builtins.open
+
+    def counting_open(file, mode="r", *args, **kwargs):
+        opened.append((str(Path(file).resolve()) if isinstance(file, str | Path) else repr(file), mode))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(io, "open", counting_open)
+    segmenter = Segmenter(zoo_bundle, SegmentOptions(device="cpu", precision="fp32", outputs=("labels", "stats")))
+    result = segmenter.run(path, tmp_path / "out")
+    monkeypatch.undo()
+
+    def count(target: Path, write: bool = False) -> int:
+        return sum(1 for name, mode in opened if name == str(target.resolve()) and (("w" in mode) == write))
+
+    assert count(path) == 1
+    assert count(zoo_bundle / "models" / "model.pt") == 1
+    assert count(zoo_bundle / "configs" / "metadata.json") == 1
+    staged_reads = [name for name, mode in opened if "r" in mode and "out" in Path(name).parts]
+    assert staged_reads == [], f"outputs read back: {staged_reads}"
+    # written once, to a temporary name beside it (.run-XXXX.json) that is then renamed
+    writes_of_run_json = [n for n, mode in opened if "w" in mode and Path(n).name.startswith((".run-", "run.json"))]
+    assert len(writes_of_run_json) == 1
+    for key, file in result.files.items():
+        assert result.sha256[key] == hashlib.sha256(file.read_bytes()).hexdigest(), key
+    run = json.loads(result.files["run"].read_text())
+    assert run["input"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (
+        run["bundle"]["model_sha256"] == hashlib.sha256((zoo_bundle / "models" / "model.pt").read_bytes()).hexdigest()
+    )
+
+
+# -- values and output folders: refused before inference, nothing left behind ----------------
+
+
+def test_nan_voxels_are_refused_and_nothing_is_written(
+    tmp_path: Path, zoo_bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image, affine, _ = cube_scan("RAS")
+    image = image.astype(np.float32)
+    image[3, 4, 5] = np.nan
+    path = write_nifti(tmp_path / "scan.nii.gz", image, affine)
+    out = tmp_path / "out"
+    code = main(["segment", str(path), "--bundle", str(zoo_bundle), "--output", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert "1 of 25,920 voxels are NaN or infinite (first at index (3, 4, 5))" in err and "--nan-policy fill" in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_nan_fill_policy_is_recorded_in_run_json(tmp_path: Path, zoo_bundle: Path) -> None:
+    image, affine, truth = cube_scan("RAS")
+    image = image.astype(np.float32)
+    image[0, 0, 0:4] = np.inf
+    path = write_nifti(tmp_path / "scan.nii.gz", image, affine)
+    code = main(
+        ["segment", str(path), "--bundle", str(zoo_bundle), "--output", str(tmp_path / "out"), "--device", "cpu",
+         "--precision", "fp32", "--outputs", "labels", "--nan-policy", "fill"]
+    )  # fmt: skip
+    assert code == 0
+    run = json.loads((tmp_path / "out" / "scan" / "run.json").read_text())
+    assert run["corrections"] == [
+        {"kind": "non_finite_filled", "voxels": 4, "fill_value": 100.0, "first_index": [0, 0, 0]}
+    ]
+    labels = np.asarray(nib.load(tmp_path / "out" / "scan" / "labels.nii.gz").dataobj)
+    assert (labels[0, 0, 0:4] == 0).all() and (labels.astype(bool) == truth).mean() > 0.95
+
+
+@pytest.mark.parametrize("problem", ["file", "file_parent"])
+def test_output_folder_problems_are_found_before_reading(
+    tmp_path: Path, zoo_bundle: Path, capsys: pytest.CaptureFixture[str], problem: str
+) -> None:
+    image, affine, _ = cube_scan("RAS")
+    path = write_nifti(tmp_path / "scan.nii.gz", image, affine)
+    (tmp_path / "taken").write_text("a file where the output folder should be")
+    out = tmp_path / "taken" if problem == "file" else tmp_path / "taken" / "out"
+    code = main(["segment", str(path), "--bundle", str(zoo_bundle), "--output", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert "is a file, expected a folder" in err
+
+
+def test_a_failed_write_names_the_output_and_keeps_nothing(
+    tmp_path: Path, zoo_bundle: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that fills up while the outputs are written: one line naming the output file."""
+    import errno
+
+    import pipelines.segment as segment
+
+    def disk_full(data: bytes, target: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(segment, "write_bytes", disk_full)  # run.json is the last file written
+    image, affine, _ = cube_scan("RAS")
+    path = write_nifti(tmp_path / "scan.nii.gz", image, affine)
+    out = tmp_path / "out"
+    code = main(["segment", str(path), "--bundle", str(zoo_bundle), "--output", str(out), "--device", "cpu",
+                 "--precision", "fp32", "--outputs", "labels"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert f"{out / 'scan' / 'run.json'}: could not write the case's outputs (No space left on device)" in err
+    assert list(out.iterdir()) == []

@@ -37,5 +37,5 @@ def test_cli_rejects_unknown_outputs(capsys: pytest.CaptureFixture[str]) -> None
 def test_cli_parses_the_batch_options() -> None:
     argv = ["m.json", "--bundle", "b", "-o", "o", "--split", "all", "--resume", "--retry-failed", "--no-progress"]
     args = parse(argv)
-    assert (args.manifest, args.bundle, args.output, args.split) == (Path("m.json"), Path("b"), Path("o"), "all")
+    assert (args.manifest, args.output, args.split) == (Path("m.json"), Path("o"), "all")
     assert args.resume and args.retry_failed and args.no_progress and args.outputs is None

@@ -4,6 +4,7 @@ their training and evaluation configs, and the phantom datasets they train on.""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -13,104 +14,26 @@ import torch
 
 from pipelines.bundles.bundle import load_bundle, parse_config
 from pipelines.cli.main import main
-from tests.helpers import BUNDLES, copy_bundle_with_random_weights, write_nifti
+from tests.helpers import (
+    BUNDLES,
+    copy_bundle_with_random_weights,
+    oriented_affine,
+    write_nifti,
+    write_zoo_bundle,
+    zoo_inference_config,
+)
 
-# A two-class, spleen-style bundle written only with MONAI components and Model Zoo key names.
-SPLEEN_STYLE_INFERENCE = {
-    "imports": ["$import glob", "$import os", "$import torch"],
-    "bundle_root": ".",
-    "output_dir": "$@bundle_root + '/eval'",
-    "dataset_dir": "/workspace/data/Task09_Spleen",
-    "datalist": "$list(sorted(glob.glob(@dataset_dir + '/imagesTs/*.nii.gz')))",
-    "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
-    "network_def": {
-        "_target_": "UNet",
-        "spatial_dims": 3,
-        "in_channels": 1,
-        "out_channels": 2,
-        "channels": [4, 8, 16],
-        "strides": [2, 2],
-        "num_res_units": 1,
-        "norm": "batch",
-    },
-    "network": "$@network_def.to(@device)",
-    "preprocessing": {
-        "_target_": "Compose",
-        "transforms": [
-            {"_target_": "LoadImaged", "keys": "image"},
-            {"_target_": "EnsureChannelFirstd", "keys": "image"},
-            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
-            {"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0], "mode": "bilinear"},
-            {
-                "_target_": "ScaleIntensityRanged",
-                "keys": "image",
-                "a_min": -57,
-                "a_max": 164,
-                "b_min": 0,
-                "b_max": 1,
-                "clip": True,
-            },
-            {"_target_": "EnsureTyped", "keys": "image"},
-        ],
-    },
-    "dataset": {
-        "_target_": "Dataset",
-        "data": "$[{'image': i} for i in @datalist]",
-        "transform": "@preprocessing",
-    },
-    "dataloader": {
-        "_target_": "DataLoader",
-        "dataset": "@dataset",
-        "batch_size": 1,
-        "shuffle": False,
-        "num_workers": 0,
-    },
-    "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [32, 32, 32], "sw_batch_size": 4, "overlap": 0.5},
-    "postprocessing": {
-        "_target_": "Compose",
-        "transforms": [
-            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-            {
-                "_target_": "Invertd",
-                "keys": "pred",
-                "transform": "@preprocessing",
-                "orig_keys": "image",
-                "meta_key_postfix": "meta_dict",
-                "nearest_interp": False,
-                "to_tensor": True,
-            },
-            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-            {
-                "_target_": "SaveImaged",
-                "keys": "pred",
-                "output_dir": "@output_dir",
-                "output_postfix": "seg",
-                "separate_folder": False,
-                "resample": False,
-            },
-        ],
-    },
-    "handlers": [
-        {
-            "_target_": "CheckpointLoader",
-            "load_path": "$@bundle_root + '/models/model.pt'",
-            "load_dict": {"model": "@network"},
-        },
-        {"_target_": "StatsHandler", "iteration_log": False},
-    ],
-    "evaluator": {
-        "_target_": "SupervisedEvaluator",
-        "device": "@device",
-        "val_data_loader": "@dataloader",
-        "network": "@network",
-        "inferer": "@inferer",
-        "postprocessing": "@postprocessing",
-        "val_handlers": "@handlers",
-        "amp": True,
-    },
-    "initialize": ["$monai.utils.set_determinism(seed=0)"],
-    "run": ["$@evaluator.run()"],
+SPLEEN_STYLE_NETWORK = {
+    "_target_": "UNet",
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "out_channels": 2,
+    "channels": [4, 8, 16],
+    "strides": [2, 2],
+    "num_res_units": 1,
+    "norm": "batch",
 }
+"""A small two-class network for a spleen-style bundle written only with MONAI components and Zoo key names."""
 
 SPLEEN_STYLE_METADATA = {
     "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json",
@@ -157,11 +80,9 @@ SPLEEN_STYLE_METADATA = {
 
 @pytest.fixture()
 def spleen_style_bundle(tmp_path: Path) -> Path:
-    root = tmp_path / "spleen_ct_segmentation"
-    (root / "configs").mkdir(parents=True)
-    (root / "models").mkdir()
-    (root / "configs" / "inference.json").write_text(json.dumps(SPLEEN_STYLE_INFERENCE, indent=1))
-    (root / "configs" / "metadata.json").write_text(json.dumps(SPLEEN_STYLE_METADATA, indent=1))
+    root = write_zoo_bundle(
+        tmp_path / "spleen_ct_segmentation", zoo_inference_config(SPLEEN_STYLE_NETWORK), SPLEEN_STYLE_METADATA
+    )
     torch.manual_seed(10)  # a seed whose random network labels both classes widely on abdomen_scan
     parser = parse_config(load_bundle(root))
     torch.save(parser.get_parsed_content("network_def").state_dict(), root / "models" / "model.pt")
@@ -172,8 +93,6 @@ def abdomen_scan(
     path: Path, codes: str = "LPS", shape=(56, 48, 30), spacing=(2.0, 2.0, 3.0)
 ) -> tuple[Path, np.ndarray]:
     """A CT-like scan: a soft-tissue body with a brighter ellipsoid, written as NIfTI in ``codes``."""
-    from tests.helpers import oriented_affine
-
     affine = oriented_affine(codes, shape, spacing=spacing)
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
     body = (grid**2).sum(0) < 0.9
@@ -232,6 +151,57 @@ def test_zoo_style_bundle_passes_the_metadata_and_config_checks(spleen_style_bun
 
     problems = check_bundle(spleen_style_bundle, checks=("metadata", "configs", "net_in_out"))
     assert problems == []
+
+
+# -- every shipped bundle ------------------------------------------------------------------------
+
+SHIPPED = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs").is_dir())
+
+
+def _strings(node: object) -> list[str]:
+    """Every string in a parsed JSON document (keys and values)."""
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [s for k, v in node.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(node, list):
+        return [s for v in node for s in _strings(v)]
+    return []
+
+
+def _leaves_the_bundle(text: str) -> bool:
+    """Whether a config string names a path out of the bundle: a ``..`` step, or an absolute or home path."""
+    steps = re.split(r"[/\\'\"\s]+", text)
+    return ".." in steps or text.startswith(("/", "~"))
+
+
+@pytest.mark.parametrize(
+    ("text", "leaves"),
+    [
+        ("$@bundle_root + '/../../data_manifests/ct_phantoms.json'", True),  # what train.json used to hold
+        ("/workspace/data/Task09_Spleen", True),
+        ("~/data", True),
+        ("$@bundle_root + '/models/model.pt'", False),
+        ("$@bundle_root + '/eval'", False),
+        ("MANIFEST-NOT-SET: pass --manifest FILE", False),
+    ],
+)
+def test_leaving_path_rule(text: str, leaves: bool) -> None:
+    assert _leaves_the_bundle(text) is leaves
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_no_config_names_a_path_that_leaves_the_bundle(name: str) -> None:
+    """Self-contained bundles: no config of a shipped bundle names a path outside its folder."""
+    configs = sorted((BUNDLES / name / "configs").glob("*.json"))
+    assert configs
+    found = [
+        f"{path.name}: {text!r}"
+        for path in configs
+        for text in _strings(json.loads(path.read_text()))
+        if _leaves_the_bundle(text)
+    ]
+    assert found == [], f"paths out of bundles/{name}: {found}"
 
 
 # -- the UNETR bundle -----------------------------------------------------------------------------
@@ -436,14 +406,13 @@ def test_brain_dataset_needs_a_tumour_bundle(tmp_path: Path) -> None:
 )
 def test_weights_script_smoke_run(tmp_path: Path, script: str, bundle_name: str) -> None:
     """A weights script end to end (data, one epoch of training, evaluation) on a copy of its bundle."""
-    import shutil
     import subprocess
     import sys
 
     from tests.helpers import REPO
 
-    bundle = tmp_path / bundle_name
-    shutil.copytree(BUNDLES / bundle_name, bundle, ignore=shutil.ignore_patterns("models", "eval"))
+    bundle = copy_bundle_with_random_weights(bundle_name, tmp_path)
+    (bundle / "models" / "model.pt").unlink()  # the script must write it
     command = [
         sys.executable,
         str(REPO / "scripts" / script),

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,40 +9,10 @@ from typing import Any
 import pytest
 import torch
 
-from pipelines.bundles.conformance import (
-    QUICK_CHECKS,
-    bundle_info,
-    check_bundle,
-    default_bundles_folder,
-    list_bundles,
-    run_checks,
-)
-from pipelines.cli.bundle import add_bundle_parser
-from tests.helpers import BUNDLES
+from pipelines.bundles.conformance import QUICK_CHECKS, SLOW_CHECKS, check_bundle, run_checks
+from tests.helpers import BUNDLES, edit_json
 
 SHIPPED = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs").is_dir())
-SLOW_CHECKS = ("net_in_out", "export", "run")
-
-
-def cli(argv: list[str]) -> int:
-    """Run ``medseg bundle ...`` through the subcommands as added to the medseg parser."""
-    parser = argparse.ArgumentParser(prog="medseg")
-    add_bundle_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-def small_bundle(tmp_path: Path, name: str = "mri_brain_tumor") -> Path:
-    """A copy of a shipped bundle without weights, in ``tmp_path/<name>``."""
-    target = tmp_path / name
-    shutil.copytree(BUNDLES / name, target, ignore=shutil.ignore_patterns("models", "eval", "*.ts"))
-    return target
-
-
-def edit_json(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data, indent=1))
 
 
 # -- the shipped bundles ------------------------------------------------------------------------
@@ -151,18 +118,18 @@ BROKEN: dict[str, tuple[str, Callable[[dict[str, Any]], None], str]] = {
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN))
-def test_broken_bundle_messages_name_bundle_file_and_key(tmp_path: Path, case: str) -> None:
+def test_broken_bundle_messages_name_bundle_file_and_key(mri_bundle: Path, case: str) -> None:
     config, change, message = BROKEN[case]
-    bundle = small_bundle(tmp_path)
+    bundle = mri_bundle
     edit_json(bundle / "configs" / config, change)
     problems = check_bundle(bundle, checks=QUICK_CHECKS)
     assert any(p.startswith(f"{bundle}: ") and message in p for p in problems), problems
 
 
-def test_messages_name_the_bundle_as_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    bundle = small_bundle(tmp_path, "mri_brain_tumor")
+def test_messages_name_the_bundle_as_given(mri_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bundle = mri_bundle
     edit_json(bundle / "configs" / "metadata.json", _drop("numpy_version"))
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(bundle.parent)
     assert check_bundle("mri_brain_tumor", checks=QUICK_CHECKS) == [
         "mri_brain_tumor: configs/metadata.json: missing key 'numpy_version'"
     ]
@@ -176,25 +143,36 @@ def test_messages_name_the_bundle_as_given(tmp_path: Path, monkeypatch: pytest.M
         ("configs/train.json", "configs/evaluate.json: is layered over configs/train.json, which is missing"),
     ],
 )
-def test_missing_files(tmp_path: Path, remove: str, message: str) -> None:
-    bundle = small_bundle(tmp_path)
+def test_missing_files(mri_bundle: Path, remove: str, message: str) -> None:
+    bundle = mri_bundle
     (bundle / remove).unlink()
     assert f"{bundle}: {message}" in check_bundle(bundle, checks=QUICK_CHECKS)
 
 
-def test_invalid_json_names_line_and_column(tmp_path: Path) -> None:
-    bundle = small_bundle(tmp_path)
+def test_invalid_json_names_line_and_column(mri_bundle: Path) -> None:
+    bundle = mri_bundle
     (bundle / "configs" / "inference.json").write_text('{\n  "device": "cpu",\n  oops\n}')
     problems = check_bundle(bundle, checks=QUICK_CHECKS)
     assert any(p.startswith(f"{bundle}: configs/inference.json: not valid JSON: line 3") for p in problems), problems
 
 
-def test_slow_checks_are_skipped_with_a_note_when_the_bundle_is_unusable(tmp_path: Path) -> None:
-    bundle = small_bundle(tmp_path)
+def test_slow_checks_are_skipped_with_a_note_when_the_bundle_is_unusable(mri_bundle: Path) -> None:
+    bundle = mri_bundle
     edit_json(bundle / "configs" / "inference.json", _drop("network_def"))
     result = run_checks(bundle, checks=("net_in_out", "export", "run"))
     assert result.problems == []
     assert result.notes == [f"{c} check skipped: configs/inference.json has no 'network_def'" for c in SLOW_CHECKS]
+
+
+def test_slow_checks_are_skipped_when_the_input_spec_cannot_be_evaluated(mri_bundle: Path) -> None:
+    def bad_shape(meta: dict[str, Any]) -> None:
+        meta["network_data_format"]["inputs"]["image"]["spatial_shape"] = ["16*k", 16, 16]
+
+    edit_json(mri_bundle / "configs" / "metadata.json", bad_shape)
+    result = run_checks(mri_bundle, checks=["export"])
+    assert result.problems == [] and len(result.notes) == 1
+    assert result.notes[0].startswith("export check skipped: configs/metadata.json has no usable network_data_format")
+    assert "spatial_shape entry '16*k'" in result.notes[0]
 
 
 def test_bad_arguments(tmp_path: Path) -> None:
@@ -204,14 +182,13 @@ def test_bad_arguments(tmp_path: Path) -> None:
         check_bundle(BUNDLES / "mri_brain_tumor", checks=["speed"])
 
 
-def test_export_uses_a_nested_checkpoint_and_reports_weights_that_do_not_fit(tmp_path: Path) -> None:
+def test_export_uses_a_nested_checkpoint_and_reports_weights_that_do_not_fit(mri_bundle: Path) -> None:
     from monai.bundle import ConfigParser
 
-    bundle = small_bundle(tmp_path)
+    bundle = mri_bundle
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.json"))
     network = parser.get_parsed_content("network_def")
-    (bundle / "models").mkdir()
     torch.save({"model": network.state_dict(), "epoch": 3}, bundle / "models" / "model.pt")
     result = run_checks(bundle, checks=["export"])
     assert result.problems == [] and result.notes == []
@@ -222,8 +199,8 @@ def test_export_uses_a_nested_checkpoint_and_reports_weights_that_do_not_fit(tmp
     assert len(problems) == 1 and problems[0].startswith(f"{bundle}: models/model.pt: weights do not fit 'network_def'")
 
 
-def test_net_in_out_catches_metadata_that_disagrees_with_the_network(tmp_path: Path) -> None:
-    bundle = small_bundle(tmp_path)
+def test_net_in_out_catches_metadata_that_disagrees_with_the_network(mri_bundle: Path) -> None:
+    bundle = mri_bundle
     edit_json(bundle / "configs" / "inference.json", lambda d: d.update(num_classes=3))
     problems = check_bundle(bundle, checks=["net_in_out"])
     assert len(problems) == 1
@@ -232,8 +209,8 @@ def test_net_in_out_catches_metadata_that_disagrees_with_the_network(tmp_path: P
 
 
 @pytest.mark.slow
-def test_run_check_catches_a_label_map_off_the_input_grid(tmp_path: Path) -> None:
-    bundle = small_bundle(tmp_path)
+def test_run_check_catches_a_label_map_off_the_input_grid(mri_bundle: Path) -> None:
+    bundle = mri_bundle
     edit_json(bundle / "configs" / "inference.json", lambda d: d["postprocessing"]["transforms"].pop(4))  # Invertd
     problems = check_bundle(bundle, checks=["run"])
     assert len(problems) == 1
@@ -241,94 +218,13 @@ def test_run_check_catches_a_label_map_off_the_input_grid(tmp_path: Path) -> Non
     assert "the postprocessing must invert the preprocessing" in problems[0]
 
 
-# -- info, list and the command line ------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        (
-            "ct_multiorgan_unetr",
-            {
-                "modality": "CT",
-                "network": "UNETR",
-                "pixdim": [1.5, 1.5, 2.0],
-                "roi_size": [96, 96, 96],
-                "num_channels": 1,
-            },
-        ),
-        (
-            "mri_brain_tumor",
-            {
-                "modality": "MR",
-                "network": "SegResNet",
-                "pixdim": [1.25, 1.25, 3.0],
-                "roi_size": [96, 96, 32],
-                "num_channels": 1,
-                "labels": {0: "background", 1: "tumor"},
-            },
-        ),
-        ("ct_abdomen_unet", {"modality": "CT", "network": "UNet", "pixdim": [1.5, 1.5, 2.0]}),
-    ],
-)
-def test_bundle_info(name: str, expected: dict[str, Any]) -> None:
-    info = bundle_info(BUNDLES / name)
-    assert {k: info[k] for k in expected} == expected
-    assert info["version"] and info["name"] and "inference" in info["configs"]
-
-
-def test_unetr_labels_are_the_13_btcv_organs() -> None:
-    from pipelines.data.phantoms.tissues import CT_STRUCTURES
-
-    labels = bundle_info(BUNDLES / "ct_multiorgan_unetr")["labels"]
-    assert labels == {0: "background", **{i: n for n, i in CT_STRUCTURES.items() if n != "liver_tumor"}}
-
-
-def test_list_bundles(tmp_path: Path) -> None:
-    assert default_bundles_folder() == BUNDLES
-    assert [Path(i["path"]).name for i in list_bundles(BUNDLES)] == [
-        n for n in SHIPPED if (BUNDLES / n / "configs" / "inference.json").is_file()
-    ]
-    small_bundle(tmp_path)
-    (tmp_path / "broken" / "configs").mkdir(parents=True)
-    (tmp_path / "broken" / "configs" / "inference.json").write_text("{}")
-    (tmp_path / "broken" / "configs" / "metadata.json").write_text("{not json")
-    (tmp_path / "not_a_bundle").mkdir()
-    infos = list_bundles(tmp_path)
-    assert [Path(i["path"]).name for i in infos] == ["broken", "mri_brain_tumor"]
-    assert "not valid JSON" in infos[0]["error"]
-    with pytest.raises(FileNotFoundError, match="nowhere: bundles folder does not exist"):
-        list_bundles(tmp_path / "nowhere")
-
-
-def test_cli_check_prints_problems_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    bundle = small_bundle(tmp_path)
-    assert cli(["bundle", "check", "--quick", str(bundle)]) == 0
-    assert capsys.readouterr().out.splitlines()[-1].startswith(f"{bundle}: OK (layout, metadata, configs; ")
-    edit_json(bundle / "configs" / "metadata.json", _drop("numpy_version"))
-    assert cli(["bundle", "check", "--quick", str(bundle)]) == 1
-    out = capsys.readouterr().out.splitlines()
-    assert out == [f"{bundle}: configs/metadata.json: missing key 'numpy_version'", f"{bundle}: 1 problem(s)"]
-
-
-def test_cli_list_and_info(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli(["bundle", "list", str(BUNDLES)]) == 0
-    table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["folder", "name", "version", "modality", "labels", "network", "weights"]
-    assert any(line.startswith("ct_multiorgan_unetr") and " 13 " in line and "UNETR" in line for line in table)
-    assert cli(["bundle", "info", str(BUNDLES / "mri_brain_tumor")]) == 0
-    text = capsys.readouterr().out
-    assert "MRI brain tumour SegResNet" in text and "1 tumor" in text and "[1.25, 1.25, 3.0] mm" in text
-    assert cli(["bundle", "info", "--json", str(BUNDLES / "mri_brain_tumor")]) == 0
-    assert json.loads(capsys.readouterr().out)["roi_size"] == [96, 96, 32]
-
-
 @pytest.mark.slow
-def test_a_four_channel_mri_bundle_passes_every_check(tmp_path: Path) -> None:
+def test_a_four_channel_mri_bundle_passes_every_check(mri_bundle: Path) -> None:
     """num_channels set to 4 in the three places the bundle docs name: the checks feed 4-channel data."""
+    from pipelines.bundles.info import bundle_info
     from pipelines.data.phantoms.tissues import MR_CONTRASTS
 
-    bundle = small_bundle(tmp_path)
+    bundle = mri_bundle
     for config in ("inference.json", "train.json"):
         edit_json(bundle / "configs" / config, _set("num_channels", 4))
 

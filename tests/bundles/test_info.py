@@ -1,0 +1,75 @@
+"""``bundle_info`` and ``list_bundles``: what ``medseg bundle info`` and ``list`` show."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipelines.bundles.info import bundle_info, list_bundles
+from tests.helpers import BUNDLES
+
+SHIPPED = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs").is_dir())
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        (
+            "ct_multiorgan_unetr",
+            {
+                "modality": "CT",
+                "network": "UNETR",
+                "pixdim": [1.5, 1.5, 2.0],
+                "roi_size": [96, 96, 96],
+                "num_channels": 1,
+            },
+        ),
+        (
+            "mri_brain_tumor",
+            {
+                "modality": "MR",
+                "network": "SegResNet",
+                "pixdim": [1.25, 1.25, 3.0],
+                "roi_size": [96, 96, 32],
+                "num_channels": 1,
+                "labels": {0: "background", 1: "tumor"},
+            },
+        ),
+        ("ct_abdomen_unet", {"modality": "CT", "network": "UNet", "pixdim": [1.5, 1.5, 2.0]}),
+    ],
+)
+def test_bundle_info(name: str, expected: dict[str, Any]) -> None:
+    info = bundle_info(BUNDLES / name)
+    assert {k: info[k] for k in expected} == expected
+    assert info["version"] and info["name"] and "inference" in info["configs"]
+
+
+def test_unetr_labels_are_the_13_btcv_organs() -> None:
+    from pipelines.data.phantoms.tissues import CT_STRUCTURES
+
+    labels = bundle_info(BUNDLES / "ct_multiorgan_unetr")["labels"]
+    assert labels == {0: "background", **{i: n for n, i in CT_STRUCTURES.items() if n != "liver_tumor"}}
+
+
+def test_bundle_info_names_an_invalid_inference_config(mri_bundle: Path) -> None:
+    (mri_bundle / "configs" / "inference.json").write_text('{\n  "device": "cpu",\n  oops\n}')
+    with pytest.raises(ValueError, match=r"configs/inference.json: not valid JSON: line 3 column 3"):
+        bundle_info(mri_bundle)
+
+
+def test_list_bundles(tmp_path: Path, mri_bundle: Path) -> None:
+    assert [Path(i["path"]).name for i in list_bundles(BUNDLES)] == [
+        n for n in SHIPPED if (BUNDLES / n / "configs" / "inference.json").is_file()
+    ]
+    assert mri_bundle.parent == tmp_path
+    (tmp_path / "broken" / "configs").mkdir(parents=True)
+    (tmp_path / "broken" / "configs" / "inference.json").write_text("{}")
+    (tmp_path / "broken" / "configs" / "metadata.json").write_text("{not json")
+    (tmp_path / "not_a_bundle").mkdir()
+    infos = list_bundles(tmp_path)
+    assert [Path(i["path"]).name for i in infos] == ["broken", "mri_brain_tumor"]
+    assert "not valid JSON" in infos[0]["error"]
+    with pytest.raises(FileNotFoundError, match="nowhere: bundles folder does not exist"):
+        list_bundles(tmp_path / "nowhere")
