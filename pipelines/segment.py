@@ -57,6 +57,8 @@ class SegmentOptions:
         series_uid: for a DICOM folder with several series, the one to read.
         nan_policy: ``refuse`` an input with NaN or infinite voxels (the default), or ``fill`` them
             with the image minimum and record it in run.json (see :func:`pipelines.io.values.check_finite`).
+        allow_gaps: DICOM only: interpolate across a gap between slices larger than 3x the median
+            instead of refusing the series (see :mod:`pipelines.io.slice_geometry`).
         sw_batch_size: sliding windows per network call; None keeps the bundle's on a GPU and uses 1
             on a CPU, where one window at a time measured fastest (0.037 s per 96³ U-Net window
             against 0.054 s in batches of 4). The result does not depend on it.
@@ -68,6 +70,7 @@ class SegmentOptions:
     series_uid: str | None = None
     sw_batch_size: int | None = None
     nan_policy: str = "refuse"
+    allow_gaps: bool = False
 
     def __post_init__(self) -> None:
         if self.nan_policy not in NAN_POLICIES:
@@ -91,6 +94,8 @@ class CaseResult:
     provenance: dict[str, Any] = field(default_factory=dict)
     sha256: dict[str, str] = field(default_factory=dict)
     """sha256 of each file in ``files`` (same keys), from the bytes its writer wrote."""
+    warnings: list[str] = field(default_factory=list)  # one line per output left out (goes to run.json)
+    dicom_seg: dict[str, Any] | None = None  # {"written", "filled_type2", "error"} when dicom-seg was asked
 
 
 @dataclass
@@ -156,7 +161,7 @@ class Segmenter:
     # -- stages ------------------------------------------------------------------------------
     def load(self, path: str | Path) -> Volume:
         """Read the input (file or DICOM folder)."""
-        return read_volume(path, series_uid=self.options.series_uid)
+        return read_volume(path, series_uid=self.options.series_uid, allow_gaps=self.options.allow_gaps)
 
     def preprocess(self, volume: Volume) -> dict[str, Any]:
         """Apply the bundle's preprocessing (its loader replaced by our read) to a loaded volume."""
@@ -311,15 +316,27 @@ class Segmenter:
         if "dicom-seg" in extra:
             from pipelines.outputs.dicom_seg import write_dicom_seg
 
-            written["dicom_seg"] = write_dicom_seg(
-                labels,
-                volume,
-                names,
-                staging / "seg.dcm",
-                algorithm_name=self.bundle.name,
-                algorithm_version=self.bundle.version,
-                source_headers=volume.dicom_headers or None,
-            )
+            try:
+                seg = write_dicom_seg(
+                    labels,
+                    volume,
+                    names,
+                    staging / "seg.dcm",
+                    algorithm_name=self.bundle.name,
+                    algorithm_version=self.bundle.version,
+                    source_headers=volume.dicom_headers or None,
+                )
+            except (ValueError, TypeError, AttributeError, KeyError) as err:
+                # highdicom / pydicom refusing this series: keep the other outputs, say why seg.dcm is missing.
+                reason = " ".join(str(err).split()) or type(err).__name__
+                reason = reason.removeprefix(f"{volume.path}: ")
+                message = f"{volume.path}: DICOM-SEG not written ({type(err).__name__}: {reason[:300]})"
+                logger.warning("%s; the other outputs are kept", message)
+                result.warnings.append(message)
+                result.dicom_seg = {"written": False, "filled_type2": [], "error": message}
+            else:
+                written["dicom_seg"] = seg
+                result.dicom_seg = {"written": True, "filled_type2": list(seg.filled_type2), "error": None}
 
     def provenance(
         self, volume: Volume, outputs: Sequence[str], seconds: dict[str, float], sha256: str | None = None
@@ -333,6 +350,8 @@ class Segmenter:
                 "series_uid": volume.series_uid,
                 "shape": list(volume.shape),
                 "spacing_mm": [round(s, 6) for s in volume.spacing_mm],
+                # DICOM slices that were uneven or tilted, and how they were put on a regular grid
+                "geometry_correction": volume.geometry_correction,
             },
             "bundle": {
                 "name": self.bundle.name,

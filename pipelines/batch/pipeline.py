@@ -18,7 +18,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from pipelines.batch.options import BatchOptions
 from pipelines.batch.ranks import Ranks
 from pipelines.data.manifests.model import Case
 from pipelines.io.hashing import input_sha256, sha256_file
-from pipelines.segment import CaseResult, Segmenter, _check_case_id
+from pipelines.segment import CaseResult, Prepared, Segmenter, _check_case_id
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Item:
     index: int
     started: str
     sha256: str | None = None
-    prepared: Any = None  # pipelines.segment.Prepared
+    prepared: Prepared | None = None
     labels: np.ndarray | None = None
     outputs: tuple[str, ...] = ()
     error: str | None = None
@@ -81,12 +81,12 @@ def output_entries(result: CaseResult, output: Path) -> dict[str, dict[str, str]
     """The ledger's ``outputs`` of one case: ``{name: {"path" (relative to output), "sha256"}}``.
 
     The checksums are the ones the writers computed from the bytes they wrote
-    (``result.sha256``); a file whose writer reported none is read back and hashed.
+    (``result.sha256``); a file whose writer reported none is read back and hashed (a fallback:
+    every writer of :mod:`pipelines.segment` reports its checksum).
     """
-    written: Mapping[str, str] = getattr(result, "sha256", None) or {}
     entries = {}
     for name, path in result.files.items():
-        digest = written.get(name)
+        digest = result.sha256.get(name)
         if digest is None:
             digest = sha256_file(path)
         entries[name] = {"path": path.relative_to(output).as_posix(), "sha256": digest}
@@ -232,7 +232,7 @@ class Pipeline:
             item.outputs = self.segmenter.outputs_for(paths[0])
             item.prepared = self.segmenter.prepare(paths[0])
             # The hash of the bytes actually read wins over one taken before the read.
-            item.sha256 = getattr(item.prepared.volume, "sha256", None) or item.sha256
+            item.sha256 = item.prepared.volume.sha256 or item.sha256
         except Exception as err:
             self._fail(item, err)
         if item.sha256 is None and unreadable is None:

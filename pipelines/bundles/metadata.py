@@ -213,8 +213,9 @@ def input_spec(meta: Mapping[str, Any], where: str) -> InputSpec:
         raise ValueError(f"{where}: missing key 'network_data_format#inputs#image'")
     channels = spec.get("num_channels")
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-        raise ValueError(f"{where}: key 'network_data_format#inputs#image#num_channels': expected an int >= 1, got "
-                         f"{channels!r}")
+        raise ValueError(
+            f"{where}: key 'network_data_format#inputs#image#num_channels': expected an int >= 1, got {channels!r}"
+        )
     if "spatial_shape" not in spec:
         raise ValueError(f"{where}: missing key 'network_data_format#inputs#image#spatial_shape'")
     try:

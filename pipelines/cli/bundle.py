@@ -29,7 +29,7 @@ _SEARCH_HELP = (
 
 
 def bundle_search_path(extra: Sequence[Path] | None = None) -> list[Path]:
-    """The bundle search path of this process: ``extra`` (``--bundles``), the checkout's ``bundles/``, the user folder."""
+    """This process's bundle search path: ``extra`` (``--bundles``), the checkout's ``bundles/``, the user folder."""
     return default_search_path(extra or (), environ=os.environ)
 
 

@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(recorded in run.json)",
     )
     p.add_argument(
+        "--allow-gaps",
+        action="store_true",
+        help="DICOM: interpolate across a gap between slices larger than 3x the median instead of refusing",
+    )
+    p.add_argument(
         "--outputs",
         type=outputs_arg,
         default=None,
@@ -131,6 +136,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         outputs=args.outputs,
         series_uid=args.series_uid,
         nan_policy=args.nan_policy,
+        allow_gaps=args.allow_gaps,
     )
     result = segment_case(args.input, args.bundle, args.output, case_id=args.case_id, options=options)
     _print_stats(result.stats)

@@ -4,10 +4,10 @@ pydicom reads every file of the folder once: the bytes are hashed (the input che
 (headers for series selection, geometry and DICOM-SEG) and, for the chosen series, decoded
 (pylibjpeg handles JPEG and JPEG 2000). Slices are ordered by their ImagePositionPatient along the
 slice normal and the spacing is taken from those positions, never assumed: a series whose slices
-are not evenly spaced, or whose slice positions are not along the normal (gantry tilt), is refused
-with a message saying so, because stacking it as a regular grid would put labels on the wrong
-slices. GDCM (through SimpleITK) could do the decoding too, but it hides exactly these geometry
-problems behind a warning and would need a second read of every file.
+are not evenly spaced, or whose positions are not along the normal (gantry tilt), is resampled
+onto a regular grid and the correction is recorded (stacking it as if regular would put labels on
+the wrong slices). GDCM (through SimpleITK) could do the decoding too, but it hides exactly these
+geometry problems behind a warning and would need a second read of every file.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from pipelines.geometry import LPS_TO_RAS
+from pipelines.io.slice_geometry import SliceCorrection, plan_regular_grid, resample_planes
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +39,6 @@ __all__ = [
 ]
 
 SELECTION_RULE = "the CT series with the most slices; without a CT series, the series with the most slices"
-# Slice gaps may differ by this much (mm, or this fraction of the gap, whichever is larger) and
-# still count as evenly spaced: DICOM stores positions as decimal strings of limited precision.
-SPACING_TOLERANCE_MM = 0.01
-SPACING_TOLERANCE_FRACTION = 0.01
-# The slice step may lean this far from the slice normal (radians) before it counts as gantry tilt.
-TILT_TOLERANCE_RAD = 1e-3
 
 
 @dataclass(frozen=True)
@@ -80,12 +75,15 @@ class StackedSeries:
         array: voxels ``(i, j, k)``: i along the rows (ImageOrientationPatient's first vector), j
             down the columns, k across the slices; rescaled (HU for CT).
         affine: 4x4 voxel-to-RAS matrix in mm.
-        headers: the instances in k order, without pixel data (for DICOM-SEG and provenance).
+        headers: the acquired instances in order along the normal, without pixel data (for DICOM-SEG).
+        correction: how uneven or tilted planes were put on the regular grid; None when they
+            already formed one (then k indexes ``headers`` one to one).
     """
 
     array: np.ndarray
     affine: np.ndarray
     headers: tuple[pydicom.Dataset, ...]
+    correction: SliceCorrection | None = None
 
 
 def _is_image(ds: pydicom.Dataset) -> bool:
@@ -259,14 +257,20 @@ def _same(values: Sequence[object]) -> bool:
     return all(v == values[0] for v in values[1:])
 
 
-def stack_series(series: DicomSeries, folder: str | Path) -> StackedSeries:
+def stack_series(series: DicomSeries, folder: str | Path, *, allow_gaps: bool = False) -> StackedSeries:
     """Decode a series read by :func:`scan_dicom_folder` and stack it into a volume.
 
+    Slices that are unevenly spaced (variable gaps, a missing slice) or tilted (gantry tilt) are
+    resampled onto a regular orthogonal grid (:mod:`pipelines.io.slice_geometry`) and the
+    correction is returned with the volume; a gap beyond
+    :data:`~pipelines.io.slice_geometry.GAP_LIMIT_FACTOR` times the median is refused unless
+    ``allow_gaps``.
+
     Raises:
-        ValueError: the series cannot be placed in space exactly: a single slice, slices of
-            different size, orientation or pixel spacing, missing geometry, two slices at one
-            position (mixed acquisitions), uneven slice spacing (a missing slice or variable
-            gaps) or gantry tilt. Each message names the folder, the series and what was found.
+        ValueError: the series cannot be placed in space: a single slice, slices of different
+            size, orientation or pixel spacing, missing geometry, two slices at one position
+            (mixed acquisitions), a gap beyond the limit. Each message names the folder, the
+            series and what was found.
     """
     folder = Path(folder)
     where = f"{folder}: series {series.uid}"
@@ -287,7 +291,7 @@ def stack_series(series: DicomSeries, folder: str | Path) -> StackedSeries:
     sizes = [(int(ds.Rows), int(ds.Columns)) for ds in datasets]
     if not _same(sizes):
         raise ValueError(f"{where}: slices differ in size ({sorted(set(sizes))} rows x columns); expected one size")
-    row, col, normal = geometry[0][0]  # type: ignore[misc]
+    row, col, _ = geometry[0][0]  # type: ignore[misc]
     for n, (axes, _, _) in enumerate(geometry):
         if not (np.allclose(axes[0], row, atol=1e-4) and np.allclose(axes[1], col, atol=1e-4)):  # type: ignore[index]
             raise ValueError(
@@ -298,47 +302,40 @@ def stack_series(series: DicomSeries, folder: str | Path) -> StackedSeries:
     if not _same(spacings):
         raise ValueError(f"{where}: slices differ in PixelSpacing ({sorted(set(spacings))}); expected one spacing")
     positions = np.stack([pos for _, pos, _ in geometry])  # type: ignore[misc]
-    along = positions @ normal
-    gaps = np.diff(along)
-    if np.any(np.abs(gaps) < SPACING_TOLERANCE_MM):
-        at = int(np.argmin(np.abs(gaps)))
-        raise ValueError(
-            f"{where}: slices {series.files[at].name} and {series.files[at + 1].name} lie at the same position "
-            f"({along[at]:.3f} mm along the normal); the series mixes acquisitions. Split it, or pick one "
-            "acquisition with --series-uid if they have their own series"
-        )
-    median_gap = float(np.median(gaps))
-    deviation = float(np.max(np.abs(gaps - median_gap)))
-    if deviation > max(SPACING_TOLERANCE_MM, SPACING_TOLERANCE_FRACTION * median_gap):
-        raise ValueError(
-            f"{where}: slices are not evenly spaced (gaps from {gaps.min():.3f} to {gaps.max():.3f} mm, median "
-            f"{median_gap:.3f} mm: a missing slice or variable spacing); stacking them as a regular grid would put "
-            "labels on the wrong slices"
-        )
-    step = (positions[-1] - positions[0]) / (len(positions) - 1)
-    lean = float(np.arccos(np.clip(abs(step @ normal) / np.linalg.norm(step), -1.0, 1.0)))
-    if lean > TILT_TOLERANCE_RAD:
-        raise ValueError(
-            f"{where}: slice positions lean {np.degrees(lean):.2f} degrees from the slice normal (gantry tilt); "
-            "expected slices stacked along their normal"
-        )
     pixel_spacing = [float(v) for v in datasets[0].PixelSpacing]  # (between rows, between columns) in mm
-    lps = np.eye(4)
-    lps[:3, 0] = row * pixel_spacing[1]
-    lps[:3, 1] = col * pixel_spacing[0]
-    lps[:3, 2] = step
-    lps[:3, 3] = positions[0]
-    array = _decode(datasets, series, where)
+    plan = plan_regular_grid(
+        positions, row, col, pixel_spacing, where=where, names=[f.name for f in series.files], allow_gaps=allow_gaps
+    )
+    planes = _decode(datasets, series, where)
+    if plan.correction is None:
+        # (k, rows, columns) in C order is (columns, rows, k) = (i, j, k) in Fortran order, as NIfTI stores it.
+        array = np.stack(planes).transpose(2, 1, 0)
+    else:
+        fill = float(min(p.min() for p in planes))
+        array = resample_planes(planes, plan, fill_value=fill).transpose(2, 1, 0)
+        logger.warning(
+            "%s: %s corrected: %d acquired planes resampled onto %d planes %.3g mm apart (largest deviation "
+            "%.2f mm, tilt %.2f degrees); recorded in run.json",
+            where,
+            " and ".join(plan.correction.kinds),
+            len(planes),
+            plan.correction.planes,
+            plan.correction.spacing_mm,
+            plan.correction.max_deviation_mm,
+            plan.correction.tilt_deg,
+        )
     headers = []
     for ds in datasets:
         if "PixelData" in ds:
             del ds.PixelData  # decoded: keep the header only
         headers.append(ds)
-    return StackedSeries(array=array, affine=LPS_TO_RAS @ lps, headers=tuple(headers))
+    return StackedSeries(
+        array=array, affine=LPS_TO_RAS @ plan.affine_lps, headers=tuple(headers), correction=plan.correction
+    )
 
 
-def _decode(datasets: Sequence[pydicom.Dataset], series: DicomSeries, where: str) -> np.ndarray:
-    """Pixel data rescaled by each slice's slope and intercept, ``(i, j, k)`` = (columns, rows, slices)."""
+def _decode(datasets: Sequence[pydicom.Dataset], series: DicomSeries, where: str) -> list[np.ndarray]:
+    """Each slice's pixel data ``(rows, columns)``, rescaled by its slope and intercept (HU for CT)."""
     rescale = [(float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)) for ds in datasets]
     integral = all(s == 1.0 and i == int(i) for s, i in rescale)
     slices = []
@@ -361,5 +358,4 @@ def _decode(datasets: Sequence[pydicom.Dataset], series: DicomSeries, where: str
         dtype = np.int16 if np.iinfo(np.int16).min <= low and high <= np.iinfo(np.int16).max else np.int32
     else:
         dtype = np.float32
-    # (k, rows, columns) in C order is (columns, rows, k) = (i, j, k) in Fortran order, as NIfTI stores it.
-    return np.stack([s.astype(dtype, copy=False) for s in slices]).transpose(2, 1, 0)
+    return [s.astype(dtype, copy=False) for s in slices]

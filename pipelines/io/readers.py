@@ -57,6 +57,8 @@ class Volume:
             :func:`pipelines.io.hashing.input_sha256` for what it covers); None when not computed.
         dicom_headers: the series' instances in k order without pixel data, for DICOM input
             (DICOM-SEG references them; nothing has to read the files again).
+        geometry_correction: for DICOM slices that were unevenly spaced or tilted and were
+            resampled onto a regular grid, what was done (recorded in run.json); else None.
     """
 
     array: np.ndarray
@@ -69,6 +71,7 @@ class Volume:
     nifti_header: nib.Nifti1Header | None = None
     sha256: str | None = None
     dicom_headers: tuple[Any, ...] = field(default_factory=tuple, repr=False)
+    geometry_correction: dict[str, Any] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -90,13 +93,15 @@ def case_id_from_path(path: str | Path) -> str:
     return name
 
 
-def read_volume(path: str | Path, *, series_uid: str | None = None) -> Volume:
+def read_volume(path: str | Path, *, series_uid: str | None = None, allow_gaps: bool = False) -> Volume:
     """Read one 3D volume.
 
     Args:
         path: a NIfTI, NRRD or MetaImage file, or a folder of DICOM files.
         series_uid: for a DICOM folder holding several series, the one to read. Without it the
             series is chosen by :data:`pipelines.io.dicom.SELECTION_RULE` and the choice is logged.
+        allow_gaps: for DICOM, interpolate across a gap between slices larger than
+            :data:`pipelines.io.slice_geometry.GAP_LIMIT_FACTOR` times the median instead of refusing.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -106,7 +111,7 @@ def read_volume(path: str | Path, *, series_uid: str | None = None) -> Volume:
     check_readable(path)
     name = path.name.lower()
     if path.is_dir():
-        volume = _read_dicom(path, series_uid)
+        volume = _read_dicom(path, series_uid, allow_gaps)
     elif name.endswith(_NIFTI) or name.endswith(_MGH):
         volume = _read_nibabel(path)
     elif name.endswith(_ITK):
@@ -277,10 +282,10 @@ def _read_itk(path: Path) -> Volume:
     return _sitk_to_volume(image, path, "itk")
 
 
-def _read_dicom(folder: Path, series_uid: str | None) -> Volume:
+def _read_dicom(folder: Path, series_uid: str | None, allow_gaps: bool) -> Volume:
     series_list, sha256 = scan_dicom_folder(folder)
     series = select_series(series_list, folder, series_uid)
-    stacked = stack_series(series, folder)
+    stacked = stack_series(series, folder, allow_gaps=allow_gaps)
     return Volume(
         array=_as_3d(stacked.array, folder),
         affine=stacked.affine,
@@ -291,4 +296,5 @@ def _read_dicom(folder: Path, series_uid: str | None) -> Volume:
         dicom_files=series.files,
         sha256=sha256,
         dicom_headers=stacked.headers,
+        geometry_correction=stacked.correction.as_record() if stacked.correction else None,
     )

@@ -3,7 +3,9 @@
 The label map is on the DICOM input's own grid: ``(i, j, k)`` with i along the columns, j along the
 rows and k across the series' instances in slice order. The source headers come from the reader
 (:attr:`pipelines.io.readers.Volume.dicom_headers`, read once with the pixels); only when a caller has
-none are they read here, without pixel data.
+none are they read here, without pixel data. Real-world series often lack Type 2 patient/study
+attributes that highdicom copies from them (:data:`TYPE2_FROM_SOURCE`); those are filled empty on
+copies of the headers, and the writer returns which (:attr:`SegWritten.filled_type2`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import copy
 import io
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,35 @@ from pipelines.outputs.stats import present_structures
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["write_dicom_seg"]
+__all__ = ["TYPE2_FROM_SOURCE", "SegWritten", "write_dicom_seg"]
+
+TYPE2_FROM_SOURCE: tuple[str, ...] = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+"""Type 2 attributes (Patient and General Study modules) that a Segmentation takes from its source.
+
+A Type 2 attribute must be present but may be empty; many series (a GE CT without
+PatientBirthDate, anonymised exports) leave some out. highdicom 0.28's ``Segmentation`` reads all
+but ReferringPhysicianName as attributes of the first source image and stops on an absent one
+(``AttributeError``); ReferringPhysicianName it takes with a default, and it is filled here too so
+that the sources and the SEG agree. Type 1 attributes (UIDs, geometry) are never invented here.
+"""
+
+
+@dataclass(frozen=True)
+class SegWritten(Written):
+    """The DICOM-SEG file written, its sha256, and the Type 2 attributes filled empty to write it."""
+
+    filled_type2: tuple[str, ...] = ()
+    """Attributes of :data:`TYPE2_FROM_SOURCE` absent from at least one source header, in that order."""
 
 
 def write_dicom_seg(
@@ -43,7 +74,7 @@ def write_dicom_seg(
     series_description: str = "medseg segmentation",
     series_number: int = 100,
     source_headers: Sequence[pydicom.Dataset] | None = None,
-) -> Written:
+) -> SegWritten:
     """Write the label map as a DICOM Segmentation (BINARY) that references the source series.
 
     One segment per present label, numbered 1..N in increasing label id (DICOM needs contiguous
@@ -52,9 +83,10 @@ def write_dicom_seg(
     :data:`~pipelines.outputs.names.SNOMED` (category "Anatomical Structure"; tumours: category
     "Morphologically Abnormal Structure", type "Neoplasm"), or "Tissue" for names without a code.
     Frames hold no empty slices; frame k references source instance k. The content is marked
-    RESEARCH (ContentQualification). Identifying UIDs that an anonymiser blanked are restored on
-    copies of the headers (see :func:`_prepare_headers`); neither the files nor the given headers
-    are modified. The object is encoded in memory, written atomically and hashed from those bytes.
+    RESEARCH (ContentQualification). Identifying UIDs that an anonymiser blanked are restored, and
+    Type 2 attributes of :data:`TYPE2_FROM_SOURCE` that the source lacks are added empty (logged at
+    INFO), on copies of the headers (see :func:`_prepare_headers`); neither the files nor the given
+    headers are modified. The object is encoded in memory, written atomically and hashed from those bytes.
 
     Args:
         labels: integer label map ``(i, j, k)`` on ``volume``'s grid: i along the columns, j along
@@ -71,7 +103,8 @@ def write_dicom_seg(
             ``volume.dicom_files`` without pixel data.
 
     Returns:
-        ``path`` and the sha256 of the file written there.
+        ``path``, the sha256 of the file written there and the Type 2 attributes that were filled
+        empty because a source header lacked them (:attr:`SegWritten.filled_type2`).
 
     Raises:
         ValueError: the input is not a DICOM series, the label map's shape differs from the
@@ -96,9 +129,9 @@ def write_dicom_seg(
 
     if source_headers is None:
         read = [pydicom.dcmread(f, stop_before_pixels=True) for f in volume.dicom_files]
-        sources = _prepare_headers(read, volume, copy_before_change=False)  # ours: changed in place
+        sources, filled = _prepare_headers(read, volume, copy_before_change=False)  # ours: changed in place
     else:
-        sources = _prepare_headers(source_headers, volume, copy_before_change=True)
+        sources, filled = _prepare_headers(source_headers, volume, copy_before_change=True)
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=algorithm_version
     )
@@ -134,7 +167,7 @@ def write_dicom_seg(
     seg.save_as(encoded)
     written = write_bytes(encoded.getvalue(), path)
     logger.info("wrote DICOM-SEG %s: %d segments over %d slices", path, len(present), len(sources))
-    return written
+    return SegWritten(written.path, written.sha256, filled)
 
 
 def _where(header: pydicom.Dataset, k: int, volume: Volume) -> str:
@@ -149,8 +182,8 @@ def _where(header: pydicom.Dataset, k: int, volume: Volume) -> str:
 
 def _prepare_headers(
     headers: Sequence[pydicom.Dataset], volume: Volume, *, copy_before_change: bool
-) -> list[pydicom.Dataset]:
-    """The source headers in k order, checked, with identifying UIDs that anonymisation blanked restored.
+) -> tuple[list[pydicom.Dataset], tuple[str, ...]]:
+    """The source headers in k order, checked, with blanked UIDs restored and absent Type 2 attributes filled.
 
     One header per slice, in the volume's slice order: when every header has an
     ImagePositionPatient, their positions along the volume's k axis must increase, else frames
@@ -159,8 +192,13 @@ def _prepare_headers(
     the data set while the file meta keeps the instance's identity (Media Storage SOP Class/Instance
     UID): take them from there. An empty StudyInstanceUID or SeriesInstanceUID is replaced by one
     UID derived from the instance UIDs (the same on every run), and a warning says the SEG cannot
-    join the original study. With ``copy_before_change`` a header is deep-copied before its first
-    change, so that the caller's headers stay as they are.
+    join the original study. Each attribute of :data:`TYPE2_FROM_SOURCE` that a header lacks is
+    added to it with an empty value (Type 2: present, value unknown). With ``copy_before_change`` a
+    header is deep-copied before its first change, so that the caller's headers stay as they are.
+
+    Returns:
+        The headers to give highdicom, and the Type 2 attributes filled (in the order of
+        :data:`TYPE2_FROM_SOURCE`; empty when none was missing).
     """
     slices = volume.shape[2]
     if len(headers) != slices:
@@ -202,7 +240,17 @@ def _prepare_headers(
             )  # fmt: skip
             for k in range(len(prepared)):
                 setattr(writable(k), attribute, uid)
-    return prepared
+    filled = tuple(a for a in TYPE2_FROM_SOURCE if any(a not in h for h in prepared))
+    for attribute in filled:
+        for k in range(len(prepared)):
+            if attribute not in prepared[k]:
+                setattr(writable(k), attribute, "")  # an element with an empty value
+    if filled:
+        logger.info(
+            "%s: the series lacks the Type 2 attribute(s) %s; filled empty for the DICOM-SEG",
+            volume.path, ", ".join(filled),
+        )  # fmt: skip
+    return prepared, filled
 
 
 def _check_slice_order(headers: Sequence[pydicom.Dataset], volume: Volume) -> None:

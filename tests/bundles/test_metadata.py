@@ -80,5 +80,5 @@ def test_channel_labels() -> None:
         2: "liver",
     }
     assert channel_labels({}, "m.json") == {}
-    with pytest.raises(ValueError, match="m.json: channel_def key 'one' is not an integer label id"):
+    with pytest.raises(ValueError, match=r"m.json: channel_def key 'one' is not an integer label id"):
         channel_labels(_meta(channel_def={"one": "liver"}), "m.json")

@@ -215,9 +215,7 @@ def test_unetr_bundle_segments_a_small_phantom_on_its_grid(tmp_path: Path) -> No
 
     bundle = copy_bundle_with_random_weights("ct_multiorgan_unetr", tmp_path / "bundles")
     ids = {n: i for n, i in CT_STRUCTURES.items() if n != "liver_tumor"}
-    phantom = make_ct_phantom(
-        5, shape=(64, 52, 30), spacing_mm=(3.0, 3.0, 4.0), orientation="LPS", label_ids=ids
-    )
+    phantom = make_ct_phantom(5, shape=(64, 52, 30), spacing_mm=(3.0, 3.0, 4.0), orientation="LPS", label_ids=ids)
     image, _ = write_nifti(phantom, tmp_path / "case")
     code = main(
         [
@@ -249,9 +247,7 @@ def test_unetr_training_patches_are_class_balanced_96_cubes(tmp_path: Path) -> N
     from pipelines.data.phantoms.write import write_nifti
 
     ids = {n: i for n, i in CT_STRUCTURES.items() if n != "liver_tumor"}
-    phantom = make_ct_phantom(
-        1, shape=(60, 48, 30), spacing_mm=(3.0, 3.0, 4.0), orientation="LAS", label_ids=ids
-    )
+    phantom = make_ct_phantom(1, shape=(60, 48, 30), spacing_mm=(3.0, 3.0, 4.0), orientation="LAS", label_ids=ids)
     image, label = write_nifti(phantom, tmp_path / "case")
     parser = parse_config(load_bundle(BUNDLES / "ct_multiorgan_unetr"), "train", {"manifest": "unused"})
     patches = parser.get_parsed_content("train#preprocessing")({"image": str(image), "label": str(label)})

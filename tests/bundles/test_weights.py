@@ -37,9 +37,7 @@ def test_load_weights_returns_the_sha256_of_the_file_bytes(mri_bundle: Path) -> 
         assert torch.equal(network.state_dict()[name], tensor), name
 
 
-def test_weights_are_read_once_and_loaded_from_those_bytes(
-    mri_bundle: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_weights_are_read_once_and_loaded_from_those_bytes(mri_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.save(_network(mri_bundle).state_dict(), mri_bundle / "models" / "model.pt")
     reads: list[Path] = []
     sources: list[Any] = []

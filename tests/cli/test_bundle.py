@@ -56,9 +56,7 @@ def test_cli_list_and_info(capsys: pytest.CaptureFixture[str]) -> None:
     assert json.loads(capsys.readouterr().out)["roi_size"] == [96, 96, 32]
 
 
-def test_medseg_bundle_info_by_name(
-    tmp_path: Path, user_folder: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_medseg_bundle_info_by_name(tmp_path: Path, user_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`medseg bundle info NAME`: the name is looked up in --bundles first, then the checkout's bundles/."""
     assert main(["bundle", "info", "mri_brain_tumor", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -68,7 +66,7 @@ def test_medseg_bundle_info_by_name(
     edit_json(mine / "configs" / "metadata.json", lambda d: d.update(name="my tumour model"))
     assert main(["bundle", "info", "mri_brain_tumor", "--bundles", str(tmp_path / "mine")]) == 0
     text = capsys.readouterr().out
-    assert text.startswith(f"my tumour model 0.") and f"({mine})" in text.splitlines()[0]
+    assert text.startswith("my tumour model 0.") and f"({mine})" in text.splitlines()[0]
     assert "weights         models/model.pt" in text and "sliding window  [96, 96, 32]" in text
 
 
