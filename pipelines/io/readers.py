@@ -249,9 +249,9 @@ def _header(head: bytes, path: Path, mgh: bool) -> Any:
             return nib.freesurfer.mghformat.MGHHeader.from_fileobj(io.BytesIO(head))
         size = {int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")} if len(head) >= 4 else set()
         if 540 in size:
-            return nib.Nifti2Header.from_fileobj(io.BytesIO(head), check=False)
+            return nib.Nifti2Header.from_fileobj(io.BytesIO(head[:540]), check=False)  # extensions are read later
         if 348 in size:
-            return nib.Nifti1Header.from_fileobj(io.BytesIO(head), check=False)
+            return nib.Nifti1Header.from_fileobj(io.BytesIO(head[:348]), check=False)  # extensions are read later
     except Exception as err:  # nibabel raises several types for a header it cannot parse
         raise ValueError(f"{path}: not a readable {'MGH' if mgh else 'NIfTI'} image ({err})") from err
     raise ValueError(f"{path}: not a readable NIfTI image (no NIfTI header: sizeof_hdr is neither 348 nor 540)")

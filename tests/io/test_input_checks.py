@@ -204,3 +204,13 @@ def test_output_folder_without_space_is_refused_before_work(tmp_path: Path) -> N
     with pytest.raises(OSError, match=r"output folder has .* MiB free; this case needs about"):
         check_output_folder(tmp_path / "new", needed_bytes=2**62)
     assert not (tmp_path / "new").exists()  # checking creates nothing
+
+
+def test_nifti_with_header_extensions_reads(tmp_path: Path) -> None:
+    """Extensions follow the 348-byte header; the header check must not trip over them."""
+    image = nib.Nifti1Image(np.arange(60, dtype=np.int16).reshape(5, 4, 3), np.diag([2.0, 2.0, 3.0, 1.0]))
+    image.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"scanner notes " * 100))
+    nib.save(image, tmp_path / "ext.nii.gz")
+    volume = read_volume(tmp_path / "ext.nii.gz")
+    np.testing.assert_array_equal(volume.array, np.arange(60).reshape(5, 4, 3))
+    assert len(volume.nifti_header.extensions) == 1

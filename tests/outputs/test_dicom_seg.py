@@ -1,10 +1,13 @@
-"""Tests of pipelines.outputs.dicom_seg: DICOM-SEG round trips, coding, source headers read once."""
+"""Tests of pipelines.outputs.dicom_seg: DICOM-SEG round trips, coding, source headers read once,
+Type 2 attributes the source lacks, and a case whose SEG cannot be written keeping its other outputs."""
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import highdicom as hd
@@ -16,9 +19,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from pipelines.io.readers import Volume, read_volume
-from pipelines.outputs.dicom_seg import write_dicom_seg
+from pipelines.outputs.dicom_seg import TYPE2_FROM_SOURCE, SegWritten, write_dicom_seg
 from pipelines.outputs.names import SNOMED
-from tests.helpers import read_labels_json
+from tests.helpers import copy_bundle_with_random_weights, read_labels_json
 
 # Elements of a SEG that are new on every run (fresh UIDs, creation time), left out when two SEGs are compared.
 _PER_RUN = {"SOPInstanceUID", "SeriesInstanceUID", "ContentDate", "ContentTime", "SeriesDate", "SeriesTime",
@@ -27,12 +30,18 @@ _PER_RUN = {"SOPInstanceUID", "SeriesInstanceUID", "ContentDate", "ContentTime",
 
 
 def write_ct_series(
-    folder: Path, array: np.ndarray, spacing: tuple[float, float, float], *, anonymised: bool = False
+    folder: Path,
+    array: np.ndarray,
+    spacing: tuple[float, float, float],
+    *,
+    anonymised: bool = False,
+    omit: Sequence[str] = (),
 ) -> Path:
     """Write ``array`` (i, j, k) as an axial CT series, LPS, i along columns; files named in reverse k order.
 
     ``anonymised``: blank the data set's SOP Instance, Study and Series UIDs, as some anonymisers do
-    (the file meta keeps the instance UID).
+    (the file meta keeps the instance UID). ``omit``: attributes left out of every file, as some
+    scanners leave out Type 2 attributes (a GE CT without PatientBirthDate).
     """
     folder.mkdir(parents=True, exist_ok=True)
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
@@ -59,6 +68,8 @@ def write_ct_series(
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
         ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+        for keyword in omit:
+            del ds[keyword]
         ds.PixelData = np.ascontiguousarray(array[:, :, k].T.astype(np.int16)).tobytes()
         ds.save_as(folder / f"im{nk - k:03d}.dcm", enforce_file_format=True)
     return folder
@@ -102,9 +113,19 @@ def seg_content(path: Path) -> dict[str, object]:
     return {element.keyword or str(element.tag): element.value for element in ds if element.keyword not in _PER_RUN}
 
 
-def small_case(tmp_path: Path, *, anonymised: bool = False) -> tuple[Volume, np.ndarray]:
+def strip_attributes(files: Iterable[Path], keywords: Sequence[str]) -> None:
+    """Remove ``keywords`` from each DICOM file in place."""
+    for file in files:
+        ds = pydicom.dcmread(file)
+        for keyword in keywords:
+            del ds[keyword]
+        ds.save_as(file, enforce_file_format=True)
+
+
+def small_case(tmp_path: Path, *, anonymised: bool = False, omit: Sequence[str] = ()) -> tuple[Volume, np.ndarray]:
     image = np.zeros((6, 5, 4), dtype=np.int16)
-    volume = read_volume(write_ct_series(tmp_path / "series", image, (1.0, 1.0, 2.0), anonymised=anonymised))
+    folder = write_ct_series(tmp_path / "series", image, (1.0, 1.0, 2.0), anonymised=anonymised, omit=omit)
+    volume = read_volume(folder)
     labels = np.zeros(image.shape, dtype=np.uint8)
     labels[1:3, 1:4, 1] = 1
     labels[4, 4, 2:4] = 2
@@ -261,6 +282,128 @@ def test_dicom_seg_names_a_header_without_an_instance_uid(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match=r"im003\.dcm: no SOPInstanceUID in the data set or its file meta"):
         write_dicom_seg(labels, volume, {1: "liver"}, tmp_path / "s.dcm", algorithm_name="a", algorithm_version="1",
                         source_headers=headers)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Type 2 attributes the source lacks (real-world series)
+
+
+@pytest.mark.parametrize("headers_from", ["reader", "dcmread"])
+@pytest.mark.parametrize(
+    "omit",
+    [
+        (),
+        ("PatientBirthDate",),  # a GE CT series
+        ("ReferringPhysicianName", "StudyID", "AccessionNumber", "PatientSex"),
+        TYPE2_FROM_SOURCE,
+    ],
+    ids=["complete", "no-birth-date", "several", "all"],
+)
+def test_dicom_seg_fills_type2_attributes_the_source_lacks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, omit: tuple[str, ...], headers_from: str
+) -> None:
+    volume, labels = small_case(tmp_path, omit=omit)
+    headers = list(volume.dicom_headers) if headers_from == "reader" else None
+    untouched = copy.deepcopy(list(volume.dicom_headers))
+    assert all(keyword not in h for h in untouched for keyword in omit)
+
+    with caplog.at_level(logging.INFO, logger="pipelines.outputs.dicom_seg"):
+        written = write_dicom_seg(
+            labels, volume, {1: "liver", 2: "spleen"}, tmp_path / "seg.dcm", algorithm_name="a", algorithm_version="1",
+            source_headers=headers,
+        )  # fmt: skip
+
+    expected = tuple(keyword for keyword in TYPE2_FROM_SOURCE if keyword in omit)  # in the table's order
+    assert isinstance(written, SegWritten) and written.filled_type2 == expected
+    assert written.sha256 == hashlib.sha256(written.path.read_bytes()).hexdigest()
+    if expected:
+        assert f"lacks the Type 2 attribute(s) {', '.join(expected)}; filled empty" in caplog.text
+    else:
+        assert "Type 2" not in caplog.text
+    assert list(volume.dicom_headers) == untouched  # filled on copies, never in the caller's headers
+    assert all(keyword not in h for h in volume.dicom_headers for keyword in omit)
+
+    seg = hd.seg.segread(written.path)
+    for keyword in TYPE2_FROM_SOURCE:
+        assert keyword in seg, f"{keyword} missing from the SEG"
+        if keyword in omit:
+            assert seg[keyword].value in ("", None), f"{keyword}: {seg[keyword].value!r}"
+    if "PatientID" not in omit:
+        assert seg.PatientID == "P1"  # what the source has is copied, not blanked
+    uids = instance_uids(volume.dicom_files)
+    np.testing.assert_array_equal(seg_to_label_map(seg, uids), labels)
+
+
+# --------------------------------------------------------------------------------------------
+# through Segmenter.run: a SEG that cannot be written leaves the other outputs
+
+
+@pytest.fixture(scope="module")
+def ct_segmenter(tmp_path_factory: pytest.TempPathFactory):
+    """The CT U-Net bundle with random weights, on the CPU in fp32, writing labels and DICOM-SEG."""
+    from pipelines.segment import SegmentOptions, Segmenter
+
+    bundle = copy_bundle_with_random_weights("ct_abdomen_unet", tmp_path_factory.mktemp("bundle"))
+    return Segmenter(bundle, SegmentOptions(device="cpu", precision="fp32", outputs=("labels", "dicom-seg")))
+
+
+def phantom_series(folder: Path, omit: Sequence[str] = ()) -> Path:
+    """A small CT phantom written as a DICOM series (48 x 40 x 12 voxels), less the attributes ``omit``."""
+    from pipelines.data.phantoms.make import make_ct_phantom
+    from pipelines.data.phantoms.write import write_dicom_series
+
+    phantom = make_ct_phantom(3, shape=(48, 40, 12), spacing_mm=(6.0, 6.0, 8.0), lesions=False)
+    files = write_dicom_series(phantom, folder)
+    strip_attributes(files, omit)
+    return folder
+
+
+@pytest.mark.slow
+def test_segmenter_writes_a_seg_for_a_series_without_patient_birth_date(tmp_path: Path, ct_segmenter) -> None:
+    source = phantom_series(tmp_path / "ge_ct", omit=["PatientBirthDate"])
+    result = ct_segmenter.run(source, tmp_path / "out")
+
+    case = tmp_path / "out" / "ge_ct"
+    assert sorted(p.name for p in case.iterdir()) == ["labels.nii.gz", "run.json", "seg.dcm"]
+    assert result.dicom_seg == {"written": True, "filled_type2": ["PatientBirthDate"], "error": None}
+    assert result.warnings == []
+    assert result.sha256["dicom_seg"] == hashlib.sha256((case / "seg.dcm").read_bytes()).hexdigest()
+    seg = hd.seg.segread(case / "seg.dcm")
+    assert "PatientBirthDate" in seg and seg.PatientBirthDate in ("", None)
+    assert seg.PatientID == "PHANTOM"
+    labels = np.asarray(nib.load(case / "labels.nii.gz").dataobj)
+    files = sorted(source.iterdir(), key=lambda f: int(pydicom.dcmread(f, stop_before_pixels=True).InstanceNumber))
+    np.testing.assert_array_equal(seg_to_label_map(seg, instance_uids(files)), labels)
+
+
+@pytest.mark.slow
+def test_segmenter_keeps_the_other_outputs_when_the_seg_cannot_be_written(
+    tmp_path: Path, ct_segmenter, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ValueError("Items of argument source_images\nare not all part of the same study and series.")
+
+    monkeypatch.setattr(hd.seg, "Segmentation", refuse)
+    source = phantom_series(tmp_path / "series")
+    with caplog.at_level(logging.WARNING, logger="pipelines.segment"):
+        result = ct_segmenter.run(source, tmp_path / "out")
+
+    case = tmp_path / "out" / "series"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["series"]  # no staging folder left
+    assert sorted(p.name for p in case.iterdir()) == ["labels.nii.gz", "run.json"]
+    assert set(result.files) == set(result.sha256) == {"labels", "run"}
+    expected = (
+        f"{source}: DICOM-SEG not written (ValueError: Items of argument source_images are not all part "
+        "of the same study and series.)"
+    )
+    assert result.warnings == [expected]  # one line, naming the source folder and the reason
+    assert result.dicom_seg == {"written": False, "filled_type2": [], "error": expected}
+    assert f"{expected}; the other outputs are kept" in caplog.text
+    labels = nib.load(case / "labels.nii.gz")
+    assert labels.shape == (48, 40, 12)
+    run = json.loads((case / "run.json").read_text())
+    assert run["options"]["outputs"] == ["labels", "dicom-seg"]
+    assert run["input"]["format"] == "dicom"
 
 
 # --------------------------------------------------------------------------------------------
