@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import REPO, copy_bundle_with_random_weights
+from tests.helpers import REPO, copy_bundle_with_random_weights, write_threshold_bundle
 
 
 def _shared_data_dir() -> Path:
@@ -38,3 +38,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def unet_bundle(tmp_path: Path) -> Path:
     """The CT U-Net bundle with random weights, in a temporary folder."""
     return copy_bundle_with_random_weights("ct_abdomen_unet", tmp_path)
+
+
+@pytest.fixture()
+def zoo_bundle(tmp_path: Path) -> Path:
+    """A two-class Zoo-shaped bundle (1x1x1 convolution): foreground where the raw value exceeds 500."""
+    return write_threshold_bundle(tmp_path / "zoo_threshold")

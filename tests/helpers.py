@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -187,3 +188,83 @@ def write_zoo_bundle(root: Path, inference: dict[str, Any], metadata: dict[str, 
     (root / "configs" / "inference.json").write_text(json.dumps(inference, indent=1))
     (root / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=1))
     return root
+
+
+# A Zoo-shaped bundle whose answer is known exactly: foreground where the raw value exceeds 500.
+THRESHOLD_INFERENCE = {
+    "imports": ["$import torch"],
+    "bundle_root": ".",
+    "output_dir": "$@bundle_root + '/eval'",
+    "device": "$torch.device('cpu')",
+    "network_def": {"_target_": "torch.nn.Conv3d", "in_channels": 1, "out_channels": 2, "kernel_size": 1},
+    "network": "$@network_def.to(@device)",
+    "preprocessing": {
+        "_target_": "Compose",
+        "transforms": [
+            {"_target_": "LoadImaged", "keys": "image"},
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+            {"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0], "mode": "bilinear"},
+            {
+                "_target_": "ScaleIntensityRanged",
+                "keys": "image",
+                "a_min": 0,
+                "a_max": 1000,
+                "b_min": 0.0,
+                "b_max": 1.0,
+                "clip": True,
+            },
+            {"_target_": "EnsureTyped", "keys": "image"},
+        ],
+    },
+    "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [32, 32, 32], "sw_batch_size": 2, "overlap": 0.25},
+    "postprocessing": {
+        "_target_": "Compose",
+        "transforms": [
+            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+            {
+                "_target_": "Invertd",
+                "keys": "pred",
+                "transform": "@preprocessing",
+                "orig_keys": "image",
+                "nearest_interp": False,
+            },
+            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+            {
+                "_target_": "SaveImaged",
+                "keys": "pred",
+                "output_dir": "@output_dir",
+                "output_postfix": "seg",
+                "resample": False,
+            },
+        ],
+    },
+}
+
+
+def write_threshold_bundle(root: Path) -> Path:
+    """A two-class bundle in the Model Zoo shape using only MONAI and torch components, no medseg keys.
+
+    Its network is a 1x1x1 convolution set to call a voxel foreground when the scaled intensity
+    is above 0.5 (raw value 500), so the expected label map is known exactly from the input.
+    """
+    (root / "configs").mkdir(parents=True)
+    (root / "models").mkdir()
+    (root / "configs" / "inference.json").write_text(json.dumps(THRESHOLD_INFERENCE, indent=1))
+    (root / "configs" / "metadata.json").write_text(json.dumps({"name": "zoo_threshold", "version": "0.0.1"}))
+    conv = torch.nn.Conv3d(1, 2, 1)
+    with torch.no_grad():
+        conv.weight[:] = torch.tensor([-20.0, 20.0]).view(2, 1, 1, 1, 1)
+        conv.bias[:] = torch.tensor([10.0, -10.0])
+    torch.save(conv.state_dict(), root / "models" / "model.pt")
+    return root
+
+
+def cube_scan(codes: str, shape=(40, 36, 18)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A scan with a bright box at a fixed WORLD position; returns (image, affine, truth mask)."""
+    affine = oriented_affine(codes, shape, spacing=(1.2, 1.0, 2.5))
+    ijk = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).reshape(-1, 3)
+    world = ijk @ affine[:3, :3].T + affine[:3, 3]
+    inside = (np.abs(world[:, 0] - 6) < 9) & (np.abs(world[:, 1] + 4) < 7) & (np.abs(world[:, 2] - 15) < 10)
+    truth = inside.reshape(shape)
+    return np.where(truth, 900, 100).astype(np.int16), affine, truth

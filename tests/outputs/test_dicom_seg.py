@@ -341,7 +341,7 @@ def test_dicom_seg_fills_type2_attributes_the_source_lacks(
 @pytest.fixture(scope="module")
 def ct_segmenter(tmp_path_factory: pytest.TempPathFactory):
     """The CT U-Net bundle with random weights, on the CPU in fp32, writing labels and DICOM-SEG."""
-    from pipelines.segment import SegmentOptions, Segmenter
+    from pipelines.segment import Segmenter, SegmentOptions
 
     bundle = copy_bundle_with_random_weights("ct_abdomen_unet", tmp_path_factory.mktemp("bundle"))
     return Segmenter(bundle, SegmentOptions(device="cpu", precision="fp32", outputs=("labels", "dicom-seg")))
@@ -352,7 +352,7 @@ def phantom_series(folder: Path, omit: Sequence[str] = ()) -> Path:
     from pipelines.data.phantoms.make import make_ct_phantom
     from pipelines.data.phantoms.write import write_dicom_series
 
-    phantom = make_ct_phantom(3, shape=(48, 40, 12), spacing_mm=(6.0, 6.0, 8.0), lesions=False)
+    phantom = make_ct_phantom(3, shape=(48, 40, 12), spacing_mm=(2.0, 2.0, 3.0), lesions=False)
     files = write_dicom_series(phantom, folder)
     strip_attributes(files, omit)
     return folder
