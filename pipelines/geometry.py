@@ -53,7 +53,7 @@ def affine_from_itk(origin: Sequence[float], spacing: Sequence[float], direction
         spacing: voxel size along i, j, k in mm.
         direction: row-major direction cosines, ``dim * dim`` numbers (ITK's ``GetDirection``).
     """
-    dim = int(round(len(direction) ** 0.5))
+    dim = round(len(direction) ** 0.5)
     if dim * dim != len(direction) or dim < 3:
         raise ValueError(f"expected a row-major 3x3 direction matrix, got {len(direction)} numbers")
     rotation = np.asarray(direction, dtype=np.float64).reshape(dim, dim)[:3, :3]

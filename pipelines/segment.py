@@ -9,6 +9,7 @@ methods so that a batch run can overlap them across cases.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import platform
@@ -29,10 +30,13 @@ from monai.transforms import Compose, EnsureChannelFirst, SaveImage, SaveImaged
 from pipelines import __version__, keys
 from pipelines.bundles.bundle import Bundle, load_bundle, parse_config
 from pipelines.bundles.weights import load_weights, require_weights
+from pipelines.geometry import lps_to_ras
 from pipelines.inference import Predictor, resolve_device, resolve_precision
+from pipelines.io.dicom import plane_geometry
 from pipelines.io.hashing import input_sha256
 from pipelines.io.output_folder import check_output_folder, estimated_case_bytes
 from pipelines.io.readers import Volume, case_id_from_path, read_volume
+from pipelines.io.slice_geometry import labels_on_planes
 from pipelines.io.values import NAN_POLICIES, check_finite
 from pipelines.io.writers import Written, current_umask, json_bytes, write_bytes, write_labels
 from pipelines.keys import DEFAULT_OUTPUTS, OUTPUTS
@@ -274,6 +278,9 @@ class Segmenter:
                 self._write_extras(result, written, prepared, labels, staging, case_id, outputs)
             result.provenance = self.provenance(volume, outputs, seconds, input_sha256)
             result.provenance["corrections"] = prepared.corrections
+            result.provenance["warnings"] = result.warnings
+            if result.dicom_seg is not None:
+                result.provenance["dicom_seg"] = result.dicom_seg
             written["run"] = write_bytes(json_bytes(result.provenance), staging / "run.json")
         result.files = {k: result.case_dir / w.path.name for k, w in written.items()}
         result.sha256 = {k: w.sha256 for k, w in written.items()}
@@ -316,10 +323,11 @@ class Segmenter:
         if "dicom-seg" in extra:
             from pipelines.outputs.dicom_seg import write_dicom_seg
 
+            seg_labels, seg_volume = _on_acquired_planes(labels, volume)
             try:
                 seg = write_dicom_seg(
-                    labels,
-                    volume,
+                    seg_labels,
+                    seg_volume,
                     names,
                     staging / "seg.dcm",
                     algorithm_name=self.bundle.name,
@@ -390,6 +398,23 @@ def segment_case(
     if not Path(input_path).exists():
         read_volume(input_path)
     return Segmenter(bundle, options).run(input_path, output_dir, case_id)
+
+
+def _on_acquired_planes(labels: np.ndarray, volume: Volume) -> tuple[np.ndarray, Volume]:
+    """The label map and volume as DICOM-SEG needs them: one plane per acquired instance.
+
+    A series whose slices were resampled onto a regular grid (uneven spacing, gantry tilt) has
+    labels on that grid; DICOM-SEG frames reference the acquired instances, so each frame takes the
+    labels at its instance's own plane (nearest neighbour), and viewers overlay it where it belongs.
+    """
+    if volume.geometry_correction is None:
+        return labels, volume
+    positions, row, col, pixel_spacing = plane_geometry(volume.dicom_headers)
+    planes = labels_on_planes(labels, volume.affine, positions, row, col, pixel_spacing)
+    affine = np.array(volume.affine, dtype=np.float64)
+    affine[:3, 2] = lps_to_ras((positions[-1] - positions[0]) / max(len(positions) - 1, 1))
+    affine[:3, 3] = lps_to_ras(positions[0])
+    return planes, dataclasses.replace(volume, array=planes, affine=affine)
 
 
 @dataclass(frozen=True)

@@ -380,3 +380,38 @@ def test_a_failed_write_names_the_output_and_keeps_nothing(
     assert code == 1 and len(err.splitlines()) == 1, err
     assert f"{out / 'scan' / 'run.json'}: could not write the case's outputs (No space left on device)" in err
     assert list(out.iterdir()) == []
+
+
+def test_uneven_dicom_series_is_corrected_and_its_seg_references_the_acquired_slices(
+    tmp_path: Path, zoo_bundle: Path
+) -> None:
+    """A series with one slice missing: labels on the corrected regular grid, the correction in
+    run.json, and DICOM-SEG frames that reference only the instances that exist."""
+    import highdicom as hd
+    import pydicom
+
+    from pipelines.data.phantoms.make import make_ct_phantom
+    from pipelines.data.phantoms.write import write_dicom_series
+
+    phantom = make_ct_phantom(5, shape=(40, 36, 12), spacing_mm=(6.0, 6.0, 4.0))
+    folder = tmp_path / "series"
+    files = write_dicom_series(phantom, folder)
+    by_position = sorted(
+        files, key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2])
+    )
+    missing = pydicom.dcmread(by_position[5], stop_before_pixels=True).SOPInstanceUID
+    by_position[5].unlink()
+    options = SegmentOptions(device="cpu", precision="fp32", outputs=("labels", "dicom-seg"))
+    result = segment_case(folder, zoo_bundle, tmp_path / "out", options=options)
+    run = json.loads(result.files["run"].read_text())
+    correction = run["input"]["geometry_correction"]
+    assert correction["kind"] == "uneven_spacing" and correction["planes"] == 12
+    labels = nib.load(result.files["labels"])
+    np.testing.assert_allclose(labels.affine, phantom.affine, atol=1e-4)  # the regular grid, exactly
+    seg = hd.seg.segread(result.files["dicom_seg"])
+    referenced = {
+        ref.ReferencedSOPInstanceUID for frame in seg.PerFrameFunctionalGroupsSequence
+        for item in frame.DerivationImageSequence for ref in item.SourceImageSequence
+    }  # fmt: skip
+    acquired = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in folder.iterdir()}
+    assert referenced and referenced <= acquired and missing not in referenced

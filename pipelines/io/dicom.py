@@ -33,6 +33,7 @@ __all__ = [
     "DicomSeries",
     "StackedSeries",
     "find_dicom_series",
+    "plane_geometry",
     "scan_dicom_folder",
     "select_series",
     "stack_series",
@@ -251,6 +252,15 @@ def _position_along_normal(ds: pydicom.Dataset) -> float:
         number = ds.get("InstanceNumber")
         return float(number) if number not in (None, "") else 0.0
     return float(position @ axes[2])
+
+
+def plane_geometry(headers: Sequence[pydicom.Dataset]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
+    """``(positions (n, 3), row, col, pixel_spacing)`` of a series' planes, LPS, from its headers."""
+    axes = _orientation(headers[0])
+    positions = [_position(ds) for ds in headers]
+    if axes is None or any(p is None for p in positions) or "PixelSpacing" not in headers[0]:
+        raise ValueError("the headers lack ImageOrientationPatient, ImagePositionPatient or PixelSpacing")
+    return np.stack(positions), axes[0], axes[1], [float(v) for v in headers[0].PixelSpacing]  # type: ignore[arg-type]
 
 
 def _same(values: Sequence[object]) -> bool:

@@ -108,8 +108,8 @@ def plan_regular_grid(
         at = int(np.argmin(gaps))
         raise ValueError(
             f"{where}: slices {names[at]} and {names[at + 1]} lie at the same position "
-            f"({depths[at]:.3f} mm along the normal); the series mixes acquisitions. Split it, or pick one acquisition with --series-uid if they have "
-            "their own series"
+            f"({depths[at]:.3f} mm along the normal); the series mixes acquisitions. Split it, or pick one "
+            "acquisition with --series-uid if they have their own series"
         )
     median_gap = float(np.median(gaps))
     uneven = float(np.max(np.abs(gaps - median_gap))) > max(
