@@ -99,7 +99,7 @@ def test_zero_spacing_is_a_clear_error(tmp_path: Path, pixdim: tuple[float, floa
         header["qform_code"] = 1
     else:
         header["sform_code"] = 1
-        header["srow_x"], header["srow_y"], header["srow_z"] = np.diag(pixdim + (1.0,))[:3]
+        header["srow_x"], header["srow_y"], header["srow_z"] = np.diag((*pixdim, 1.0))[:3]
     (tmp_path / "flat.nii").write_bytes(header.binaryblock + b"\0" * 4 + b"\0" * 128)
     with pytest.raises(ValueError, match=r"flat\.nii: voxel-to-world affine: affine is singular"):
         read_volume(tmp_path / "flat.nii")

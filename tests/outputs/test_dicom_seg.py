@@ -404,6 +404,8 @@ def test_segmenter_keeps_the_other_outputs_when_the_seg_cannot_be_written(
     run = json.loads((case / "run.json").read_text())
     assert run["options"]["outputs"] == ["labels", "dicom-seg"]
     assert run["input"]["format"] == "dicom"
+    assert run["warnings"] == [expected]
+    assert run["dicom_seg"] == {"written": False, "filled_type2": [], "error": expected}
 
 
 # --------------------------------------------------------------------------------------------
