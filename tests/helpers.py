@@ -191,55 +191,12 @@ def write_zoo_bundle(root: Path, inference: dict[str, Any], metadata: dict[str, 
 
 
 # A Zoo-shaped bundle whose answer is known exactly: foreground where the raw value exceeds 500.
-THRESHOLD_INFERENCE = {
-    "imports": ["$import torch"],
-    "bundle_root": ".",
-    "output_dir": "$@bundle_root + '/eval'",
-    "device": "$torch.device('cpu')",
-    "network_def": {"_target_": "torch.nn.Conv3d", "in_channels": 1, "out_channels": 2, "kernel_size": 1},
-    "network": "$@network_def.to(@device)",
-    "preprocessing": {
-        "_target_": "Compose",
-        "transforms": [
-            {"_target_": "LoadImaged", "keys": "image"},
-            {"_target_": "EnsureChannelFirstd", "keys": "image"},
-            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
-            {"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0], "mode": "bilinear"},
-            {
-                "_target_": "ScaleIntensityRanged",
-                "keys": "image",
-                "a_min": 0,
-                "a_max": 1000,
-                "b_min": 0.0,
-                "b_max": 1.0,
-                "clip": True,
-            },
-            {"_target_": "EnsureTyped", "keys": "image"},
-        ],
-    },
-    "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [32, 32, 32], "sw_batch_size": 2, "overlap": 0.25},
-    "postprocessing": {
-        "_target_": "Compose",
-        "transforms": [
-            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-            {
-                "_target_": "Invertd",
-                "keys": "pred",
-                "transform": "@preprocessing",
-                "orig_keys": "image",
-                "nearest_interp": False,
-            },
-            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-            {
-                "_target_": "SaveImaged",
-                "keys": "pred",
-                "output_dir": "@output_dir",
-                "output_postfix": "seg",
-                "resample": False,
-            },
-        ],
-    },
-}
+THRESHOLD_INFERENCE = zoo_inference_config(
+    {"_target_": "torch.nn.Conv3d", "in_channels": 1, "out_channels": 2, "kernel_size": 1},
+    intensity_range=(0, 1000),
+    sw_batch_size=2,
+    overlap=0.25,
+)
 
 
 def write_threshold_bundle(root: Path) -> Path:
@@ -248,10 +205,7 @@ def write_threshold_bundle(root: Path) -> Path:
     Its network is a 1x1x1 convolution set to call a voxel foreground when the scaled intensity
     is above 0.5 (raw value 500), so the expected label map is known exactly from the input.
     """
-    (root / "configs").mkdir(parents=True)
-    (root / "models").mkdir()
-    (root / "configs" / "inference.json").write_text(json.dumps(THRESHOLD_INFERENCE, indent=1))
-    (root / "configs" / "metadata.json").write_text(json.dumps({"name": "zoo_threshold", "version": "0.0.1"}))
+    write_zoo_bundle(root, THRESHOLD_INFERENCE, {"name": "zoo_threshold", "version": "0.0.1"})
     conv = torch.nn.Conv3d(1, 2, 1)
     with torch.no_grad():
         conv.weight[:] = torch.tensor([-20.0, 20.0]).view(2, 1, 1, 1, 1)

@@ -171,6 +171,9 @@ def _as_3d(array: np.ndarray, path: Path) -> np.ndarray:
         array = array[..., 0]
     if array.ndim != 3:
         raise ValueError(f"{path}: expected a 3D image, got shape {tuple(array.shape)}")
+    if array.dtype.fields is not None or array.dtype.kind not in "biuf":
+        what = "RGB voxels" if array.dtype.fields is not None else f"{array.dtype} voxels"
+        raise ValueError(f"{path}: {what} (dtype {array.dtype}); expected one greyscale number per voxel")
     if min(array.shape) < 1:
         raise ValueError(f"{path}: image is empty, shape {tuple(array.shape)}")
     return array
