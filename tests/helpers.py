@@ -60,15 +60,11 @@ def oriented_affine(
 
 def read_labels_json(path: Path) -> dict[int, str]:
     """A labels.json file (``{"1": "liver", ...}``) as label id -> structure name."""
-    import json
-
     return {int(k): v for k, v in json.loads(path.read_text()).items()}
 
 
 def edit_json(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
     """Apply ``change`` to the JSON object in ``path`` and write it back."""
-    import json
-
     data = json.loads(path.read_text())
     change(data)
     path.write_text(json.dumps(data, indent=1))
@@ -181,8 +177,6 @@ def zoo_inference_config(
 def write_zoo_bundle(root: Path, inference: dict[str, Any], metadata: dict[str, Any]) -> Path:
     """Write ``configs/inference.json`` and ``configs/metadata.json`` into a new bundle folder ``root``
     (with an empty ``models/``); the caller saves the weights."""
-    import json
-
     (root / "configs").mkdir(parents=True)
     (root / "models").mkdir()
     (root / "configs" / "inference.json").write_text(json.dumps(inference, indent=1))

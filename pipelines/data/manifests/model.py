@@ -3,6 +3,12 @@
 :func:`load_manifest` checks structure only (JSON, the schema, unique case ids); opening the
 files is :func:`pipelines.data.manifests.validate.validate_manifest`'s job. Every path of a
 manifest is resolved by :func:`resolve_path`, relative to the folder that holds the manifest.
+
+Path policy: a manifest names files inside its own folder. A path that leaves it (``..`` beyond the
+folder, an absolute or ``~`` path, or a symbolic link whose real target lies outside) is refused as a
+structural problem before anything is opened, unless the caller passes ``allow_outside_paths=True``
+(``--allow-outside-paths`` on the command line). This keeps a manifest received from elsewhere from
+reading (and hashing, and copying into outputs) files such as ``../../../../etc/passwd``.
 """
 
 from __future__ import annotations
@@ -164,20 +170,88 @@ def schema_problems(data: Any, manifest_path: Path) -> list[Problem]:
     return [Problem(None, manifest_path, message) for _, message in schema_errors(data)]
 
 
-def resolve_path(manifest_folder: Path, value: str) -> Path:
+def resolve_path(manifest_folder: Path, value: str, *, allow_outside_paths: bool = False) -> Path:
     """Resolve one path written in a manifest; every image and label path goes through here.
+
+    Only names are looked at (``lstat``/``readlink`` of the path's parts to follow symbolic links);
+    no file is opened.
 
     Args:
         manifest_folder: The folder that holds the manifest (absolute).
-        value: The path as written: relative to ``manifest_folder``, absolute, or starting with ``~``.
+        value: The path as written: relative to ``manifest_folder``; absolute or ``~`` paths only
+            with ``allow_outside_paths``.
+        allow_outside_paths: Accept paths outside ``manifest_folder``.
 
     Returns:
         The absolute path, normalised lexically (``man/../data/x.nii.gz`` becomes ``data/x.nii.gz``,
-        which reads better in messages); symbolic links are not followed.
+        which reads better in messages); symbolic links are kept in the returned path.
+
+    Raises:
+        ValueError: without ``allow_outside_paths``, a path outside ``manifest_folder``: absolute
+            (also when it points inside), ``..`` segments that climb above the folder, or a path whose
+            real location (symbolic links followed, see :func:`outside_reason`) is outside it. ``..``
+            segments that stay inside are fine.
     """
-    # Planned: refuse a path that resolves outside the manifest's folder before anything opens it.
     path = Path(value).expanduser()
-    return Path(os.path.normpath(path if path.is_absolute() else manifest_folder / path))
+    resolved = Path(os.path.normpath(path if path.is_absolute() else manifest_folder / path))
+    if not allow_outside_paths:
+        reason = outside_reason(manifest_folder, value, resolved)
+        if reason is not None:
+            raise ValueError(
+                f"path {value!r} {reason}, outside the manifest's folder {manifest_folder}; manifest paths must "
+                "stay inside the folder that holds the manifest (allow them with --allow-outside-paths)"
+            )
+    return resolved
+
+
+def outside_reason(manifest_folder: Path, value: str, resolved: Path) -> str | None:
+    """Why a manifest path lies outside the manifest's folder, or None when it lies inside.
+
+    The policy: a path written absolute (or with ``~``) is outside, wherever it points. A relative
+    path is inside when its lexical normal form stays under the folder *and* its real location does
+    too: symbolic links along the path (and of the folder itself) are followed with
+    :func:`os.path.realpath`, so a link inside the folder that points elsewhere is outside, while a
+    manifest folder reached through a link is fine. A path that does not exist yet is judged by the
+    part of it that exists.
+
+    Args:
+        manifest_folder: The folder that holds the manifest (absolute).
+        value: The path as written in the manifest.
+        resolved: ``value`` made absolute and normalised lexically (see :func:`resolve_path`).
+
+    Returns:
+        ``"is absolute"``, ``"resolves to <path>"`` or ``"is a symbolic link to <path>"``, or None.
+    """
+    if Path(value).expanduser().is_absolute():
+        return "is absolute"
+    folder = Path(os.path.normpath(manifest_folder))
+    if not resolved.is_relative_to(folder):
+        return f"resolves to {resolved}"
+    real_folder = Path(os.path.realpath(folder))
+    real = Path(os.path.realpath(resolved))
+    if not real.is_relative_to(real_folder):
+        return f"is a symbolic link to {real}"
+    return None
+
+
+def contained_problems(manifest: Manifest) -> list[Problem]:
+    """The paths of a manifest built in code that lie outside its folder (the policy of :func:`resolve_path`).
+
+    Paths of such a manifest are already absolute, so only their (real) location counts here.
+    """
+    folder = manifest.path.parent
+    problems = []
+    for case in manifest.cases:
+        for kind, path in [*(("image", p) for p in case.image_paths), ("label", case.label)]:
+            if path is None:
+                continue
+            reason = outside_reason(folder, os.path.relpath(path, folder), Path(os.path.normpath(path)))
+            if reason is not None:
+                problems.append(
+                    Problem(case.case_id, manifest.path, f"{kind} {path} {reason}, outside the manifest's "
+                            f"folder {folder} (allow it with --allow-outside-paths)")
+                )  # fmt: skip
+    return problems
 
 
 def _default_case_id(images: Sequence[str]) -> str:
