@@ -65,7 +65,7 @@ def run_recipe_from_args(
         args: parsed from :func:`recipe_parser`.
         make_data: ``make_data(counts) -> manifest``, the script's phantom generator, given the
             cases per split from ``--train/--val/--test``.
-        example_manifest: the manifest train.json reads by default (in ``data_manifests/``); it is
+        example_manifest: the example manifest in ``data_manifests/`` that documents the dataset; it is
             rewritten to point at the phantoms when they went to ``default_data_dir`` at full field
             of view.
         default_data_dir: the script's default ``--data-dir``.

@@ -37,9 +37,11 @@ __all__ = [
     "ManifestError",
     "ParsedManifest",
     "Problem",
+    "contained_problems",
     "load_manifest",
     "load_manifest_document",
     "parse_manifest",
+    "outside_reason",
     "resolve_path",
     "schema_problems",
     "unlabelled_problems",
@@ -237,7 +239,7 @@ def outside_reason(manifest_folder: Path, value: str, resolved: Path) -> str | N
 def contained_problems(manifest: Manifest) -> list[Problem]:
     """The paths of a manifest built in code that lie outside its folder (the policy of :func:`resolve_path`).
 
-    Paths of such a manifest are already absolute, so only their (real) location counts here.
+    The paths of a :class:`Manifest` are absolute already, so only where they lie counts here.
     """
     folder = manifest.path.parent
     problems = []
@@ -248,8 +250,8 @@ def contained_problems(manifest: Manifest) -> list[Problem]:
             reason = outside_reason(folder, os.path.relpath(path, folder), Path(os.path.normpath(path)))
             if reason is not None:
                 problems.append(
-                    Problem(case.case_id, manifest.path, f"{kind} {path} {reason}, outside the manifest's "
-                            f"folder {folder} (allow it with --allow-outside-paths)")
+                    Problem(case.case_id, manifest.path, f"{kind} {path} is outside the manifest's folder {folder} "
+                            f"({reason}); allow it with --allow-outside-paths")
                 )  # fmt: skip
     return problems
 
@@ -293,12 +295,18 @@ class ParsedManifest:
     document: Any = None
 
 
-def _cases(data: dict[str, Any], base: Path, bad_entries: set[tuple[Any, ...]]) -> list[tuple[Case, str]]:
-    """Every case with the place of its entry (``training[3]``), in file order.
+def _cases(
+    data: dict[str, Any], manifest_path: Path, bad_entries: set[tuple[Any, ...]], allow_outside_paths: bool
+) -> tuple[list[tuple[Case, str]], list[Problem]]:
+    """Every case with the place of its entry (``training[3]``), in file order, and the refused paths.
 
-    Entries that failed the schema (their ``(split, index)`` in ``bad_entries``) are skipped.
+    Entries that failed the schema (their ``(split, index)`` in ``bad_entries``) are skipped, and so
+    are entries with a path outside the manifest's folder (see :func:`resolve_path`): each such path
+    is a :class:`Problem` naming the manifest, the entry (``test[0].image[1]``) and the path.
     """
+    base = manifest_path.parent
     cases: list[tuple[Case, str]] = []
+    refused: list[Problem] = []
     for split in SPLITS:
         entries = data.get(split)
         if not isinstance(entries, list):
@@ -306,32 +314,60 @@ def _cases(data: dict[str, Any], base: Path, bad_entries: set[tuple[Any, ...]]) 
         for index, entry in enumerate(entries):
             if (split, index) in bad_entries:
                 continue
+            place = f"{split}[{index}]"
             if isinstance(entry, str):
                 images: list[str] = [entry]
                 image_value: Any = entry
                 label_value = None
                 case_id = None
+                image_places = [place]
             else:
                 image_value = entry["image"]
                 images = [image_value] if isinstance(image_value, str) else list(image_value)
                 label_value = entry.get("label")
                 case_id = entry.get("case_id")
-            resolved = tuple(resolve_path(base, p) for p in images)
+                image_places = (
+                    [f"{place}.image"] if isinstance(image_value, str) else [f"{place}.image[{i}]" for i in range(len(images))]
+                )
+            case_id = case_id or _default_case_id(images)
+            written = list(zip(images, image_places, strict=True))
+            if label_value:
+                written.append((label_value, f"{place}.label"))
+            paths, problems = _resolved(manifest_path, case_id, written, allow_outside_paths)
+            if problems:
+                refused += problems
+                continue
             case = Case(
-                case_id=case_id or _default_case_id(images),
-                image=resolved if isinstance(image_value, list) else resolved[0],
-                label=resolve_path(base, label_value) if label_value else None,
+                case_id=case_id,
+                image=tuple(paths[: len(images)]) if isinstance(image_value, list) else paths[0],
+                label=paths[len(images)] if label_value else None,
                 split=split,
             )
-            cases.append((case, f"{split}[{index}]"))
-    return cases
+            cases.append((case, place))
+    return cases, refused
 
 
-def parse_manifest(path: str | os.PathLike[str]) -> ParsedManifest:
+def _resolved(
+    manifest_path: Path, case_id: str, written: Sequence[tuple[str, str]], allow_outside_paths: bool
+) -> tuple[list[Path], list[Problem]]:
+    """Resolve an entry's ``(path as written, place)`` pairs; each refused path becomes a :class:`Problem`."""
+    paths: list[Path] = []
+    problems: list[Problem] = []
+    for value, place in written:
+        try:
+            paths.append(resolve_path(manifest_path.parent, value, allow_outside_paths=allow_outside_paths))
+        except ValueError as err:
+            problems.append(Problem(case_id, manifest_path, f"{place}: {err}"))
+    return paths, problems
+
+
+def parse_manifest(path: str | os.PathLike[str], *, allow_outside_paths: bool = False) -> ParsedManifest:
     """Read a manifest, collecting structural problems instead of stopping at the first.
 
     Args:
         path: The manifest JSON file.
+        allow_outside_paths: Accept paths outside the manifest's folder (see :func:`resolve_path`);
+            without it each such path is a structural problem and its entry is left out.
 
     Returns:
         The manifest (None when the file is not JSON or not an object) and the problems found.
@@ -356,7 +392,8 @@ def parse_manifest(path: str | os.PathLike[str]) -> ParsedManifest:
         return ParsedManifest(None, structural, document=data)
     # Entries that failed the schema are skipped; every other entry still gets checked.
     bad_entries = {location[:2] for location, _ in errors if len(location) >= 2}
-    placed = _cases(data, path.parent, bad_entries)
+    placed, refused = _cases(data, path, bad_entries, allow_outside_paths)
+    structural += refused
     cases = [case for case, _ in placed]
 
     where_of: dict[str, list[str]] = {}
@@ -394,15 +431,17 @@ def parse_manifest(path: str | os.PathLike[str]) -> ParsedManifest:
     return ParsedManifest(manifest, structural, content, data)
 
 
-def load_manifest(path: str | os.PathLike[str]) -> Manifest:
+def load_manifest(path: str | os.PathLike[str], *, allow_outside_paths: bool = False) -> Manifest:
     """Load a manifest and check its structure (no image is opened).
 
     Checks: the file is JSON, it follows the schema (:data:`~pipelines.data.manifests.schema.MANIFEST_SCHEMA`),
-    and case ids are unique across all splits. Use
-    :func:`~pipelines.data.manifests.validate.validate_manifest` to check the files as well.
+    case ids are unique across all splits, and every path stays inside the manifest's folder (see
+    :func:`resolve_path`). Use :func:`~pipelines.data.manifests.validate.validate_manifest` to check
+    the files as well.
 
     Args:
         path: The manifest JSON file.
+        allow_outside_paths: Accept paths outside the manifest's folder (absolute ones included).
 
     Returns:
         The manifest with every path resolved against the manifest's folder.
@@ -411,12 +450,14 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
         FileNotFoundError: if ``path`` does not exist.
         ManifestError: listing every structural problem, each naming the manifest file.
     """
-    return _checked(parse_manifest(path))
+    return _checked(parse_manifest(path, allow_outside_paths=allow_outside_paths))
 
 
-def load_manifest_document(path: str | os.PathLike[str]) -> tuple[Manifest, dict[str, Any]]:
+def load_manifest_document(
+    path: str | os.PathLike[str], *, allow_outside_paths: bool = False
+) -> tuple[Manifest, dict[str, Any]]:
     """:func:`load_manifest`, also returning the JSON document as read (one read of the file)."""
-    parsed = parse_manifest(path)
+    parsed = parse_manifest(path, allow_outside_paths=allow_outside_paths)
     return _checked(parsed), parsed.document
 
 
