@@ -1,9 +1,11 @@
-"""The output folder of a batch run: the checks before any case runs, and ``batch.json``.
+"""The output folder of a batch run: the checks before any case runs, stale staging, and ``batch.json``.
 
 Every check on the folder a run writes into lives here, run once by each rank before its first
 case (cheap checks before expensive work): the folder is a folder, it holds no other bundle's run,
-and it holds no earlier run unless the run resumes. ``batch.json`` records the bundle the folder
-belongs to, the manifest and split, and the software versions.
+and it holds no earlier run unless the run resumes. A run killed mid-case leaves hidden staging
+folders and temporary files; :func:`remove_stale_staging` clears them once the folder's lock is held
+(see :mod:`pipelines.batch.lock`), so they cannot belong to a live run. ``batch.json`` records the
+bundle the folder belongs to, the manifest and split, and the software versions.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import contextlib
 import json
 import logging
 import platform
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +24,7 @@ import numpy as np
 import torch
 
 from pipelines import __version__
-from pipelines.batch.ledger import BATCH_JSON, ledger_files, read_jsonl, utc_now
+from pipelines.batch.ledger import BATCH_JSON, LEDGER, ledger_files, read_jsonl, utc_now
 from pipelines.batch.options import BatchOptions
 from pipelines.data.manifests.model import Manifest
 from pipelines.io.writers import write_json
@@ -28,9 +32,26 @@ from pipelines.segment import Segmenter
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["bundle_identity", "check_output_folder", "write_batch_json"]
+__all__ = [
+    "STALE_FILE",
+    "STALE_FOLDER",
+    "bundle_identity",
+    "check_output_folder",
+    "remove_stale_staging",
+    "write_batch_json",
+]
 
 _IDENTITY_KEYS = ("name", "version", "model_sha256")
+
+STALE_FOLDER = re.compile(r"^\..+(\.[A-Za-z0-9_]+\.partial|\.old-\d+|\.failed-[0-9a-f]{8})$")
+"""Hidden folders a case leaves when its run is killed: ``.<case>.<random>.partial`` (staging of
+:class:`~pipelines.segment.Segmenter`), ``.<case>.old-<pid>`` (the outputs it was replacing) and
+``.<case>.failed-<hex>`` (outputs of a case that failed, being removed)."""
+STALE_FILE = re.compile(
+    rf"^\.(report-.+\.(csv|html)|{re.escape(LEDGER.split('.')[0])}-.+\.jsonl|{re.escape(BATCH_JSON.split('.')[0])}-.+\.json)$"
+)
+"""Temporary files of the run's own top-level files (written atomically by
+:func:`pipelines.io.writers.atomic_path`: ``.report-<random>.html``, ``.ledger-<random>.jsonl``...)."""
 
 
 def bundle_identity(segmenter: Segmenter) -> dict[str, Any]:
@@ -84,6 +105,36 @@ def check_output_folder(output: Path, identity: dict[str, Any], options: BatchOp
             f"{output}: already holds a batch run ({ledgers[0].name}); add --resume to continue it "
             "(--retry-failed to rerun failed cases too) or choose a new output folder"
         )
+
+
+def remove_stale_staging(output: Path) -> int:
+    """Remove the staging folders and temporary files a killed run left in ``output`` (top level only).
+
+    Call it only while holding the folder's lock (:func:`pipelines.batch.lock.lock_output_folder`) and
+    before any rank starts a case: then nothing matching :data:`STALE_FOLDER` or :data:`STALE_FILE`
+    can belong to a live run. Symbolic links are never followed or removed.
+
+    Returns:
+        The number of folders and files removed (each is logged at debug level; the caller reports the count).
+    """
+    if not output.is_dir():
+        return 0
+    removed = 0
+    for entry in output.iterdir():
+        if entry.is_symlink():
+            continue
+        try:
+            if entry.is_dir() and STALE_FOLDER.match(entry.name):
+                shutil.rmtree(entry)
+            elif entry.is_file() and STALE_FILE.match(entry.name):
+                entry.unlink()
+            else:
+                continue
+        except FileNotFoundError:
+            continue
+        logger.debug("%s: removed, left by an interrupted run", entry)
+        removed += 1
+    return removed
 
 
 def write_batch_json(

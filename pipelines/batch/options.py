@@ -37,6 +37,8 @@ class BatchOptions:
             cases are in memory at once).
         progress: show a tqdm progress bar; None shows it when stderr is a terminal (rank 0 only).
         report: write ``report.csv`` and ``report.html`` at the end (rank 0).
+        allow_outside_paths: accept manifest paths outside the manifest's folder (absolute ones
+            included); without it such a manifest is refused before any file is opened.
     """
 
     split: str = "test"
@@ -48,6 +50,7 @@ class BatchOptions:
     queue_size: int = 2
     progress: bool | None = None
     report: bool = True
+    allow_outside_paths: bool = False
 
     def __post_init__(self) -> None:
         if self.split not in BATCH_SPLITS:
@@ -80,6 +83,8 @@ class BatchSummary:
         ledger: the ledger file (merged, once the run has ended).
         report_csv: ``report.csv`` when it was written, else None.
         report_html: ``report.html`` when it was written, else None.
+        report_error: why the report could not be written (a full disk...), one line; the ledger
+            is complete all the same. None when it was written or not asked for.
     """
 
     output: Path
@@ -94,6 +99,7 @@ class BatchSummary:
     ledger: Path | None = None
     report_csv: Path | None = None
     report_html: Path | None = None
+    report_error: str | None = None
 
     @property
     def processed(self) -> int:

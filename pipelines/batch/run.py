@@ -1,8 +1,10 @@
 """``run_batch``: every case of a manifest split, on this rank's share, with a ledger, a log and a report.
 
-The order of one run: set up (manifest, bundle, output-folder checks; every rank agrees before any
-starts), ``batch.json``, this rank's cases through :class:`~pipelines.batch.pipeline.Pipeline`, the
-ranks' figures gathered, and on rank 0 the ledger shards merged and the report written.
+The order of one run: rank 0 locks the output folder (:mod:`pipelines.batch.lock`) while the other
+ranks wait; set up (manifest, bundle, output-folder checks, and on rank 0 the staging a killed run
+left; every rank agrees before any starts), ``batch.json``, this rank's cases through
+:class:`~pipelines.batch.pipeline.Pipeline`, the ranks' figures gathered, and on rank 0 the ledger
+shards merged, the report written and the lock released (also when the run fails).
 """
 
 from __future__ import annotations
@@ -10,18 +12,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipelines.batch.folder import bundle_identity, check_output_folder, write_batch_json
+from pipelines.batch.folder import bundle_identity, check_output_folder, remove_stale_staging, write_batch_json
 from pipelines.batch.ledger import LEDGER, latest_records, ledger_path, merge_ledger, read_ledger, utc_now
+from pipelines.batch.lock import FolderLock, lock_output_folder
 from pipelines.batch.options import BatchOptions, BatchSummary
 from pipelines.batch.pipeline import Pipeline, Tally
 from pipelines.batch.ranks import Ranks
 from pipelines.batch.report import write_report
 from pipelines.data.manifests.model import SPLITS, Case, Manifest, load_manifest
+from pipelines.io.output_folder import check_output_folder as check_writable
 from pipelines.segment import Segmenter, SegmentOptions
 
 logger = logging.getLogger(__name__)
@@ -40,6 +45,7 @@ def run_batch(
     *,
     rank: int = 0,
     world_size: int = 1,
+    run_id: str | None = None,
 ) -> BatchSummary:
     """Segment every case of a manifest split into ``output/<case_id>/``, with a ledger and a report.
 
@@ -59,6 +65,11 @@ def run_batch(
     A case that raises (unreadable file, bad geometry, out of memory...) is recorded as failed with
     a one-line error naming its input, leaves no case folder, and the run goes on.
 
+    Rank 0 holds the output folder's lock (:func:`~pipelines.batch.lock.lock_output_folder`) for the
+    whole run, before anything else is read; the other ranks start only once it has it. Once the run
+    is accepted, staging folders left by a killed run are removed. A report that cannot be written (a
+    full disk) does not fail the run: the ledger is complete, and ``report_error`` says why.
+
     Args:
         manifest: a manifest file or an already loaded :class:`~pipelines.data.manifests.model.Manifest`.
         bundle: the bundle folder.
@@ -66,26 +77,60 @@ def run_batch(
         options: split, resume, device, precision, outputs... (see :class:`BatchOptions`).
         rank: this process's rank; with ``world_size > 1`` torch.distributed must be initialised.
         world_size: number of ranks sharing the run.
+        run_id: torchrun's run id, recorded in the lock file so that a refused run can name it.
 
     Returns:
         The :class:`BatchSummary` over all ranks (every rank returns the same counts).
 
     Raises:
+        OutputFolderLocked: (an ``OSError``, see :class:`~pipelines.batch.lock.OutputFolderLocked`)
+            another run holds the output folder; the message names its host and PID.
         FileNotFoundError: manifest or bundle (or its weights) missing.
-        ValueError: bad manifest (:class:`~pipelines.data.manifests.model.ManifestError`), empty split,
-            an output folder with a ledger and no ``resume``, or holding another bundle's run.
+        NotADirectoryError, PermissionError: the output folder is a file, or cannot be written.
+        ValueError: bad manifest (:class:`~pipelines.data.manifests.model.ManifestError`, paths
+            outside its folder without ``allow_outside_paths`` included), empty split, an output folder
+            with a ledger and no ``resume``, or holding another bundle's run; on ranks other than 0,
+            any error of rank 0's start, naming rank 0.
     """
     options = options or BatchOptions()
     ranks = Ranks(rank, world_size)
     output = Path(output).expanduser().absolute()
     clock = time.perf_counter()
-    started = utc_now()
 
+    # Rank 0 takes the lock before anything else; the other ranks wait for it in agree().
+    lock: FolderLock | None = None
+    error: BaseException | None = None
+    if ranks.rank == 0:
+        try:
+            check_writable(output)  # a clear message for a file or a read-only folder, before the lock file
+            lock = lock_output_folder(output, run_id=run_id, world_size=ranks.world_size)
+        except Exception as err:
+            error = err
+    try:
+        ranks.agree(error)
+        return _run(manifest, bundle, output, options, ranks, clock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(
+    manifest: str | Path | Manifest, bundle: str | Path, output: Path, options: BatchOptions, ranks: Ranks, clock: float
+) -> BatchSummary:
+    """:func:`run_batch` once rank 0 holds the output folder's lock."""
+    started = utc_now()
     error: BaseException | None = None
     cases: tuple[Case, ...] = ()
     segmenter: Segmenter | None = None
+    stale = 0
     try:
-        loaded = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+        if ranks.rank != 0:
+            check_writable(output)
+        loaded = (
+            manifest
+            if isinstance(manifest, Manifest)
+            else load_manifest(manifest, allow_outside_paths=options.allow_outside_paths)
+        )
         cases = tuple(sorted(loaded.split(options.split), key=lambda c: c.case_id))
         if not cases:
             counts = ", ".join(f"{s} {len(loaded.split(s))}" for s in SPLITS)
@@ -98,6 +143,8 @@ def run_batch(
         )
         identity = bundle_identity(segmenter)
         check_output_folder(output, identity, options)
+        if ranks.rank == 0:
+            stale = remove_stale_staging(output)  # under the lock, before any rank starts a case
     except Exception as err:
         error = err
     ranks.agree(error)  # raises on every rank when one could not start
@@ -115,6 +162,10 @@ def run_batch(
             len(cases), options.split, loaded.path, len(mine), ranks.rank, ranks.world_size,
             identity["name"], identity["version"], segmenter.device, segmenter.precision, log_path,
         )  # fmt: skip
+        if stale:
+            logger.info(
+                "batch: removed %d staging folder(s) and temporary file(s) a killed run left in %s", stale, output
+            )
         pipeline = Pipeline(
             segmenter, output, identity, options, ranks, ledger_path(output, ranks.rank, ranks.world_size), state,
             log_trace,
@@ -126,7 +177,7 @@ def run_batch(
         summary = _combine(tallies, output, len(cases), ranks.world_size)
         if ranks.rank == 0:
             merge_ledger(output)
-            summary = _finish(summary, output, options, tallies, started)
+            summary = _finish(summary, output, options, tallies, started, log_trace)
         logger.info(
             "batch: %d ok, %d failed, %d skipped, %d failed earlier, in %.1f s (%.1f cases/min)",
             summary.ok, summary.failed, summary.skipped, summary.failed_earlier, summary.wall_seconds,
@@ -152,9 +203,19 @@ def _combine(tallies: Sequence[Tally], output: Path, total: int, world_size: int
 
 
 def _finish(
-    summary: BatchSummary, output: Path, options: BatchOptions, tallies: Sequence[Tally], started: str
+    summary: BatchSummary,
+    output: Path,
+    options: BatchOptions,
+    tallies: Sequence[Tally],
+    started: str,
+    log_trace: Callable[[str], None],
 ) -> BatchSummary:
-    """Write the report (rank 0, when ``options.report``) with this run's figures."""
+    """Write the report (rank 0, when ``options.report``) with this run's figures.
+
+    A report that cannot be written (full disk, quota, a folder gone read-only) costs nothing else:
+    the ledger is already complete, the traceback goes to the run's log, and the summary's
+    ``report_error`` says, in one line, what happened and how to write the report later.
+    """
     if not options.report:
         return summary
     run = {
@@ -172,7 +233,16 @@ def _finish(
         "wall_seconds": round(summary.wall_seconds, 3),
         "cases_per_minute": round(summary.cases_per_minute, 3),
     }
-    csv_path, html_path = write_report(output, run=run)
+    try:
+        csv_path, html_path = write_report(output, run=run)
+    except OSError as err:
+        log_trace("report not written:\n" + "".join(traceback.format_exception(err)).rstrip())
+        reason = err.strerror or str(err) or type(err).__name__
+        message = (
+            f"{output}: could not write the report ({reason}); the ledger {summary.ledger} is complete: "
+            "free space, then run again with --resume to write the report"
+        )
+        return replace(summary, report_error=message)
     return replace(summary, report_csv=csv_path, report_html=html_path)
 
 

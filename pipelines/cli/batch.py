@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
             "Segment every case of a manifest split into OUTPUT/<case_id>/, recording each case in "
             "OUTPUT/ledger.jsonl and writing OUTPUT/report.html. Scale out with "
             "`torchrun --nproc_per_node N -m pipelines batch ...` (several nodes: OUTPUT and the "
-            "inputs must be on a filesystem every node sees)."
+            "inputs must be on a filesystem every node sees). One run at a time per OUTPUT: a second "
+            "run, with or without --resume, is refused while OUTPUT/.medseg-batch.lock is held."
         ),
     )
     p.add_argument("manifest", type=Path, help="data manifest (JSON, Decathlon dataset.json style)")
@@ -36,10 +38,21 @@ def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="comma list of labels,dicom-seg,stats,preview (default: labels,stats,preview; dicom-seg too for DICOM)",
     )
+    add_path_policy_option(p)
     add_run_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     p.set_defaults(func=_cmd_batch)
     return p
+
+
+def add_path_policy_option(p: argparse.ArgumentParser) -> None:
+    """``--allow-outside-paths``: the manifest path policy, for every command that reads a manifest."""
+    p.add_argument(
+        "--allow-outside-paths",
+        action="store_true",
+        help="accept manifest paths outside the manifest's folder (absolute paths, '..' above it, symbolic "
+        "links leading out); without it such a manifest is refused before any file is opened",
+    )
 
 
 def _env_int(name: str, default: int) -> int:
@@ -86,15 +99,21 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         precision=args.precision,
         outputs=args.outputs,
         progress=False if getattr(args, "no_progress", False) else None,
+        allow_outside_paths=getattr(args, "allow_outside_paths", False),
     )
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID") if world_size > 1 else None
     try:
-        summary = run_batch(args.manifest, args.bundle, args.output, options, rank=rank, world_size=world_size)
+        summary = run_batch(
+            args.manifest, args.bundle, args.output, options, rank=rank, world_size=world_size, run_id=run_id
+        )
     finally:
         if started_group:
             dist.destroy_process_group()
     if rank == 0:
         _print_summary(summary)
-    return 1 if summary.has_failures else 0
+        if summary.report_error is not None:
+            print(f"medseg: error: {summary.report_error}", file=sys.stderr)
+    return 1 if summary.has_failures or summary.report_error is not None else 0
 
 
 def _print_summary(summary: BatchSummary) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipelines import __version__
 from pipelines.bundles.find import find_bundle
-from pipelines.cli.batch import add_batch_parser
+from pipelines.cli.batch import add_batch_parser, add_path_policy_option
 from pipelines.cli.bundle import add_bundle_option, add_bundle_parser, bundle_search_path, resolve_bundle_args
 from pipelines.cli.common import add_run_options, outputs_arg, setup_logging
 
@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     msub = p.add_subparsers(dest="manifest_command", required=True, metavar="ACTION")
     q = msub.add_parser("validate", help="report every problem of a manifest at once")
     q.add_argument("file", type=Path)
+    add_path_policy_option(q)
     q.set_defaults(func=_cmd_manifest_validate)
     q = msub.add_parser("create", help="build a manifest from a folder of image/label pairs")
     q.add_argument("folder", type=Path)
@@ -250,7 +251,7 @@ def _cmd_manifest_validate(args: argparse.Namespace) -> int:
 
     if not args.file.is_file():
         raise FileNotFoundError(f"{args.file}: manifest does not exist")
-    problems = validate_manifest(args.file)
+    problems = validate_manifest(args.file, allow_outside_paths=args.allow_outside_paths)
     for problem in problems:
         print(problem)
     print(f"{args.file}: {len(problems)} problem(s)" if problems else f"{args.file}: OK")

@@ -39,3 +39,9 @@ def test_cli_parses_the_batch_options() -> None:
     args = parse(argv)
     assert (args.manifest, args.output, args.split) == (Path("m.json"), Path("o"), "all")
     assert args.resume and args.retry_failed and args.no_progress and args.outputs is None
+
+
+def test_cli_parses_the_manifest_path_policy() -> None:
+    base = ["m.json", "--bundle", "b", "-o", "o"]
+    assert parse(base).allow_outside_paths is False
+    assert parse([*base, "--allow-outside-paths"]).allow_outside_paths is True

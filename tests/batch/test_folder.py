@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from pipelines.batch.folder import check_output_folder, write_batch_json
+from pipelines.batch.folder import check_output_folder, remove_stale_staging, write_batch_json
 from pipelines.batch.ledger import BATCH_JSON, LEDGER
 from pipelines.batch.options import BatchOptions
 
@@ -77,3 +78,28 @@ def test_batch_json_keeps_its_creation_time(tmp_path: Path) -> None:
     assert again["created"] == first["created"] and again["outputs"] is None
     assert again["last_run"]["world_size"] == 2 and again["last_run"]["resume"] is True
     check_output_folder(output, IDENTITY, BatchOptions())  # batch.json alone (no ledger) is no earlier run
+
+
+def test_stale_staging_of_a_killed_run_is_removed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    stale = [".case_00.k2x_9abc.partial", ".case.with.dots.old-4242", ".case_01.failed-0a1b2c3d"]
+    for name in stale:
+        (tmp_path / name / "sub").mkdir(parents=True)
+        (tmp_path / name / "sub" / "labels.nii.gz").write_bytes(b"half")
+    temporary = [".report-ab12cd.html", ".report-x.csv", ".ledger-q1.jsonl", ".batch-7z.json"]
+    for name in temporary:
+        (tmp_path / name).write_text("half")
+    kept = ["case_00", ".hidden", ".medseg-batch.lock", "ledger.jsonl", ".case_00.partial-notes", "x.abc.partial"]
+    for name in kept[:2]:
+        (tmp_path / name).mkdir()
+    for name in kept[2:]:
+        (tmp_path / name).write_text("keep")
+    outside = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    outside.mkdir()
+    (tmp_path / ".linked.abcd1234.partial").symlink_to(outside)  # a link is never followed nor removed
+
+    with caplog.at_level(logging.DEBUG, logger="pipelines.batch.folder"):
+        assert remove_stale_staging(tmp_path) == len(stale) + len(temporary)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, ".linked.abcd1234.partial"])
+    assert outside.is_dir()
+    assert f"{tmp_path / stale[0]}: removed, left by an interrupted run" in caplog.text
+    assert remove_stale_staging(tmp_path) == 0 and remove_stale_staging(tmp_path / "missing") == 0

@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import pipelines.batch.report
 import pipelines.outputs.preview
+from pipelines.batch.ledger import LEDGER
 from pipelines.batch.options import BatchOptions
 from pipelines.batch.run import run_batch
 from pipelines.bundles.bundle import load_bundle
 from pipelines.data.manifests.model import ManifestError
 from pipelines.io.hashing import input_sha256
-from tests.batch.study import CASES, LABELS, make_study, parse, records
-from tests.helpers import copy_bundle_with_random_weights
+from tests.batch.study import (
+    CASES,
+    FAST,
+    LABELS,
+    make_study,
+    medseg,
+    parse,
+    phantom,
+    records,
+    subprocess_env,
+    write_manifest,
+)
+from tests.helpers import REPO, copy_bundle_with_random_weights
 
 
 @pytest.mark.slow
@@ -119,3 +136,115 @@ def test_a_bad_manifest_stops_before_any_case(
     with pytest.raises(error, match=match):
         run_batch(path, unet_bundle, tmp_path / "out", BatchOptions(split=split, device="cpu"))
     assert not (tmp_path / "out").exists()
+
+
+def test_stale_staging_is_removed_once_the_run_holds_the_folder(
+    tmp_path: Path, unet_bundle: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    manifest = make_study(tmp_path, CASES[:1], with_corrupt=False)
+    output = tmp_path / "out"
+    run_batch(manifest, unet_bundle, output, BatchOptions(device="cpu", outputs=("labels",)))
+    left = [".case_00.a1b2c3d4.partial", ".case_00.old-31337", ".report-zz9.html"]  # as kill -9 leaves them
+    (output / left[0]).mkdir()
+    (output / left[0] / "labels.nii.gz").write_bytes(b"half written")
+    (output / left[1]).mkdir()
+    (output / left[2]).write_text("<html>half")
+    with caplog.at_level(logging.INFO, logger="pipelines"):
+        summary = run_batch(manifest, unet_bundle, output, BatchOptions(device="cpu", outputs=("labels",), resume=True))
+    assert summary.skipped == 1
+    assert not [p for p in output.iterdir() if p.name.startswith(".")]
+    assert f"batch: removed 3 staging folder(s) and temporary file(s) a killed run left in {output}" in caplog.text
+    # the run's own log (kept in the output folder) says it too
+    assert any("removed 3 staging folder(s)" in log.read_text() for log in (output / "logs").glob("batch-*.log"))
+
+
+def test_a_full_disk_while_writing_the_report_keeps_the_ledger_and_ends_with_one_line(
+    tmp_path: Path, unet_bundle: Path, no_torchrun: None, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    from pipelines.cli.main import main
+
+    manifest = make_study(tmp_path, CASES[:2], with_corrupt=False)
+    output = tmp_path / "out"
+    real = pipelines.batch.report._write_html
+
+    def full_disk(handle: Any, *args: Any) -> None:
+        handle.write("<!DOCTYPE html>\n<html lang='en'>")  # part of the page went out, then the disk was full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pipelines.batch.report, "_write_html", full_disk)
+    argv = ["-q", "batch", str(manifest), "--bundle", str(unet_bundle), "--output", str(output),
+            "--outputs", "labels,stats", "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 1
+    printed = capsys.readouterr()
+    assert "batch: 2 ok, 0 failed, 0 skipped of 2 case(s)" in printed.out  # the summary still prints
+    assert f"ledger: {output / LEDGER}" in printed.out and "report:" not in printed.out
+    (line,) = printed.err.strip().splitlines()
+    assert line == (
+        f"medseg: error: {output}: could not write the report (No space left on device); the ledger "
+        f"{output / LEDGER} is complete: free space, then run again with --resume to write the report"
+    )
+    ledger = records(output)
+    assert sorted(r["case_id"] for r in ledger) == CASES[:2] and {r["status"] for r in ledger} == {"ok"}
+    assert not (output / "report.html").exists()
+    assert not [p for p in output.iterdir() if p.name.startswith(".")]  # no temporary page, no lock
+    log = next((output / "logs").glob("batch-*.log")).read_text()
+    assert "report not written:" in log and "Traceback" in log and "No space left on device" in log
+
+    monkeypatch.setattr(pipelines.batch.report, "_write_html", real)  # space again
+    again = run_batch(manifest, unet_bundle, output, BatchOptions(device="cpu", outputs=FAST, resume=True))
+    assert again.skipped == 2 and again.report_error is None and again.report_html is not None
+    assert again.report_html.is_file() and records(output) == ledger
+
+
+def _outside_study(root: Path) -> tuple[Path, Path]:
+    """A study whose data lie beside the manifest's folder: ``../data/case_00/...`` and an absolute path."""
+    make_study(root, CASES[:2], with_corrupt=False)
+    (root / "manifests").mkdir()
+    entries = [
+        {"image": "../data/case_00/image.nii.gz", "case_id": "case_00"},
+        {"image": str(root / "data" / "case_01" / "image.nii.gz"), "case_id": "case_01"},
+    ]
+    return write_manifest(root / "manifests" / "outside.json", entries), root / "data" / "case_00" / "image.nii.gz"
+
+
+def test_manifest_paths_outside_its_folder_need_allow_outside_paths(tmp_path: Path, unet_bundle: Path) -> None:
+    manifest, first = _outside_study(tmp_path)
+    output = tmp_path / "out"
+    with pytest.raises(ManifestError) as refused:
+        run_batch(manifest, unet_bundle, output, BatchOptions(device="cpu", outputs=("labels",)))
+    assert str(refused.value).splitlines() == [
+        f"case case_00: {manifest}: test[0].image: path '../data/case_00/image.nii.gz' resolves to {first}, outside "
+        f"the manifest's folder {manifest.parent} (manifest paths stay inside it unless allowed with "
+        "--allow-outside-paths)",
+        f"case case_01: {manifest}: test[1].image: path '{tmp_path / 'data' / 'case_01' / 'image.nii.gz'}' is "
+        f"absolute, outside the manifest's folder {manifest.parent} (manifest paths stay inside it unless allowed "
+        "with --allow-outside-paths)",
+    ]
+    assert not output.exists()
+    options = BatchOptions(device="cpu", outputs=("labels",), allow_outside_paths=True)
+    summary = run_batch(manifest, unet_bundle, output, options)
+    assert (summary.ok, summary.failed) == (2, 0)
+    assert {r["input"]["path"] for r in records(output)} == {str(first), str(tmp_path / "data/case_01/image.nii.gz")}
+
+
+def test_medseg_batch_opens_no_file_of_a_manifest_that_leaves_its_folder(tmp_path: Path, unet_bundle: Path) -> None:
+    secret = tmp_path / "etc" / "passwd"
+    secret.parent.mkdir()
+    os.mkfifo(secret)  # reading it would block the run until the timeout fails the test
+    study = tmp_path / "a" / "b"
+    study.mkdir(parents=True)
+    phantom(study / "ok", seed=0)
+    manifest = write_manifest(
+        study / "manifest.json",
+        ["../../etc/passwd", str(secret), {"image": "ok/image.nii.gz", "label": "ok/../../../etc/passwd"}],
+    )
+    output = tmp_path / "out"
+    command = medseg(manifest, "--bundle", unet_bundle, "--output", output, "--device", "cpu")
+    done = subprocess.run(command, env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"medseg: error: case passwd: {manifest}: test[0]: path '../../etc/passwd' resolves to ")
+    assert f"test[1]: path '{secret}' is absolute" in line
+    assert f"case image: {manifest}: test[2].label: path 'ok/../../../etc/passwd' resolves to {secret}" in line
+    assert not output.exists()

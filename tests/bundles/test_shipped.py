@@ -1,5 +1,5 @@
 """The bundles end to end: a Model Zoo style bundle, the UNETR and the MRI bundle through `medseg segment`,
-their training and evaluation configs, and the phantom datasets they train on."""
+and their training and evaluation configs."""
 
 from __future__ import annotations
 
@@ -341,54 +341,6 @@ def test_mri_evaluation_config_saves_predictions_on_the_image_grid(tmp_path: Pat
     assert saved.shape == image.shape
     np.testing.assert_allclose(saved.affine, image.affine, atol=1e-5)
     assert out["pred"].shape[0] == 2  # one-hot for the Dice metric
-
-
-# -- phantom datasets -----------------------------------------------------------------------------
-
-
-def test_brain_dataset_geometry_is_seeded_and_regenerated_when_it_changes(tmp_path: Path) -> None:
-    from pipelines.data.datasets import brain_case_geometry, make_brain_dataset
-
-    assert brain_case_geometry(7) == brain_case_geometry(7)
-    g = brain_case_geometry(7)
-    assert 0.7 <= g.spacing_mm[0] <= 1.2 and 2.0 <= g.spacing_mm[2] <= 6.5 and g.orientation in ("RAS", "LPS", "LAS")
-    bundle = BUNDLES / "mri_brain_tumor"
-    manifest = make_brain_dataset(tmp_path, bundle, counts={"validation": 1}, fov_scale=0.25)
-    image = tmp_path / "validation" / "brain_10000" / "image.nii.gz"
-    small = nib.load(image).shape
-    make_brain_dataset(tmp_path, bundle, counts={"validation": 1}, fov_scale=0.3)
-    assert nib.load(image).shape != small
-    entry = json.loads(manifest.read_text())["validation"][0]
-    assert entry == {
-        "case_id": "brain_10000",
-        "image": "validation/brain_10000/image.nii.gz",
-        "label": "validation/brain_10000/label.nii.gz",
-    }
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"kind": "pet"}, "kind 'pet': expected one of ct, brain"),
-        ({"kind": "ct", "channels": 2}, "channels: CT phantoms have one channel, got 2"),
-        ({"kind": "brain", "channels": 5}, r"channels: expected an int in 1..4, got 5"),
-        ({"kind": "brain", "fov_scale": 1.5}, r"fov_scale: expected a number in \(0, 1\], got 1.5"),
-        ({"kind": "brain", "counts": {"holdout": 1}}, "split 'holdout': expected one of training"),
-    ],
-)
-def test_phantom_dataset_bad_arguments(tmp_path: Path, kwargs: dict, message: str) -> None:
-    from pipelines.data.datasets import make_phantom_dataset
-
-    kwargs = {"counts": {"training": 1}, **kwargs}
-    with pytest.raises(ValueError, match=message):
-        make_phantom_dataset(tmp_path, BUNDLES / "mri_brain_tumor", **kwargs)
-
-
-def test_brain_dataset_needs_a_tumour_bundle(tmp_path: Path) -> None:
-    from pipelines.data.datasets import make_brain_dataset
-
-    with pytest.raises(ValueError, match=r"brain tumour phantoms label \{1: 'tumor'\}; the bundle's channel_def has"):
-        make_brain_dataset(tmp_path, BUNDLES / "ct_abdomen_unet", counts={"training": 1})
 
 
 @pytest.mark.slow

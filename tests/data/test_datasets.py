@@ -1,7 +1,4 @@
-"""Tests of pipelines.data.datasets: seeded case geometry, dataset generation, manifests and relocation.
-
-More dataset tests run with the bundles they feed (tests/test_bundles.py: brain datasets, bad arguments).
-"""
+"""Tests of pipelines.data.datasets: seeded case geometry, dataset generation, manifests and relocation."""
 
 from __future__ import annotations
 
@@ -20,6 +17,7 @@ from pipelines.data.datasets import (
     brain_case_geometry,
     bundle_label_ids,
     ct_case_geometry,
+    make_brain_dataset,
     make_ct_dataset,
     make_phantom_dataset,
     relocated,
@@ -208,3 +206,45 @@ def test_relocated_paths_name_the_same_files_from_the_new_folder(tmp_path: Path)
 def test_datasets_module_logs_under_its_own_name() -> None:
     assert datasets.logger.name == "pipelines.data.datasets"
     assert not datasets.logger.handlers
+
+
+# -- brain datasets and bad arguments -----------------------------------------------------------------------------
+
+
+def test_brain_dataset_geometry_is_seeded_and_regenerated_when_it_changes(tmp_path: Path) -> None:
+    assert brain_case_geometry(7) == brain_case_geometry(7)
+    g = brain_case_geometry(7)
+    assert 0.7 <= g.spacing_mm[0] <= 1.2 and 2.0 <= g.spacing_mm[2] <= 6.5 and g.orientation in ("RAS", "LPS", "LAS")
+    bundle = BUNDLES / "mri_brain_tumor"
+    manifest = make_brain_dataset(tmp_path, bundle, counts={"validation": 1}, fov_scale=0.25)
+    image = tmp_path / "validation" / "brain_10000" / "image.nii.gz"
+    small = nib.load(image).shape
+    make_brain_dataset(tmp_path, bundle, counts={"validation": 1}, fov_scale=0.3)
+    assert nib.load(image).shape != small
+    entry = json.loads(manifest.read_text())["validation"][0]
+    assert entry == {
+        "case_id": "brain_10000",
+        "image": "validation/brain_10000/image.nii.gz",
+        "label": "validation/brain_10000/label.nii.gz",
+    }
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"kind": "pet"}, "kind 'pet': expected one of ct, brain"),
+        ({"kind": "ct", "channels": 2}, "channels: CT phantoms have one channel, got 2"),
+        ({"kind": "brain", "channels": 5}, r"channels: expected an int in 1..4, got 5"),
+        ({"kind": "brain", "fov_scale": 1.5}, r"fov_scale: expected a number in \(0, 1\], got 1.5"),
+        ({"kind": "brain", "counts": {"holdout": 1}}, "split 'holdout': expected one of training"),
+    ],
+)
+def test_phantom_dataset_bad_arguments(tmp_path: Path, kwargs: dict, message: str) -> None:
+    kwargs = {"counts": {"training": 1}, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        make_phantom_dataset(tmp_path, BUNDLES / "mri_brain_tumor", **kwargs)
+
+
+def test_brain_dataset_needs_a_tumour_bundle(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"brain tumour phantoms label \{1: 'tumor'\}; the bundle's channel_def has"):
+        make_brain_dataset(tmp_path, BUNDLES / "ct_abdomen_unet", counts={"training": 1})

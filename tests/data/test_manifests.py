@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,15 @@ import pytest
 import SimpleITK as sitk
 
 from pipelines.data.manifests.create import create_manifest
-from pipelines.data.manifests.model import Case, Manifest, ManifestError, Problem, load_manifest, write_manifest
+from pipelines.data.manifests.model import (
+    Case,
+    Manifest,
+    ManifestError,
+    Problem,
+    load_manifest,
+    resolve_path,
+    write_manifest,
+)
 from pipelines.data.manifests.schema import MANIFEST_SCHEMA, SCHEMA_PATH
 from pipelines.data.manifests.split import split_manifest
 from pipelines.data.manifests.validate import validate_manifest
@@ -74,7 +85,7 @@ def test_load_resolves_paths_against_manifest_folder(tmp_path: Path) -> None:
         validation=[{"image": ["../data/a_image.nii.gz", "../data/a_image.nii.gz"], "case_id": "two"}],
         test=[str(absolute), "../data/b_0000.nrrd"],
     )
-    manifest = load_manifest(path)
+    manifest = load_manifest(path, allow_outside_paths=True)  # every path here lies outside manifests/
     assert manifest.path == path and manifest.name == "test" and manifest.modality == "CT"
     assert manifest.labels == {0: "background", 1: "liver", 2: "spleen"}
     assert manifest.split("training") == (
@@ -362,7 +373,7 @@ def test_create_manifest_channels_patterns_and_manifest_dir(tmp_path: Path) -> N
         }
     ]
     path = write_manifest(manifest, tmp_path / "m" / "dataset.json")
-    assert load_manifest(path).cases[0].image == (
+    assert load_manifest(path, allow_outside_paths=True).cases[0].image == (
         data / "imagesTr" / "p1_0000.nii.gz",
         data / "imagesTr" / "p1_0001.nii.gz",
     )
@@ -483,7 +494,8 @@ def test_schema_validates_example_manifests() -> None:
     validator = jsonschema.Draft202012Validator(MANIFEST_SCHEMA)
     for path in examples:
         validator.validate(json.loads(path.read_text()))
-        manifest = load_manifest(path)  # structure only: the training scripts make the example data
+        # structure only: the training scripts make the example data, in ../data (outside data_manifests/)
+        manifest = load_manifest(path, allow_outside_paths=True)
         assert manifest.cases and all(case.label is not None for case in manifest.split("training")), path
 
 
@@ -515,7 +527,7 @@ def test_real_cases_validate(shared_data: Path, tmp_path: Path) -> None:
     labels = {"0": "background", **{str(v): f"s{v}" for v in range(1, 120)}}
     path = _manifest(tmp_path, entries, labels=labels)
     # the DICOM series is LPS and its label LAS: the same voxels, so no grid problem
-    assert validate_manifest(path) == []
+    assert validate_manifest(path, allow_outside_paths=True) == []  # absolute paths into shared_data
 
 
 @pytest.mark.shared_data
@@ -526,4 +538,157 @@ def test_create_manifest_on_real_folder(shared_data: Path, tmp_path: Path) -> No
     assert cases["ct_dicom_series"]["image"].endswith("ct_dicom_series/dicom")
     assert cases["mri_brain_tumor"]["label"].endswith("mri_brain_tumor/label.nrrd")
     path = write_manifest(manifest, tmp_path / "dataset.json")
-    assert validate_manifest(path, check_images=False) == []
+    assert validate_manifest(path, check_images=False, allow_outside_paths=True) == []  # ../ into shared_data
+
+
+# ------------------------------------------------------------------------------ path policy
+
+
+@pytest.fixture()
+def folders(tmp_path: Path) -> Path:
+    """``study/`` (the manifest's folder) with ``sub/``, and ``outside/`` beside it, with links between them."""
+    (tmp_path / "study" / "sub").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "study" / "out_link").symlink_to(tmp_path / "outside")
+    (tmp_path / "study" / "in_link").symlink_to(tmp_path / "study" / "sub")
+    (tmp_path / "study" / "file_link.nii.gz").symlink_to(tmp_path / "outside" / "x.nii.gz")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("value", "resolved"),
+    [
+        ("a.nii.gz", "study/a.nii.gz"),
+        ("./sub/a.nii.gz", "study/sub/a.nii.gz"),
+        ("sub/../a.nii.gz", "study/a.nii.gz"),  # '..' that stays inside
+        ("sub/x/../../b.nii.gz", "study/b.nii.gz"),
+        ("in_link/c.nii.gz", "study/in_link/c.nii.gz"),  # a link that stays inside; kept in the path
+        ("missing/dir/d.nii.gz", "study/missing/dir/d.nii.gz"),
+    ],
+)
+def test_paths_inside_the_manifest_folder_are_accepted(folders: Path, value: str, resolved: str) -> None:
+    assert resolve_path(folders / "study", value) == folders / resolved
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("../outside/x.nii.gz", "resolves to {root}/outside/x.nii.gz"),
+        ("sub/../../outside/x.nii.gz", "resolves to {root}/outside/x.nii.gz"),
+        ("../" * 40 + "etc/passwd", "resolves to /etc/passwd"),
+        ("{root}/study/a.nii.gz", "is absolute"),  # absolute counts as outside, even pointing inside
+        ("/etc/passwd", "is absolute"),
+        ("~/scan.nii.gz", "is absolute"),
+        ("out_link/x.nii.gz", "leads through a symbolic link to {root}/outside/x.nii.gz"),
+        ("file_link.nii.gz", "leads through a symbolic link to {root}/outside/x.nii.gz"),
+        ("in_link/../out_link/y", "leads through a symbolic link to {root}/outside/y"),
+    ],
+)
+def test_paths_leaving_the_manifest_folder_are_refused(folders: Path, value: str, reason: str) -> None:
+    study = folders / "study"
+    value = value.format(root=folders)
+    expected = (
+        f"path {value!r} {reason.format(root=folders)}, outside the manifest's folder {study} "
+        "(manifest paths stay inside it unless allowed with --allow-outside-paths)"
+    )
+    with pytest.raises(ValueError) as refused:
+        resolve_path(study, value)
+    assert str(refused.value) == expected
+    lexical = Path(os.path.normpath(study / Path(value).expanduser()))
+    assert resolve_path(study, value, allow_outside_paths=True) == lexical
+
+
+def test_a_manifest_folder_reached_through_a_link_is_its_real_folder(folders: Path) -> None:
+    (folders / "alias").symlink_to(folders / "study")
+    assert resolve_path(folders / "alias", "sub/a.nii.gz") == folders / "alias" / "sub" / "a.nii.gz"
+    with pytest.raises(ValueError, match="resolves to"):
+        resolve_path(folders / "alias", "../study/a.nii.gz")  # lexically out of alias/, though the same folder
+
+
+@pytest.fixture()
+def opened() -> Iterator[list[str]]:
+    """Every file Python opens while the test runs (an audit hook; C libraries' own opens are not seen)."""
+    seen: list[str] = []
+    active = [True]
+
+    def hook(event: str, args: tuple[Any, ...]) -> None:
+        if active[0] and event == "open" and isinstance(args[0], str | bytes | os.PathLike):
+            seen.append(os.fsdecode(args[0]))
+
+    sys.addaudithook(hook)  # hooks cannot be removed: this one goes quiet after the test
+    yield seen
+    active[0] = False
+
+
+def _outside_manifest(tmp_path: Path) -> tuple[Path, Path]:
+    """A manifest in ``a/b/`` listing a FIFO in ``etc/`` (``../../etc/passwd`` and absolute), and a real case."""
+    secret = tmp_path / "etc" / "passwd"
+    secret.parent.mkdir()
+    os.mkfifo(secret)  # opening it to read would block: nothing may open it
+    study = tmp_path / "a" / "b"
+    _pair(study, "ok")
+    path = _manifest(
+        study,
+        [{"image": "ok_image.nii.gz", "label": "ok_label.nii.gz"}],
+        test=["../../etc/passwd", {"image": ["ok_image.nii.gz", str(secret)], "case_id": "two"}],
+    )
+    return path, secret
+
+
+def test_load_refuses_outside_paths_naming_manifest_entry_and_path(tmp_path: Path, opened: list[str]) -> None:
+    path, secret = _outside_manifest(tmp_path)
+    folder = path.parent
+    opened.clear()
+    with pytest.raises(ManifestError) as refused:
+        load_manifest(path)
+    assert [str(p) for p in refused.value.problems] == [
+        f"case passwd: {path}: test[0]: path '../../etc/passwd' resolves to {secret}, outside the manifest's "
+        f"folder {folder} (manifest paths stay inside it unless allowed with --allow-outside-paths)",
+        f"case two: {path}: test[1].image[1]: path '{secret}' is absolute, outside the manifest's folder {folder} "
+        "(manifest paths stay inside it unless allowed with --allow-outside-paths)",
+    ]
+    assert opened == [str(path)]  # the manifest itself, nothing else
+
+    manifest = load_manifest(path, allow_outside_paths=True)
+    assert [c.image for c in manifest.split("test")] == [secret, (folder / "ok_image.nii.gz", secret)]
+
+
+def test_validate_reports_outside_paths_without_opening_them(
+    tmp_path: Path, opened: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipelines.cli.main import main
+
+    path, secret = _outside_manifest(tmp_path)
+    opened.clear()
+    problems = validate_manifest(path)  # opens the inside case's files, never the FIFO
+    assert [(p.case_id, p.file) for p in problems] == [("passwd", path), ("two", path)]
+    assert "test[0]: path '../../etc/passwd' resolves to" in problems[0].message
+    assert str(secret) not in opened and str(path.parent / "ok_label.nii.gz") in opened
+    assert validate_manifest(path, check_images=False, allow_outside_paths=True) == []
+
+    assert main(["manifest", "validate", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "test[1].image[1]: path" in out and out.rstrip().endswith(f"{path}: 2 problem(s)")
+    secret.unlink()
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")  # a plain file now: the flag lets it be opened
+    assert main(["manifest", "validate", str(path), "--allow-outside-paths"]) == 1
+    out = capsys.readouterr().out
+    assert f"case passwd: {secret}: cannot read image" in out and "outside the manifest's folder" not in out
+
+
+def test_split_and_built_manifests_follow_the_path_policy(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    path = _manifest(tmp_path / "m", [{"image": f"../d/{c}.nii.gz", "label": f"../d/{c}_l.nii.gz"} for c in "abc"])
+    with pytest.raises(ManifestError, match=r"training\[0\].image: path '../d/a.nii.gz' resolves to"):
+        split_manifest(path, folds=3, seed=0)
+    assert len(split_manifest(path, folds=3, seed=0, allow_outside_paths=True)) == 3
+
+    inside = Case("in", tmp_path / "m" / "x.nii.gz", None, "test")
+    outside = Case("out", tmp_path / "d" / "x.nii.gz", None, "test")
+    manifest = Manifest(tmp_path / "m" / "m.json", "x", "CT", {0: "background"}, (inside, outside))
+    assert _messages(validate_manifest(manifest, check_images=False)) == [
+        f"case out: {manifest.path}: image {outside.image} is outside the manifest's folder {tmp_path / 'm'} "
+        f"(resolves to {outside.image}; allow it with --allow-outside-paths)",
+        f"case in: {inside.image}: image file not found",
+    ]
+    assert len(validate_manifest(manifest, check_images=False, allow_outside_paths=True)) == 2  # both not found

@@ -40,8 +40,8 @@ __all__ = [
     "contained_problems",
     "load_manifest",
     "load_manifest_document",
-    "parse_manifest",
     "outside_reason",
+    "parse_manifest",
     "resolve_path",
     "schema_problems",
     "unlabelled_problems",
@@ -200,8 +200,8 @@ def resolve_path(manifest_folder: Path, value: str, *, allow_outside_paths: bool
         reason = outside_reason(manifest_folder, value, resolved)
         if reason is not None:
             raise ValueError(
-                f"path {value!r} {reason}, outside the manifest's folder {manifest_folder}; manifest paths must "
-                "stay inside the folder that holds the manifest (allow them with --allow-outside-paths)"
+                f"path {value!r} {reason}, outside the manifest's folder {manifest_folder} "
+                "(manifest paths stay inside it unless allowed with --allow-outside-paths)"
             )
     return resolved
 
@@ -222,7 +222,8 @@ def outside_reason(manifest_folder: Path, value: str, resolved: Path) -> str | N
         resolved: ``value`` made absolute and normalised lexically (see :func:`resolve_path`).
 
     Returns:
-        ``"is absolute"``, ``"resolves to <path>"`` or ``"is a symbolic link to <path>"``, or None.
+        ``"is absolute"``, ``"resolves to <path>"`` or ``"leads through a symbolic link to <path>"``,
+        or None.
     """
     if Path(value).expanduser().is_absolute():
         return "is absolute"
@@ -232,7 +233,7 @@ def outside_reason(manifest_folder: Path, value: str, resolved: Path) -> str | N
     real_folder = Path(os.path.realpath(folder))
     real = Path(os.path.realpath(resolved))
     if not real.is_relative_to(real_folder):
-        return f"is a symbolic link to {real}"
+        return f"leads through a symbolic link to {real}"
     return None
 
 
@@ -251,7 +252,7 @@ def contained_problems(manifest: Manifest) -> list[Problem]:
             if reason is not None:
                 problems.append(
                     Problem(case.case_id, manifest.path, f"{kind} {path} is outside the manifest's folder {folder} "
-                            f"({reason}); allow it with --allow-outside-paths")
+                            f"({reason}; allow it with --allow-outside-paths)")
                 )  # fmt: skip
     return problems
 
@@ -282,7 +283,8 @@ class ParsedManifest:
 
     Attributes:
         manifest: The manifest, or None when the file is not JSON or not an object.
-        structural: Problems :func:`load_manifest` raises on (JSON, schema, duplicate case ids).
+        structural: Problems :func:`load_manifest` raises on (JSON, schema, duplicate case ids,
+            paths outside the manifest's folder).
         content: Problems only :func:`~pipelines.data.manifests.validate.validate_manifest`
             reports (no background label, training or validation case without a label).
         document: The JSON document as read (None when the file is not JSON), so that callers
@@ -304,7 +306,6 @@ def _cases(
     are entries with a path outside the manifest's folder (see :func:`resolve_path`): each such path
     is a :class:`Problem` naming the manifest, the entry (``test[0].image[1]``) and the path.
     """
-    base = manifest_path.parent
     cases: list[tuple[Case, str]] = []
     refused: list[Problem] = []
     for split in SPLITS:
@@ -327,7 +328,9 @@ def _cases(
                 label_value = entry.get("label")
                 case_id = entry.get("case_id")
                 image_places = (
-                    [f"{place}.image"] if isinstance(image_value, str) else [f"{place}.image[{i}]" for i in range(len(images))]
+                    [f"{place}.image"]
+                    if isinstance(image_value, str)
+                    else [f"{place}.image[{i}]" for i in range(len(images))]
                 )
             case_id = case_id or _default_case_id(images)
             written = list(zip(images, image_places, strict=True))

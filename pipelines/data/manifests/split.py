@@ -12,7 +12,9 @@ from pipelines.data.manifests.model import load_manifest_document
 __all__ = ["split_manifest"]
 
 
-def split_manifest(path: str | os.PathLike[str], *, folds: int, seed: int) -> list[dict[str, Any]]:
+def split_manifest(
+    path: str | os.PathLike[str], *, folds: int, seed: int, allow_outside_paths: bool = False
+) -> list[dict[str, Any]]:
     """Make k-fold cross-validation manifests.
 
     The training and validation entries of the manifest are pooled, ordered by case id, shuffled
@@ -25,16 +27,18 @@ def split_manifest(path: str | os.PathLike[str], *, folds: int, seed: int) -> li
         path: The manifest file.
         folds: Number of folds, at least 2 and at most the number of cases.
         seed: Seed of the shuffle; the same seed gives the same folds.
+        allow_outside_paths: Accept paths outside the manifest's folder (see
+            :func:`~pipelines.data.manifests.model.resolve_path`).
 
     Returns:
         ``folds`` manifest dicts, each with a ``"fold"`` entry ``{"index", "count", "seed"}``.
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ManifestError: if the manifest is structurally invalid.
+        ManifestError: if the manifest is structurally invalid (paths outside its folder included).
         ValueError: if ``folds`` is out of range.
     """
-    manifest, data = load_manifest_document(path)
+    manifest, data = load_manifest_document(path, allow_outside_paths=allow_outside_paths)
     pool: list[tuple[str, Any]] = []
     entry_index = {"training": 0, "validation": 0}
     for case in manifest.cases:

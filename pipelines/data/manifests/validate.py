@@ -11,13 +11,21 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
 
-from pipelines.data.manifests.model import Case, Manifest, Problem, parse_manifest, unlabelled_problems
+from pipelines.data.manifests.model import (
+    Case,
+    Manifest,
+    Problem,
+    contained_problems,
+    parse_manifest,
+    unlabelled_problems,
+)
 from pipelines.geometry import Grid, affine_from_itk, grids_match, lps_to_ras
 from pipelines.io.dicom import find_dicom_series, select_series
 from pipelines.io.readers import read_volume
@@ -216,6 +224,7 @@ def validate_manifest(
     *,
     check_images: bool = True,
     workers: int = 1,
+    allow_outside_paths: bool = False,
 ) -> list[Problem]:
     """Check a manifest and its files, reporting every problem at once.
 
@@ -227,10 +236,15 @@ def validate_manifest(
     direction over the same voxels is accepted, as MONAI's ``Orientationd`` brings both to the
     same orientation).
 
+    Paths outside the manifest's folder (absolute ones included; see
+    :func:`~pipelines.data.manifests.model.resolve_path`) are reported without being opened, and
+    their cases are not checked further, unless ``allow_outside_paths``.
+
     Args:
         path_or_manifest: A manifest file or an already loaded :class:`Manifest`.
         check_images: Open the files; False checks only that they exist.
         workers: Cases checked in parallel threads (readers release the GIL while decompressing).
+        allow_outside_paths: Accept (and check) paths outside the manifest's folder.
 
     Returns:
         The problems in manifest order; empty when the manifest is fine.
@@ -241,8 +255,14 @@ def validate_manifest(
     if isinstance(path_or_manifest, Manifest):
         manifest = path_or_manifest
         problems = _loaded_problems(manifest)
+        if not allow_outside_paths:
+            outside = contained_problems(manifest)
+            if outside:
+                problems += outside
+                refused = {p.case_id for p in outside}
+                manifest = replace(manifest, cases=tuple(c for c in manifest.cases if c.case_id not in refused))
     else:
-        parsed = parse_manifest(path_or_manifest)
+        parsed = parse_manifest(path_or_manifest, allow_outside_paths=allow_outside_paths)
         problems = parsed.structural + parsed.content
         if parsed.manifest is None:
             return problems
