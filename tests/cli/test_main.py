@@ -14,25 +14,21 @@ from pipelines.data.phantoms.write import write_nifti
 from tests.helpers import write_nifti as write_array
 
 
+def _metrics(tmp_path: Path, truth: np.ndarray, pred: np.ndarray, affine: np.ndarray, *extra: str) -> int:
+    """Write the two label maps and a labels.json {1: cube}, then run ``medseg metrics``."""
+    write_array(tmp_path / "truth.nii.gz", truth, affine)
+    write_array(tmp_path / "pred.nii.gz", pred, affine)
+    (tmp_path / "labels.json").write_text(json.dumps({"1": "cube"}))
+    pred_path, truth_path = str(tmp_path / "pred.nii.gz"), str(tmp_path / "truth.nii.gz")
+    return main(["metrics", pred_path, truth_path, "--labels", str(tmp_path / "labels.json"), *extra])
+
+
 def test_metrics_command_writes_csv_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     affine = np.diag([1.5, 1.5, 1.5, 1.0])
     truth = np.zeros((30, 30, 30), np.uint8)
     truth[5:15, 5:15, 5:15] = 1
     pred = np.roll(truth, 2, axis=0)
-    write_array(tmp_path / "truth.nii.gz", truth, affine)
-    write_array(tmp_path / "pred.nii.gz", pred, affine)
-    (tmp_path / "labels.json").write_text(json.dumps({"1": "cube"}))
-    code = main(
-        [
-            "metrics",
-            str(tmp_path / "pred.nii.gz"),
-            str(tmp_path / "truth.nii.gz"),
-            "--labels",
-            str(tmp_path / "labels.json"),
-            "--output",
-            str(tmp_path / "m"),
-        ]
-    )
+    code = _metrics(tmp_path, truth, pred, affine, "--output", str(tmp_path / "m"))
     assert code == 0
     out = capsys.readouterr().out
     assert "cube" in out and "0.800" in out  # Dice of a 10-voxel cube shifted by 2 voxels
@@ -47,18 +43,7 @@ def test_metrics_command_names_unknown_labels(tmp_path: Path, capsys: pytest.Cap
     truth[2:5, 2:5, 2:5] = 1
     pred = truth.copy()
     pred[7:9, 7:9, 7:9] = 9
-    write_array(tmp_path / "truth.nii.gz", truth, affine)
-    write_array(tmp_path / "pred.nii.gz", pred, affine)
-    (tmp_path / "labels.json").write_text(json.dumps({"1": "cube"}))
-    code = main(
-        [
-            "metrics",
-            str(tmp_path / "pred.nii.gz"),
-            str(tmp_path / "truth.nii.gz"),
-            "--labels",
-            str(tmp_path / "labels.json"),
-        ]
-    )
+    code = _metrics(tmp_path, truth, pred, affine)
     assert code == 1
     err = capsys.readouterr().err
     assert f"{tmp_path / 'pred.nii.gz'}: label values 9 are not in labels (labels has 1)" in err
