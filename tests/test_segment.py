@@ -382,16 +382,19 @@ def test_a_failed_write_names_the_output_and_keeps_nothing(
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.parametrize("tilt_mm_per_slice", [0.0, 1.5])
 def test_uneven_dicom_series_is_corrected_and_its_seg_references_the_acquired_slices(
-    tmp_path: Path, zoo_bundle: Path
+    tmp_path: Path, zoo_bundle: Path, tilt_mm_per_slice: float
 ) -> None:
-    """A series with one slice missing: labels on the corrected regular grid, the correction in
-    run.json, and DICOM-SEG frames that reference only the instances that exist."""
+    """A series with one slice missing (and, second case, gantry tilt too): labels on the corrected
+    regular grid, agreeing with the corrected image, the correction in run.json, and DICOM-SEG
+    frames that reference only the instances that exist."""
     import highdicom as hd
     import pydicom
 
     from pipelines.data.phantoms.make import make_ct_phantom
     from pipelines.data.phantoms.write import write_dicom_series
+    from pipelines.io.readers import read_volume
 
     phantom = make_ct_phantom(5, shape=(40, 36, 12), spacing_mm=(6.0, 6.0, 4.0))
     folder = tmp_path / "series"
@@ -399,15 +402,26 @@ def test_uneven_dicom_series_is_corrected_and_its_seg_references_the_acquired_sl
     by_position = sorted(
         files, key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2])
     )
+    for n, f in enumerate(by_position):
+        ds = pydicom.dcmread(f)
+        col = np.asarray([float(v) for v in ds.ImageOrientationPatient[3:]])
+        ds.ImagePositionPatient = [
+            float(v) for v in np.asarray(ds.ImagePositionPatient, float) + n * tilt_mm_per_slice * col
+        ]
+        ds.save_as(f)
     missing = pydicom.dcmread(by_position[5], stop_before_pixels=True).SOPInstanceUID
     by_position[5].unlink()
     options = SegmentOptions(device="cpu", precision="fp32", outputs=("labels", "dicom-seg"))
     result = segment_case(folder, zoo_bundle, tmp_path / "out", options=options)
     run = json.loads(result.files["run"].read_text())
     correction = run["input"]["geometry_correction"]
-    assert correction["kind"] == "uneven_spacing" and correction["planes"] == 12
+    expected_kind = "uneven_spacing+gantry_tilt" if tilt_mm_per_slice else "uneven_spacing"
+    assert correction["kind"] == expected_kind and correction["planes"] == 12
     labels = nib.load(result.files["labels"])
-    np.testing.assert_allclose(labels.affine, phantom.affine, atol=1e-4)  # the regular grid, exactly
+    np.testing.assert_allclose(labels.affine, phantom.affine, atol=1e-4)  # the regular orthogonal grid, exactly
+    bright = read_volume(folder).array > 500  # what the threshold bundle finds, on the corrected grid
+    found = np.asarray(labels.dataobj) == 1
+    assert 2 * (found & bright).sum() / (found.sum() + bright.sum()) > 0.9
     seg = hd.seg.segread(result.files["dicom_seg"])
     referenced = {
         ref.ReferencedSOPInstanceUID for frame in seg.PerFrameFunctionalGroupsSequence
