@@ -36,14 +36,16 @@ __all__ = [
 _LAST = re.compile(r"last_checkpoint_(?:epoch=)?(\d+)\.pt$")
 
 
-def datalist(manifest: str | Path, split: str) -> list[dict[str, Any]]:
+def datalist(manifest: str | Path, split: str, *, allow_outside_paths: bool = False) -> list[dict[str, Any]]:
     """A manifest split as a MONAI datalist; what bundle configs call to get their data.
 
     Args:
         manifest: the manifest file (paths in it are relative to its folder).
         split: ``training``, ``validation``, ``test`` or ``all``.
+        allow_outside_paths: accept paths that leave the manifest's folder (the config's
+            ``allow_outside_paths``, set by ``--allow-outside-paths``).
     """
-    return load_manifest(manifest).datalist(split)
+    return load_manifest(manifest, allow_outside_paths=allow_outside_paths).datalist(split)
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class TrainOptions:
         distributed: layer ``configs/multi_gpu_train.json`` (one process per device, under torchrun).
         world_size: number of processes of a distributed run (each needs a validation case).
         overrides: further MONAI config overrides, ``{"id#sub": value}``.
+        allow_outside_paths: accept manifest paths that leave the manifest's folder.
     """
 
     max_epochs: int | None = None
@@ -69,6 +72,7 @@ class TrainOptions:
     distributed: bool = False
     world_size: int = 1
     overrides: dict[str, Any] = field(default_factory=dict)
+    allow_outside_paths: bool = False
 
 
 @dataclass
@@ -92,11 +96,11 @@ def latest_checkpoint(bundle: Bundle) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _check_manifest(manifest: Path, world_size: int = 1) -> None:
-    problems = validate_manifest(manifest)
+def _check_manifest(manifest: Path, world_size: int = 1, *, allow_outside_paths: bool = False) -> None:
+    problems = validate_manifest(manifest, allow_outside_paths=allow_outside_paths)
     if problems:
         raise ManifestError(problems)
-    loaded = load_manifest(manifest)
+    loaded = load_manifest(manifest, allow_outside_paths=allow_outside_paths)
     if not loaded.split("training"):
         raise ValueError(f"{manifest}: no training cases (the 'training' list is empty)")
     if not loaded.split("validation"):
@@ -122,7 +126,9 @@ def train(bundle_dir: str | Path, manifest: str | Path, options: TrainOptions | 
     manifest = Path(manifest).resolve()
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest}: manifest does not exist")
-    _check_manifest(manifest, options.world_size if options.distributed else 1)
+    _check_manifest(
+        manifest, options.world_size if options.distributed else 1, allow_outside_paths=options.allow_outside_paths
+    )
     train_config = bundle.config_path("train")
     if not train_config.is_file():
         raise FileNotFoundError(f"{train_config}: bundle {bundle.name} has no training config")
@@ -143,7 +149,11 @@ def train(bundle_dir: str | Path, manifest: str | Path, options: TrainOptions | 
             )
         logger.info("resuming from %s", resume_from)
 
-    overrides: dict[str, Any] = {"bundle_root": str(bundle.root), "manifest": str(manifest)}
+    overrides: dict[str, Any] = {
+        "bundle_root": str(bundle.root),
+        "manifest": str(manifest),
+        "allow_outside_paths": options.allow_outside_paths,
+    }
     if options.device != "auto":
         overrides["device"] = f"$torch.device('{torch.device(options.device)}')"
     if options.max_epochs is not None:
@@ -207,6 +217,7 @@ def evaluate(
     output: str | Path,
     split: str = "test",
     device: str = "auto",
+    allow_outside_paths: bool = False,
 ) -> dict[str, Any]:
     """Run the bundle's ``evaluate.json`` (layered over ``train.json``) on a manifest split.
 
@@ -221,7 +232,7 @@ def evaluate(
 
     bundle = load_bundle(bundle_dir)
     manifest = Path(manifest).resolve()
-    loaded = load_manifest(manifest)
+    loaded = load_manifest(manifest, allow_outside_paths=allow_outside_paths)
     cases = [c for c in loaded.split(split) if c.label is not None]
     if not cases:
         raise ValueError(f"{manifest}: split {split!r} has no cases with labels to evaluate")
@@ -233,6 +244,7 @@ def evaluate(
     overrides: dict[str, Any] = {
         "bundle_root": str(bundle.root),
         "manifest": str(manifest),
+        "allow_outside_paths": allow_outside_paths,
         "eval_split": split,
         "output_dir": str(predictions),
     }

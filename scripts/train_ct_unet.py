@@ -7,8 +7,8 @@ under the seeds it uses; on 2 CPU cores the default run takes about half an hour
     python scripts/train_ct_unet.py                      # generate data, train, evaluate
     python scripts/train_ct_unet.py --stage evaluate     # evaluate the shipped weights only
 
-Phantoms go to ``data/phantoms/ct/`` (not tracked by git); the evaluation writes per-case and
-mean metrics to ``data/phantoms/ct/eval/`` and prints the table the bundle's docs quote.
+Phantoms go to ``data_manifests/phantoms/ct/`` (not tracked by git); the evaluation writes per-case and
+mean metrics to ``data_manifests/phantoms/ct/eval/`` and prints the table the bundle's docs quote.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO / "data" / "phantoms" / "ct"
+DEFAULT_DATA = REPO / "data_manifests" / "phantoms" / "ct"
 
 
 def main() -> int:

@@ -12,7 +12,7 @@ the seeds it uses.
         --train 2 --val 1 --test 1 --max-epochs 1 --val-interval 1 --fov-scale 0.4 --samples-per-case 1
                                                           # smoke run on a copy of the bundle
 
-Phantoms go to ``data/phantoms/brain_tumor/`` (not tracked by git); the evaluation writes per-case
+Phantoms go to ``data_manifests/phantoms/brain_tumor/`` (not tracked by git); the evaluation writes per-case
 and mean metrics to ``<data-dir>/eval/`` and prints the mean per structure.
 """
 
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO / "data" / "phantoms" / "brain_tumor"
+DEFAULT_DATA = REPO / "data_manifests" / "phantoms" / "brain_tumor"
 
 
 def bundle_channels(bundle: Path) -> dict[str, int]:

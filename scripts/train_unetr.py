@@ -15,7 +15,7 @@ deterministic under the seeds it uses. The defaults are the CPU recipe the bundl
         --train 2 --val 1 --test 1 --max-epochs 1 --val-interval 1 --fov-scale 0.4 --samples-per-case 1
                                                           # smoke run on a copy of the bundle
 
-Phantoms go to ``data/phantoms/ct_multiorgan/`` (not tracked by git); the evaluation writes per-case
+Phantoms go to ``data_manifests/phantoms/ct_multiorgan/`` (not tracked by git); the evaluation writes per-case
 and mean metrics to ``<data-dir>/eval/`` and prints the mean per structure.
 """
 
@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO / "data" / "phantoms" / "ct_multiorgan"
+DEFAULT_DATA = REPO / "data_manifests" / "phantoms" / "ct_multiorgan"
 
 
 def main() -> int:

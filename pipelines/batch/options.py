@@ -37,6 +37,8 @@ class BatchOptions:
             cases are in memory at once).
         progress: show a tqdm progress bar; None shows it when stderr is a terminal (rank 0 only).
         report: write ``report.csv`` and ``report.html`` at the end (rank 0).
+        nan_policy, allow_gaps: per case, as :class:`pipelines.segment.SegmentOptions` (NaN/Inf
+            voxels refused or filled; DICOM gaps beyond 3x the median refused or interpolated).
         allow_outside_paths: accept manifest paths outside the manifest's folder (absolute ones
             included); without it such a manifest is refused before any file is opened.
     """
@@ -51,6 +53,8 @@ class BatchOptions:
     progress: bool | None = None
     report: bool = True
     allow_outside_paths: bool = False
+    nan_policy: str = "refuse"
+    allow_gaps: bool = False
 
     def __post_init__(self) -> None:
         if self.split not in BATCH_SPLITS:

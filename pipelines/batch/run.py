@@ -139,7 +139,14 @@ def _run(
                 "choose another with --split"
             )
         segmenter = Segmenter(
-            bundle, SegmentOptions(device=options.device, precision=options.precision, outputs=options.outputs)
+            bundle,
+            SegmentOptions(
+                device=options.device,
+                precision=options.precision,
+                outputs=options.outputs,
+                nan_policy=options.nan_policy,
+                allow_gaps=options.allow_gaps,
+            ),
         )
         identity = bundle_identity(segmenter)
         check_output_folder(output, identity, options)

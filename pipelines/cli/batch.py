@@ -10,7 +10,7 @@ from typing import Any
 
 from pipelines.batch.options import BATCH_SPLITS, DISTRIBUTED_TIMEOUT, BatchOptions, BatchSummary
 from pipelines.cli.bundle import add_bundle_option
-from pipelines.cli.common import add_run_options, outputs_arg
+from pipelines.cli.common import add_case_options, add_path_policy_option, add_run_options
 
 
 def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -32,27 +32,12 @@ def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=BATCH_SPLITS, help="manifest split to run (default: test)")
     p.add_argument("--resume", action="store_true", help="continue a run: skip cases already done with the same input")
     p.add_argument("--retry-failed", action="store_true", help="with --resume, also rerun cases that failed")
-    p.add_argument(
-        "--outputs",
-        type=outputs_arg,
-        default=None,
-        help="comma list of labels,dicom-seg,stats,preview (default: labels,stats,preview; dicom-seg too for DICOM)",
-    )
+    add_case_options(p)
     add_path_policy_option(p)
     add_run_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
     p.set_defaults(func=_cmd_batch)
     return p
-
-
-def add_path_policy_option(p: argparse.ArgumentParser) -> None:
-    """``--allow-outside-paths``: the manifest path policy, for every command that reads a manifest."""
-    p.add_argument(
-        "--allow-outside-paths",
-        action="store_true",
-        help="accept manifest paths outside the manifest's folder (absolute paths, '..' above it, symbolic "
-        "links leading out); without it such a manifest is refused before any file is opened",
-    )
 
 
 def _env_int(name: str, default: int) -> int:
@@ -99,7 +84,9 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         precision=args.precision,
         outputs=args.outputs,
         progress=False if getattr(args, "no_progress", False) else None,
-        allow_outside_paths=getattr(args, "allow_outside_paths", False),
+        allow_outside_paths=args.allow_outside_paths,
+        nan_policy=args.nan_policy,
+        allow_gaps=args.allow_gaps,
     )
     run_id = os.environ.get("TORCHELASTIC_RUN_ID") if world_size > 1 else None
     try:

@@ -9,7 +9,7 @@ import warnings
 
 from pipelines.keys import OUTPUTS
 
-__all__ = ["add_run_options", "outputs_arg", "setup_logging"]
+__all__ = ["add_case_options", "add_path_policy_option", "add_run_options", "outputs_arg", "setup_logging"]
 
 
 def outputs_arg(value: str) -> tuple[str, ...]:
@@ -52,3 +52,35 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     logging.getLogger("pipelines").setLevel(level)
     if verbose > 1:
         root.setLevel(logging.INFO)
+
+
+def add_path_policy_option(p: argparse.ArgumentParser) -> None:
+    """``--allow-outside-paths``: the manifest path policy, for every command that reads a manifest."""
+    p.add_argument(
+        "--allow-outside-paths",
+        action="store_true",
+        help="accept manifest paths outside the manifest's folder (absolute paths, '..' above it, symbolic "
+        "links leading out); without it such a manifest is refused before any file is opened",
+    )
+
+
+def add_case_options(p: argparse.ArgumentParser) -> None:
+    """What to write and how to treat an input outside what the model handles: segment and batch."""
+    p.add_argument(
+        "--outputs",
+        type=outputs_arg,
+        default=None,
+        help="comma list of labels,dicom-seg,stats,preview (default: labels,stats,preview; dicom-seg too for DICOM)",
+    )
+    p.add_argument(
+        "--nan-policy",
+        choices=("refuse", "fill"),
+        default="refuse",
+        help="NaN or infinite voxels: refuse the input (default), or fill them with the image minimum "
+        "(recorded in run.json)",
+    )
+    p.add_argument(
+        "--allow-gaps",
+        action="store_true",
+        help="DICOM: interpolate across a gap between slices larger than 3x the median instead of refusing",
+    )

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from pipelines import __version__
 from pipelines.bundles.find import find_bundle
-from pipelines.cli.batch import add_batch_parser, add_path_policy_option
+from pipelines.cli.batch import add_batch_parser
 from pipelines.cli.bundle import add_bundle_option, add_bundle_parser, bundle_search_path, resolve_bundle_args
-from pipelines.cli.common import add_run_options, outputs_arg, setup_logging
+from pipelines.cli.common import add_case_options, add_path_policy_option, add_run_options, setup_logging
 
 logger = logging.getLogger("pipelines")
 
@@ -38,24 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", type=Path, required=True, help="output folder; results go to OUTPUT/<case-id>/")
     p.add_argument("--case-id", help="name of the case folder (default: input name without extension)")
     p.add_argument("--series-uid", help="DICOM folder with several series: the SeriesInstanceUID to read")
-    p.add_argument(
-        "--nan-policy",
-        choices=("refuse", "fill"),
-        default="refuse",
-        help="NaN or infinite voxels: refuse the input (default), or fill them with the image minimum "
-        "(recorded in run.json)",
-    )
-    p.add_argument(
-        "--allow-gaps",
-        action="store_true",
-        help="DICOM: interpolate across a gap between slices larger than 3x the median instead of refusing",
-    )
-    p.add_argument(
-        "--outputs",
-        type=outputs_arg,
-        default=None,
-        help="comma list of labels,dicom-seg,stats,preview (default: labels,stats,preview; dicom-seg too for DICOM)",
-    )
+    add_case_options(p)
     add_run_options(p)
     p.set_defaults(func=_cmd_segment)
 
@@ -88,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue from the newest models/last_checkpoint_*.pt")
     p.add_argument("--device", default="auto")
+    add_path_policy_option(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a bundle on a manifest split (Dice, HD95, ASD in mm)")
@@ -96,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", type=Path, required=True)
     p.add_argument("--split", default="test", choices=("training", "validation", "test", "all"))
     p.add_argument("--device", default="auto")
+    add_path_policy_option(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("metrics", help="Dice, HD95 and ASD (mm) between a predicted and a reference label map")
@@ -121,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("file", type=Path)
     q.add_argument("--folds", type=int, required=True)
     q.add_argument("--seed", type=int, default=0)
+    add_path_policy_option(q)
     q.set_defaults(func=_cmd_manifest_split)
 
     add_batch_parser(sub)
@@ -195,6 +181,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         distributed=env is not None,
         world_size=env[1] if env else 1,
+        allow_outside_paths=args.allow_outside_paths,
     )
     result = train(args.bundle, args.manifest, options)
     print(
@@ -207,7 +194,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pipelines.train import evaluate
 
-    summary = evaluate(args.bundle, args.manifest, output=args.output, split=args.split, device=args.device)
+    summary = evaluate(
+        args.bundle,
+        args.manifest,
+        output=args.output,
+        split=args.split,
+        device=args.device,
+        allow_outside_paths=args.allow_outside_paths,
+    )
     _print_metric_means(summary["mean"])
     print(f"wrote {args.output / 'metrics.csv'} and {args.output / 'metrics.json'}")
     return 0
@@ -275,7 +269,9 @@ def _cmd_manifest_split(args: argparse.Namespace) -> int:
     from pipelines.data.manifests.split import split_manifest
 
     stem = args.file.name.removesuffix(".json")
-    for fold, manifest in enumerate(split_manifest(args.file, folds=args.folds, seed=args.seed)):
+    for fold, manifest in enumerate(
+        split_manifest(args.file, folds=args.folds, seed=args.seed, allow_outside_paths=args.allow_outside_paths)
+    ):
         path = write_manifest(manifest, args.file.with_name(f"{stem}_fold{fold}.json"))
         print(f"wrote {path} ({len(manifest['training'])} training, {len(manifest['validation'])} validation)")
     return 0
