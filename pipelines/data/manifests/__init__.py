@@ -14,8 +14,9 @@ A manifest is a JSON file in the shape of a Medical Segmentation Decathlon ``dat
 
 Each entry is either an image path or an object with ``image`` (one path, or a list of paths
 stacked as channels), an optional ``label`` and an optional ``case_id``. Paths are relative to the
-folder that holds the manifest (paths outside that folder, absolute ones included, only with ``allow_outside_paths`` / ``--allow-outside-paths``). An image path may also name a folder
-holding one DICOM series.
+folder that holds the manifest and must stay inside it (paths outside that folder, absolute
+ones included, only with ``allow_outside_paths`` / ``--allow-outside-paths``). An image path may
+also name a folder holding one DICOM series.
 
 Modules (import names from the one that defines them; this package imports nothing):
 
