@@ -227,7 +227,7 @@ class Segmenter:
         """Segment one input and write its outputs into ``output_dir/<case_id>/``."""
         path = Path(path)
         case_id = case_id or case_id_from_path(path)
-        _check_case_id(case_id)
+        check_case_id(case_id)
         outputs = self.outputs_for(path)
         check_output_folder(output_dir)  # before reading: a folder that cannot take results fails at once
         prepared = self.prepare(path)
@@ -367,13 +367,7 @@ class Segmenter:
                 "path": str(self.bundle.root),
                 "model_sha256": self.weights_sha256,
             },
-            "software": {
-                "medseg": __version__,
-                "monai": monai.__version__,
-                "torch": torch.__version__,
-                "numpy": np.__version__,
-                "python": platform.python_version(),
-            },
+            "software": software_versions(),
             "device": str(self.device),
             "precision": self.precision,
             # under bf16/fp16 the layers that read the image stay in fp32 (see InputLayersFP32)
@@ -462,7 +456,19 @@ def take_loader(parser: Any, config_id: str = "preprocessing#transforms#0") -> L
     return settings
 
 
-def _check_case_id(case_id: str) -> None:
+def software_versions() -> dict[str, str]:
+    """The versions run.json and a batch's batch.json record."""
+    return {
+        "medseg": __version__,
+        "monai": monai.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def check_case_id(case_id: str) -> None:
+    """A case id names a folder: refuse one with path separators (or ``.``/``..``)."""
     if not case_id or case_id in (".", "..") or "/" in case_id or os.sep in case_id:
         raise ValueError(f"case id {case_id!r}: must be a plain folder name (no path separators)")
 

@@ -13,22 +13,16 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import platform
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-import monai
-import numpy as np
-import torch
-
-from pipelines import __version__
 from pipelines.batch.ledger import BATCH_JSON, LEDGER, ledger_files, read_jsonl, utc_now
 from pipelines.batch.options import BatchOptions
 from pipelines.data.manifests.model import Manifest
 from pipelines.io.writers import write_json
-from pipelines.segment import Segmenter
+from pipelines.segment import Segmenter, software_versions
 
 logger = logging.getLogger(__name__)
 
@@ -162,18 +156,8 @@ def write_batch_json(
             "outputs": list(options.outputs) if options.outputs is not None else None,
             "created": created,
             "last_run": {"started": utc_now(), "world_size": world_size, "resume": options.resuming},
-            "software": _software(),
+            "software": software_versions(),
         },
         info,
     )
     return info
-
-
-def _software() -> dict[str, str]:
-    return {
-        "medseg": __version__,
-        "monai": monai.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }

@@ -32,7 +32,7 @@ from pipelines.batch.options import BatchOptions
 from pipelines.batch.ranks import Ranks
 from pipelines.data.manifests.model import Case
 from pipelines.io.hashing import input_sha256, sha256_file
-from pipelines.segment import CaseResult, Prepared, Segmenter, _check_case_id
+from pipelines.segment import CaseResult, Prepared, Segmenter, check_case_id
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ class Pipeline:
         try:
             if unreadable is not None:
                 raise unreadable
-            _check_case_id(case.case_id)
+            check_case_id(case.case_id)
             if len(paths) != 1:
                 raise ValueError(
                     f"{paths[0]}: case {case.case_id} lists {len(paths)} channel images; "

@@ -277,6 +277,9 @@ def _sitk_to_volume(image: sitk.Image, path: Path, fmt: str, **extra: object) ->
 def _read_itk(path: Path) -> Volume:
     import SimpleITK as sitk
 
+    # ITK prints its warnings from C++ straight to the terminal; what matters reaches the user as
+    # our own message (or a refusal), so its console output is switched off for this process.
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as err:
