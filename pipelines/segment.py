@@ -422,6 +422,13 @@ class LoaderSettings:
 _LOADERS = ("LoadImaged", "LoadImage")
 
 
+def _config_item(parser: Any, config_id: str) -> Any:
+    try:
+        return parser.get(config_id)
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
 def take_loader(parser: Any, config_id: str = "preprocessing#transforms#0") -> LoaderSettings:
     """Read the settings of the bundle's file loader from its config and replace it by ``Identityd``.
 
@@ -432,10 +439,13 @@ def take_loader(parser: Any, config_id: str = "preprocessing#transforms#0") -> L
     Raises:
         ValueError: the preprocessing does not start with a loader medseg can stand in for.
     """
-    try:
-        raw = parser.get(config_id)
-    except (KeyError, IndexError, TypeError):
-        raw = None
+    parent_id, index = config_id.rsplit("#", 1)
+    parent = _config_item(parser, parent_id)
+    reference = parent.lstrip("$") if isinstance(parent, str) else ""
+    if reference.startswith("@") and reference[1:].replace("#", "").replace("_", "").isalnum():
+        # "preprocessing": {"transforms": "$@preprocessing_transforms"}: follow a plain reference
+        config_id = f"{reference[1:]}#{index}"
+    raw = _config_item(parser, config_id)
     target = str(raw.get("_target_", "")).rsplit(".", 1)[-1] if isinstance(raw, dict) else ""
     if target not in _LOADERS:
         raise ValueError(

@@ -429,3 +429,25 @@ def test_uneven_dicom_series_is_corrected_and_its_seg_references_the_acquired_sl
     }  # fmt: skip
     acquired = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in folder.iterdir()}
     assert referenced and referenced <= acquired and missing not in referenced
+
+
+def test_the_loader_is_found_behind_a_reference_and_never_built() -> None:
+    """Zoo bundles often write "transforms": "$@preprocessing_transforms"; the loader's settings are
+    read from the config and it is replaced by an identity (its reader package is never needed)."""
+    from monai.bundle import ConfigParser
+
+    from pipelines.segment import take_loader
+
+    transforms = [
+        {"_target_": "LoadImaged", "keys": "image", "reader": "ITKReader", "ensure_channel_first": True},
+        {"_target_": "EnsureTyped", "keys": "image"},
+    ]
+    parser = ConfigParser(
+        {"pre": transforms, "preprocessing": {"_target_": "Compose", "transforms": "$@pre"}, "bundle_root": "."}
+    )
+    settings = take_loader(parser)
+    assert settings.ensure_channel_first is True and settings.dtype is np.float32
+    built = parser.get_parsed_content("preprocessing").transforms
+    assert [type(t).__name__ for t in built] == ["Identityd", "EnsureTyped"]
+    with pytest.raises(ValueError, match=r"preprocessing must start with LoadImaged"):
+        take_loader(ConfigParser({"preprocessing": {"_target_": "Compose", "transforms": []}}))

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
 
 from pipelines.geometry import LPS_TO_RAS
 from pipelines.io.slice_geometry import SliceCorrection, plan_regular_grid, resample_planes
@@ -98,10 +97,10 @@ def _parse(path: Path, data: bytes | None = None) -> pydicom.Dataset | None:
             ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         else:
             ds = pydicom.dcmread(io.BytesIO(data), force=True)
-    except (InvalidDicomError, EOFError, ValueError, TypeError, AttributeError, KeyError, OSError) as err:
-        if isinstance(err, PermissionError):
-            raise
-        logger.debug("%s: not a DICOM file (%s)", path, err)
+    except PermissionError:
+        raise
+    except Exception as err:  # pydicom raises many types (struct.error, InvalidDicomError...) on non-DICOM bytes
+        logger.debug("%s: not a DICOM file (%s: %s)", path, type(err).__name__, err)
         return None
     return ds if _is_image(ds) else None
 
