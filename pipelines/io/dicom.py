@@ -23,6 +23,7 @@ import numpy as np
 import pydicom
 
 from pipelines.geometry import LPS_TO_RAS
+from pipelines.io.hashing import add_member, folder_members
 from pipelines.io.slice_geometry import SliceCorrection, plan_regular_grid, resample_planes
 
 logger = logging.getLogger(__name__)
@@ -186,10 +187,9 @@ def scan_dicom_folder(folder: str | Path) -> tuple[list[DicomSeries], str]:
     _check_folder(folder)
     digest = hashlib.sha256()
     parsed = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in folder_members(folder):
         data = _read_bytes(path)
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        digest.update(hashlib.sha256(data).digest())
+        add_member(digest, path.relative_to(folder).as_posix(), hashlib.sha256(data).digest())
         if path.parent == folder:
             ds = _parse(path, data)
             if ds is not None:

@@ -6,8 +6,9 @@ import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["input_sha256", "sha256_file"]
+__all__ = ["add_member", "folder_members", "input_sha256", "sha256_file"]
 
 
 def sha256_file(path: str | os.PathLike[str], chunk_bytes: int = 1 << 20) -> str:
@@ -17,6 +18,17 @@ def sha256_file(path: str | os.PathLike[str], chunk_bytes: int = 1 << 20) -> str
         while chunk := handle.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def folder_members(folder: Path) -> list[Path]:
+    """The files under ``folder``, in the order a folder checksum takes them (sorted, recursive)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def add_member(digest: Any, name: str, file_digest: bytes) -> None:
+    """Add one file to a folder checksum: its relative name, a NUL, then its raw sha256."""
+    digest.update(name.encode() + b"\0")
+    digest.update(file_digest)
 
 
 def input_sha256(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> str:
@@ -37,12 +49,10 @@ def input_sha256(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
     digest = hashlib.sha256()
     for path in paths:
         if path.is_dir():
-            for member in sorted(p for p in path.rglob("*") if p.is_file()):
-                digest.update(member.relative_to(path).as_posix().encode() + b"\0")
-                digest.update(bytes.fromhex(sha256_file(member)))
+            for member in folder_members(path):
+                add_member(digest, member.relative_to(path).as_posix(), bytes.fromhex(sha256_file(member)))
         elif path.is_file():
-            digest.update(path.name.encode() + b"\0")
-            digest.update(bytes.fromhex(sha256_file(path)))
+            add_member(digest, path.name, bytes.fromhex(sha256_file(path)))
         else:
             raise FileNotFoundError(f"{path}: no such file or folder")
     return digest.hexdigest()
