@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -52,7 +52,6 @@ class SliceCorrection:
     max_deviation_mm: float
     tilt_deg: float
     planes: int
-    shifts_px: tuple[tuple[float, float], ...] = field(default=(), repr=False)
 
     def as_record(self) -> dict[str, Any]:
         return {
@@ -146,7 +145,6 @@ def plan_regular_grid(
         max_deviation_mm=float(np.max(np.abs(depths - regular))),
         tilt_deg=float(np.degrees(tilt)),
         planes=planes,
-        shifts_px=tuple((float(a), float(b)) for a, b in shifts),
     )
     return _Plan(lps, depths, shifts, correction)
 
