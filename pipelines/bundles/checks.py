@@ -26,44 +26,48 @@ from pipelines.bundles.layout import (
     InvalidJSONError,
     read_json,
 )
-from pipelines.bundles.metadata import INPUT_FIELDS, META_KEYS, OUTPUT_FIELDS, meta_get
+from pipelines.bundles.metadata import meta_get
 
 __all__ = ["BundleFiles", "check_configs", "check_layout", "check_metadata", "first_line"]
 
-# Ids that medseg's own workflows use beyond MONAI's required properties, with the reason.
+# Ids that medseg's own workflows use beyond MONAI's required properties: which command fails without it, and why.
+_SEGMENT = "medseg segment and batch would fail"
+_TRAIN = "medseg train would fail"
+_EVALUATE = "medseg evaluate would fail"
+_PLAIN_RUN = "`python -m monai.bundle run` would fail"
 _INFERENCE_EXTRA: dict[str, str] = {
-    "preprocessing": "medseg segment runs it (minus LoadImaged) on the input",
-    "postprocessing": "medseg segment runs it (minus SaveImaged) on the prediction",
-    "run": "the default run id of `python -m monai.bundle run`",
+    "preprocessing": f"{_SEGMENT}: they run it (minus LoadImaged) on the input",
+    "postprocessing": f"{_SEGMENT}: they run it (minus SaveImaged) on the prediction",
+    "run": f"{_PLAIN_RUN}: it is the default run id",
 }
 _TRAIN_EXTRA: dict[str, str] = {
-    "network_def": "the network trained and saved to models/model.pt",
-    "network": "the network on the device, referred to by trainer, evaluator and optimizer",
+    "network_def": f"{_TRAIN}: it trains this network and saves it to models/model.pt",
+    "network": f"{_TRAIN}: trainer, evaluator and optimizer refer to the network on the device",
     "train#preprocessing": "MONAI TrainProperties: preprocessing for the training input data",
     "train#postprocessing": "MONAI TrainProperties: postprocessing for the training model output data",
     "train#handlers": "MONAI TrainProperties: event-handlers for the training logic",
-    "validate#evaluator": "MONAI TrainProperties: validation workflow engine; medseg train reads its best metric",
+    "validate#evaluator": f"MONAI TrainProperties: validation workflow engine; {_TRAIN}: it reads its best metric",
     "validate#dataset": "MONAI TrainProperties: dataset for the validation logic",
     "validate#inferer": "MONAI TrainProperties: inferer for the validation",
     "validate#postprocessing": "MONAI TrainProperties: postprocessing of the validation output",
     "validate#key_metric": "MONAI TrainProperties: key metric; selects the checkpoint saved as models/model.pt",
-    "val_interval": "MONAI TrainProperties: validation interval; medseg train --val-interval overrides it",
-    "max_epochs": "medseg train --max-epochs overrides it",
-    "seed": "medseg train --seed overrides it",
-    "manifest": "medseg train points it at the data manifest",
-    "optimizer": "medseg train --resume restores it",
-    "lr_scheduler": "medseg train --resume restores it",
-    "run": "the default run id of `python -m monai.bundle run`",
+    "val_interval": f"MONAI TrainProperties: validation interval; {_TRAIN} with --val-interval: it overrides it",
+    "max_epochs": f"{_TRAIN} with --max-epochs: it overrides this id",
+    "seed": f"{_TRAIN} with --seed: it overrides this id",
+    "manifest": f"{_TRAIN}: it points this id at the data manifest",
+    "optimizer": f"{_TRAIN} with --resume: it restores the optimizer",
+    "lr_scheduler": f"{_TRAIN} with --resume: it restores the scheduler",
+    "run": f"{_PLAIN_RUN} on train.json: it is the default run id",
 }
 _EVALUATE_IDS: dict[str, str] = {
-    "validate#evaluator": "the engine medseg evaluate runs",
-    "validate#dataset": "the evaluation cases",
-    "validate#preprocessing": "preprocessing that Invertd inverts",
-    "validate#postprocessing": "writes each prediction on its image's grid",
-    "validate#handlers": "loads models/model.pt",
-    "output_dir": "medseg evaluate sets where predictions go",
-    "eval_split": "medseg evaluate sets the manifest split",
-    "run": "the default run id of `python -m monai.bundle run`",
+    "validate#evaluator": f"{_EVALUATE}: it runs this engine",
+    "validate#dataset": f"{_EVALUATE}: it reads the evaluation cases from it",
+    "validate#preprocessing": f"{_EVALUATE}: Invertd inverts it",
+    "validate#postprocessing": f"{_EVALUATE}: it writes each prediction on its image's grid",
+    "validate#handlers": f"{_EVALUATE}: they load models/model.pt",
+    "output_dir": f"{_EVALUATE}: it sets where predictions go",
+    "eval_split": f"{_EVALUATE}: it sets the manifest split",
+    "run": f"{_PLAIN_RUN} on evaluate.json: it is the default run id",
 }
 _GRID_RESTORERS: tuple[str, ...] = ("Invertd", "ResampleLabelsToOriginald", "ResampleScoresToOriginald")
 """Postprocessing transforms that return the prediction to the input's grid (MONAI's, ours)."""
@@ -120,12 +124,12 @@ def _display_id(id_: str) -> str:
     return id_.replace("::", "#")
 
 
-def _required_ids(properties: dict[str, dict[str, Any]], what: str) -> dict[str, str]:
-    """The required ids of a MONAI properties table, with their description as the reason."""
+def _required_ids(properties: dict[str, dict[str, Any]], what: str, consequence: str) -> dict[str, str]:
+    """The required ids of a MONAI properties table, with their description and ``consequence`` as the reason."""
     from monai.utils import BundleProperty, BundlePropertyConfig
 
     return {
-        _display_id(spec[BundlePropertyConfig.ID]): f"MONAI {what}: {spec[BundleProperty.DESC]}"
+        _display_id(spec[BundlePropertyConfig.ID]): f"MONAI {what}: {spec[BundleProperty.DESC]}; {consequence}"
         for spec in properties.values()
         if spec[BundleProperty.REQUIRED]
     }
@@ -142,8 +146,13 @@ def check_layout(files: BundleFiles, label: str) -> list[str]:
     """The Model Zoo files exist and every ``configs/*.json`` is valid JSON."""
     root = files.root
     problems = [
-        f"{label}: {rel}: missing file (Model Zoo layout)"
-        for rel in (METADATA, INFERENCE, LOGGING, README)
+        f"{label}: {rel}: missing file ({why})"
+        for rel, why in (
+            (METADATA, f"{_SEGMENT}: labels and input channels come from it"),
+            (INFERENCE, f"{_SEGMENT}: they run its network, preprocessing and postprocessing"),
+            (LOGGING, f"{_PLAIN_RUN} without --logging_file: MONAI looks for it"),
+            (README, "the model card; medseg bundle list and the Model Zoo show it"),
+        )
         if not (root / rel).is_file()
     ]
     if (root / EVALUATE).is_file() and not (root / TRAIN).is_file():
@@ -159,38 +168,41 @@ def check_layout(files: BundleFiles, label: str) -> list[str]:
 # -- metadata ------------------------------------------------------------------------------------
 
 
+_MEDSEG_META: dict[str, str] = {
+    "name": "run.json, DICOM-SEG and bundle list name the model by it",
+    "network_data_format#inputs#image#modality": "medseg segment windows the preview by it (CT or MR)",
+    "network_data_format#inputs#image#channel_def": f"{_SEGMENT} with several --image: the channel order is checked "
+    "against its names",
+    "network_data_format#outputs#pred#channel_def": f"{_SEGMENT}: stats, DICOM-SEG and preview name structures by it",
+}
+"""Metadata keys medseg reads beyond what the Model Zoo requires (checked by :mod:`pipelines.bundles.zoo`)."""
+
+
 def check_metadata(files: BundleFiles, label: str) -> list[str]:
-    """The Model Zoo fields of ``metadata.json`` and its ``network_data_format``."""
+    """What medseg reads from ``metadata.json`` beyond the Zoo's keys: name, modality, channel definitions.
+
+    The Zoo's own keys (version, changelog, schema keys and types) are the ``zoo`` part's
+    (:func:`pipelines.bundles.zoo.check_zoo_metadata`); they are not reported twice.
+    """
     if not files.valid_json(METADATA):
         return []  # missing or invalid: reported by the layout check
     meta = files.json(METADATA)
     where = f"{label}: {METADATA}"
     if not isinstance(meta, dict):
         return [f"{where}: expected a JSON object, got {type(meta).__name__}"]
-    problems = [f"{where}: missing key {key!r}" for key in META_KEYS if key not in meta]
-    for key in ("version", "monai_version", "pytorch_version", "numpy_version", "name", "task"):
-        if key in meta and not (isinstance(meta[key], str) and meta[key].strip()):
-            problems.append(f"{where}: key {key!r}: expected a non-empty string, got {meta[key]!r}")
-    if "changelog" in meta:
-        changelog = meta["changelog"]
-        if not isinstance(changelog, dict):
-            problems.append(f"{where}: key 'changelog': expected an object version -> text, got {changelog!r}")
-        elif isinstance(meta.get("version"), str) and meta["version"] not in changelog:
-            problems.append(
-                f"{where}: key 'changelog': no entry for the current version {meta['version']!r} "
-                f"(entries: {', '.join(map(repr, changelog)) or 'none'})"
-            )
-    if "network_data_format" in meta:
-        for section, name, fields in (("inputs", "image", INPUT_FIELDS), ("outputs", "pred", OUTPUT_FIELDS)):
-            found, spec = meta_get(meta, ("network_data_format", section, name))
-            key = f"network_data_format#{section}#{name}"
-            if not found:
-                problems.append(f"{where}: missing key {key!r}")
-                continue
-            if not isinstance(spec, dict):
-                problems.append(f"{where}: key {key!r}: expected an object, got {spec!r}")
-                continue
-            problems += [f"{where}: missing key '{key}#{f}'" for f in fields if f not in spec]
+    problems = []
+    for key, reason in _MEDSEG_META.items():
+        found, _ = meta_get(meta, key.split("#"))
+        if not found and (key == "name" or "network_data_format" in meta):
+            problems.append(f"{where}: missing key {key!r} ({reason})")
+    if "name" in meta and not (isinstance(meta["name"], str) and meta["name"].strip()):
+        problems.append(f"{where}: key 'name': expected a non-empty string, got {meta['name']!r}")
+    for section, name in (("inputs", "image"), ("outputs", "pred")):
+        key = f"network_data_format#{section}#{name}"
+        found, spec = meta_get(meta, ("network_data_format", section, name))
+        if "network_data_format" in meta and not found:
+            problems.append(f"{where}: missing key {key!r} ({_SEGMENT}: medseg reads the network's {section} there)")
+        elif found and isinstance(spec, dict):
             problems += _check_io_spec(spec, f"{where}: key '{key}")
     return problems
 
@@ -238,13 +250,15 @@ def check_configs(files: BundleFiles, label: str) -> list[str]:
     if TRAIN in parsers:
         parser = parsers[TRAIN]
         where = f"{label}: {TRAIN}"
-        problems += _missing_ids(parser, {**_required_ids(TrainProperties, "TrainProperties"), **_TRAIN_EXTRA}, where)
+        problems += _missing_ids(
+            parser, {**_required_ids(TrainProperties, "TrainProperties", _TRAIN), **_TRAIN_EXTRA}, where
+        )
         if "train#trainer#max_epochs" in parser and "max_epochs" in parser:
             value = parser["train#trainer#max_epochs"]
             if value != "@max_epochs":
                 problems.append(
                     f"{where}: key 'train#trainer#max_epochs': expected '@max_epochs' so that medseg train "
-                    f"--max-epochs takes effect, got {value!r}"
+                    f"--max-epochs takes effect (else it is silently ignored), got {value!r}"
                 )
     if TRAIN in parsers and files.valid_json(EVALUATE):
         merged = config_parser(root, [root / TRAIN, root / EVALUATE])
@@ -256,12 +270,14 @@ def check_configs(files: BundleFiles, label: str) -> list[str]:
 
 
 def _check_inference_ids(parser: Any, where: str, properties: dict[str, dict[str, Any]]) -> list[str]:
-    problems = _missing_ids(parser, {**_required_ids(properties, "InferProperties"), **_INFERENCE_EXTRA}, where)
+    problems = _missing_ids(
+        parser, {**_required_ids(properties, "InferProperties", _PLAIN_RUN), **_INFERENCE_EXTRA}, where
+    )
     pre = transform_list(parser, "preprocessing")
     if pre is not None and (not pre or target_name(pre[0]) not in ("LoadImaged", "LoadImage")):
         problems.append(
-            f"{where}: key 'preprocessing#transforms#0': expected LoadImaged first (medseg segment reads the "
-            f"input itself and replaces it), got {target_name(pre[0]) if pre else 'an empty list'!r}"
+            f"{where}: key 'preprocessing#transforms#0': expected LoadImaged first ({_SEGMENT}: they read the "
+            f"input themselves and replace it), got {target_name(pre[0]) if pre else 'an empty list'!r}"
         )
     post = transform_list(parser, "postprocessing")
     if post is not None:
@@ -269,7 +285,7 @@ def _check_inference_ids(parser: Any, where: str, properties: dict[str, dict[str
         if not any(n in _GRID_RESTORERS for n in names):
             problems.append(
                 f"{where}: key 'postprocessing': no Invertd (or {', '.join(_GRID_RESTORERS[1:])}); "
-                "the label map must go back to the input's grid"
+                f"{_SEGMENT}: the label map must go back to the input's grid"
             )
         if "SaveImaged" not in names:
             problems.append(

@@ -1,21 +1,24 @@
-"""Bundle conformance: does a bundle follow the MONAI Model Zoo conventions medseg relies on?
+"""Bundle conformance: ``medseg bundle check``, in two parts.
 
-:func:`check_bundle` answers with a list of problems, each naming the bundle, the file and the key,
-e.g. ``bundles/x: configs/metadata.json: missing key 'numpy_version'``. It runs, in order:
+:func:`run_checks` answers with a list of problems, each naming the bundle, the file and the key,
+e.g. ``bundles/x: configs/metadata.json: missing key 'numpy_version' (required by meta_schema_20240725.json)``.
+The checks form two parts (:data:`PARTS`):
 
-``layout``, ``metadata``, ``configs`` (:data:`QUICK_CHECKS`, :mod:`pipelines.bundles.checks`)
-    the Model Zoo files exist and every ``configs/*.json`` is valid JSON; the Zoo fields of
-    ``metadata.json`` and its ``network_data_format`` (inputs.image, outputs.pred, channel
-    definitions that agree with the channel count); each config holds the ids its workflow needs
-    (MONAI's required ``InferProperties`` / ``TrainProperties`` plus the ids ``medseg segment``,
-    ``medseg train`` and ``medseg evaluate`` use).
-``net_in_out``, ``export``, ``run`` (:mod:`pipelines.bundles.network_checks`)
-    ``verify_net_in_out`` with the metadata's spec; a TorchScript export that gives the eager
-    network's output; plain ``python -m monai.bundle run`` on a tiny volume writes labels on its grid.
+``zoo``: what the Model Zoo's CI requires (:mod:`~pipelines.bundles.zoo`, :mod:`~pipelines.bundles.network_checks`)
+    ``zoo_files`` (LICENSE, metadata, inference config, weights), ``zoo_metadata`` (version and
+    changelog, the keys and types of the metadata schema the bundle names), ``net_in_out``
+    (``verify_net_in_out`` with the metadata's spec) and ``export`` (TorchScript export that gives
+    the eager network's output; a shipped ``models/model.ts`` must load). A real Zoo bundle passes.
+``medseg``: what ``medseg segment/batch/train/evaluate`` additionally need (:mod:`pipelines.bundles.checks`)
+    ``layout`` (logging config, model card, train.json under evaluate.json), ``metadata`` (the
+    channel and label definitions medseg reads), ``configs`` (each config holds the ids its
+    workflow needs; each message says which command would fail and why) and ``run`` (plain
+    ``python -m monai.bundle run`` on a tiny volume writes labels on its grid).
 
-The slow checks are skipped, with a note, when the metadata or the inference config is unusable.
-Each JSON file is read once per run. This module imports nothing heavy; the network checks
-import torch when they run.
+Every check runs isolated: one that raises (a network that cannot be built, a config MONAI cannot
+parse) becomes one problem line and the others still run. The network checks are skipped, with a
+note, when the metadata or the inference config is unusable. Each JSON file is read once per run.
+This module imports nothing heavy; the network checks import torch when they run.
 """
 
 from __future__ import annotations
@@ -26,22 +29,43 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.bundles.checks import BundleFiles, check_configs, check_layout, check_metadata
+from pipelines.bundles.checks import BundleFiles, check_configs, check_layout, check_metadata, first_line
 from pipelines.bundles.layout import INFERENCE, METADATA
 from pipelines.bundles.metadata import InputSpec, input_spec
+from pipelines.bundles.zoo import check_zoo_files, check_zoo_metadata
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CHECKS", "QUICK_CHECKS", "SLOW_CHECKS", "CheckResult", "check_bundle", "run_checks"]
+__all__ = ["CHECKS", "PARTS", "QUICK_CHECKS", "SLOW_CHECKS", "CheckResult", "check_bundle", "run_checks"]
 
-CHECKS: tuple[str, ...] = ("layout", "metadata", "configs", "net_in_out", "export", "run")
+CHECKS: tuple[str, ...] = (
+    "zoo_files",
+    "zoo_metadata",
+    "layout",
+    "metadata",
+    "configs",
+    "net_in_out",
+    "export",
+    "run",
+)
 """Every check, in the order they run."""
 
-QUICK_CHECKS: tuple[str, ...] = ("layout", "metadata", "configs")
+PARTS: dict[str, tuple[str, ...]] = {
+    "zoo": ("zoo_files", "zoo_metadata", "net_in_out", "export"),
+    "medseg": ("layout", "metadata", "configs", "run"),
+}
+"""The two parts of a check: what the Model Zoo requires, and what medseg's commands additionally need."""
+
+QUICK_CHECKS: tuple[str, ...] = ("zoo_files", "zoo_metadata", "layout", "metadata", "configs")
 """The checks that only read files (well under a second per bundle)."""
 
 SLOW_CHECKS: tuple[str, ...] = ("net_in_out", "export", "run")
 """The checks that build and run the network (seconds to minutes)."""
+
+
+def part_of(check: str) -> str:
+    """``"zoo"`` or ``"medseg"``: the part a check belongs to."""
+    return next(part for part, names in PARTS.items() if check in names)
 
 
 @dataclass
@@ -50,15 +74,34 @@ class CheckResult:
 
     Attributes:
         bundle: the bundle folder, as given.
-        problems: one line per problem (empty when the bundle conforms).
+        found: the problems of each check that ran, one line each, by check name.
         notes: what the checks could not use as shipped (e.g. random weights without ``models/model.pt``).
         seconds: wall time per check that ran.
     """
 
     bundle: Path
-    problems: list[str] = field(default_factory=list)
+    found: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def problems(self) -> list[str]:
+        """Every problem found, in check order."""
+        return [line for name in CHECKS for line in self.found.get(name, [])]
+
+    def part_problems(self, part: str) -> list[str]:
+        """The problems of one part (``"zoo"`` or ``"medseg"``)."""
+        return [line for name in PARTS[part] for line in self.found.get(name, [])]
+
+    def labelled_problems(self) -> list[tuple[str, str]]:
+        """``(part, problem)`` for every problem, in check order."""
+        return [(part_of(name), line) for name in CHECKS for line in self.found.get(name, [])]
+
+    def summary(self) -> str:
+        """One entry per part that ran: ``"zoo: OK; medseg: 2 problem(s)"``."""
+        ran = [part for part, names in PARTS.items() if any(n in self.found for n in names)]
+        counts = {part: len(self.part_problems(part)) for part in ran}
+        return "; ".join(f"{part}: {f'{n} problem(s)' if n else 'OK'}" for part, n in counts.items())
 
     @property
     def ok(self) -> bool:
@@ -99,6 +142,7 @@ def run_checks(
     path: str | Path,
     *,
     checks: Iterable[str] = CHECKS,
+    parts: Iterable[str] | None = None,
     device: str = "cpu",
     run_timeout_s: float = 600.0,
 ) -> CheckResult:
@@ -109,6 +153,7 @@ def run_checks(
         checks: which of :data:`CHECKS` to run (in their fixed order). The slow ones (``net_in_out``,
             ``export``, ``run``) are skipped when a quick check found the metadata or the inference
             config unusable.
+        parts: keep only the checks of these parts of :data:`PARTS` (``zoo``, ``medseg``); None keeps all.
         device: torch device for the network checks and the ``monai.bundle run`` subprocess.
         run_timeout_s: time limit of the ``monai.bundle run`` subprocess, in seconds.
 
@@ -117,7 +162,7 @@ def run_checks(
 
     Raises:
         FileNotFoundError: ``path`` is not a folder.
-        ValueError: an unknown check name.
+        ValueError: an unknown check or part name.
     """
     root = Path(path)
     if not root.is_dir():
@@ -126,10 +171,17 @@ def run_checks(
     unknown = [c for c in wanted if c not in CHECKS]
     if unknown:
         raise ValueError(f"checks {unknown}: expected some of {', '.join(CHECKS)}")
+    if parts is not None:
+        chosen = list(parts)
+        if [p for p in chosen if p not in PARTS] or not chosen:
+            raise ValueError(f"parts {chosen}: expected some of {', '.join(PARTS)}")
+        wanted = [c for c in wanted if part_of(c) in chosen]
     label = str(path)
     files = BundleFiles(root)
     result = CheckResult(bundle=root)
     runners: dict[str, Callable[[], list[str]]] = {
+        "zoo_files": lambda: check_zoo_files(files, label),
+        "zoo_metadata": lambda: check_zoo_metadata(files, label, result.notes),
         "layout": lambda: check_layout(files, label),
         "metadata": lambda: check_metadata(files, label),
         "configs": lambda: check_configs(files, label),
@@ -145,9 +197,13 @@ def run_checks(
             if name not in runners:
                 runners.update(_slow_checks(files, label, device, spec, result, run_timeout_s))
         start = time.perf_counter()
-        found = runners[name]()
+        try:
+            found = runners[name]()
+        except Exception as err:  # one check failing must not abort the report: it is the finding
+            logger.debug("%s: %s check raised", label, name, exc_info=True)
+            found = [f"{label}: {name} check could not run: {first_line(err)}"]
         result.seconds[name] = time.perf_counter() - start
-        result.problems += found
+        result.found[name] = found
         logger.debug("%s: %s check: %d problem(s) in %.1f s", label, name, len(found), result.seconds[name])
     return result
 
@@ -156,6 +212,7 @@ def check_bundle(
     path: str | Path,
     *,
     checks: Iterable[str] = CHECKS,
+    parts: Iterable[str] | None = None,
     device: str = "cpu",
     run_timeout_s: float = 600.0,
 ) -> list[str]:
@@ -164,4 +221,4 @@ def check_bundle(
     Each problem names the bundle (as given), the file and the key, e.g.
     ``"bundles/x: configs/metadata.json: missing key 'numpy_version'"``.
     """
-    return run_checks(path, checks=checks, device=device, run_timeout_s=run_timeout_s).problems
+    return run_checks(path, checks=checks, parts=parts, device=device, run_timeout_s=run_timeout_s).problems

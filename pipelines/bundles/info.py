@@ -17,7 +17,21 @@ from pipelines.bundles.metadata import image_spec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["bundle_info", "list_bundles"]
+__all__ = ["BACKGROUND_NAMES", "bundle_info", "list_bundles", "structures"]
+
+BACKGROUND_NAMES: frozenset[str] = frozenset({"background", "bg", "_background_", "none", "unlabeled", "unlabelled"})
+"""Channel-0 names that mean "no structure" (lower case)."""
+
+
+def structures(labels: dict[int, str]) -> dict[int, str]:
+    """The labels that name structures: all of them but a channel 0 named as background.
+
+    An argmax output's channel 0 is the background; a multi-label output (one sigmoid channel per
+    structure, e.g. the Zoo's BraTS bundle: 0 tumour core, 1 whole tumour, 2 enhancing tumour) has
+    a structure in channel 0, which must be shown too. The metadata's ``channel_def`` name tells
+    them apart.
+    """
+    return {k: v for k, v in sorted(labels.items()) if k != 0 or v.strip().lower() not in BACKGROUND_NAMES}
 
 
 def bundle_info(path: str | Path) -> dict[str, Any]:
@@ -27,7 +41,8 @@ def bundle_info(path: str | Path) -> dict[str, Any]:
         path: the bundle folder; ``"path"`` in the result is it as given.
 
     Returns:
-        ``{"path", "name", "version", "task", "modality", "labels" ({id: name}), "num_channels",
+        ``{"path", "name", "version", "task", "modality", "labels" ({id: name}), "structures" (the
+        labels that are structures: see :func:`structures`), "num_channels",
         "spatial_shape" (network input patch), "pixdim" (mm, from the preprocessing's Spacingd),
         "roi_size" (sliding window), "network" (the network_def class), "weights" (bool),
         "configs" (names of configs/*.json)}``; values the bundle does not state are None.
@@ -45,6 +60,7 @@ def bundle_info(path: str | Path) -> dict[str, Any]:
         "task": bundle.metadata.get("task"),
         "modality": bundle.modality or None,
         "labels": dict(sorted(bundle.labels.items())),
+        "structures": structures(bundle.labels),
         "num_channels": image.get("num_channels"),
         "spatial_shape": image.get("spatial_shape"),
         "pixdim": None,

@@ -73,3 +73,20 @@ def test_list_bundles(tmp_path: Path, mri_bundle: Path) -> None:
     assert "not valid JSON" in infos[0]["error"]
     with pytest.raises(FileNotFoundError, match="nowhere: bundles folder does not exist"):
         list_bundles(tmp_path / "nowhere")
+
+
+def test_channel_0_of_a_multi_label_output_is_a_structure(mri_bundle: Path) -> None:
+    """A BraTS-style output (one sigmoid channel per region) names a structure in channel 0: it is shown."""
+    from pipelines.bundles.info import structures
+    from tests.helpers import edit_json
+
+    def multi_label(meta: dict[str, Any]) -> None:
+        meta["network_data_format"]["outputs"]["pred"].update(
+            num_channels=3, channel_def={"0": "TC", "1": "WT", "2": "ET"}
+        )
+
+    edit_json(mri_bundle / "configs" / "metadata.json", multi_label)
+    info = bundle_info(mri_bundle)
+    assert info["structures"] == {0: "TC", 1: "WT", 2: "ET"}
+    assert structures({0: "Background", 1: "spleen"}) == {1: "spleen"}
+    assert bundle_info(BUNDLES / "mri_brain_tumor")["structures"] == {1: "tumor"}

@@ -1,0 +1,1 @@
+"""Custom code of this bundle, imported by its configs (the MONAI Model Zoo convention: ``scripts/``)."""
