@@ -21,8 +21,12 @@ CASE_ID = "case_id"
 IMAGE_META = "image_meta_dict"
 """Meta data of the image, for transforms that still ask for a meta dict key."""
 
-OUTPUTS = ("labels", "dicom-seg", "stats", "preview")
-"""What a case can write besides run.json: the label map, DICOM-SEG, statistics, a preview picture."""
+OUTPUTS = ("labels", "dicom-seg", "stats", "preview", "mesh")
+"""What a case can write besides run.json: the label map, DICOM-SEG, statistics, a preview picture,
+surface meshes (``meshes/``, one STL and one OBJ per structure)."""
+
+TTA = "tta"
+"""The test-time augmentation result of a case (:class:`pipelines.tta.TTAResult`) beside its scores."""
 
 DEFAULT_OUTPUTS = ("labels", "stats", "preview")
 """What a case writes when nobody asks (DICOM input adds ``dicom-seg``)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import platform
@@ -29,18 +30,24 @@ from monai.transforms import Compose, EnsureChannelFirst, SaveImage, SaveImaged
 
 from pipelines import __version__, keys
 from pipelines.bundles.bundle import Bundle, load_bundle, parse_config
-from pipelines.bundles.weights import load_weights, require_weights
+from pipelines.bundles.weights import load_network, resolve_checkpoint, torchscript_precision
 from pipelines.geometry import lps_to_ras
 from pipelines.inference import Predictor, resolve_device, resolve_precision
+from pipelines.io import channels as multichannel
 from pipelines.io.dicom import plane_geometry
+from pipelines.io.dicom_tree import is_dicom_container
 from pipelines.io.hashing import input_sha256
 from pipelines.io.output_folder import check_output_folder, estimated_case_bytes
-from pipelines.io.readers import Volume, case_id_from_path, read_volume
+from pipelines.io.readers import Volume, read_volume
+from pipelines.io.series_rules import SeriesRules, rules_from_bundle
 from pipelines.io.slice_geometry import labels_on_planes
 from pipelines.io.values import NAN_POLICIES, check_finite
 from pipelines.io.writers import Written, current_umask, json_bytes, write_bytes, write_labels
 from pipelines.keys import DEFAULT_OUTPUTS, OUTPUTS
+from pipelines.outputs.confidence import traced_postprocessing
+from pipelines.outputs.quality import banner, read_quality_spec, stats_and_quality
 from pipelines.transforms.loading import to_metatensor
+from pipelines.tta import check_tta, resolve_tta, tta_predict
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +82,17 @@ class SegmentOptions:
     sw_batch_size: int | None = None
     nan_policy: str = "refuse"
     allow_gaps: bool = False
+    series_rules: SeriesRules | None = None  # DICOM series choice; None: the bundle's, else medseg's defaults
+    keep_identifiers: bool = False  # recorded in run.json (see pipelines.data.identifiers)
+    overrides: dict[str, Any] = field(default_factory=dict)  # --override KEY=VALUE: config id -> value
+    tta: str | None = None  # none, flips or full (pipelines.tta); None: the bundle's medseg_tta_default
+    channel_grids: str = "refuse"  # multi-channel input on several grids: refuse, or resample (pipelines.io.channels)
 
     def __post_init__(self) -> None:
         if self.nan_policy not in NAN_POLICIES:
             raise ValueError(f"NaN policy {self.nan_policy!r}: expected one of {', '.join(NAN_POLICIES)}")
+        if self.tta is not None:
+            check_tta(self.tta)
         if self.sw_batch_size is not None and self.sw_batch_size < 1:
             raise ValueError(f"sw_batch_size {self.sw_batch_size}: expected a positive number of windows per batch")
         for name in self.outputs or ():
@@ -100,6 +114,7 @@ class CaseResult:
     """sha256 of each file in ``files`` (same keys), from the bytes its writer wrote."""
     warnings: list[str] = field(default_factory=list)  # one line per output left out (goes to run.json)
     dicom_seg: dict[str, Any] | None = None  # {"written", "filled_type2", "error"} when dicom-seg was asked
+    quality: dict[str, Any] | None = None  # confidence and QC flags (pipelines.outputs.quality), in run.json
 
 
 @dataclass
@@ -111,6 +126,7 @@ class Prepared:
     seconds: dict[str, float]
     corrections: list[dict[str, Any]] = field(default_factory=list)
     """What was changed on the input before inference (NaN filled ...); recorded in run.json."""
+    signals: Any = None  # confidence maps, clean-up trace, TTA agreement (pipelines.outputs.confidence)
 
 
 class Segmenter:
@@ -128,20 +144,18 @@ class Segmenter:
     def __init__(self, bundle: str | Path | Bundle, options: SegmentOptions | None = None) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.options = options or SegmentOptions()
-        channels = self.bundle.metadata.get("network_data_format", {}).get("inputs", {}).get("image", {})
-        channels = channels.get("num_channels", 1)
-        if isinstance(channels, int) and channels > 1:
-            raise ValueError(
-                f"{self.bundle.root / 'configs' / 'metadata.json'}: bundle {self.bundle.name} takes {channels} input "
-                "channels; medseg segment reads one image. Run it on a manifest whose cases list one image per "
-                "channel (medseg evaluate, or python -m monai.bundle run)"
-            )
+        metadata_path = str(self.bundle.root / "configs" / "metadata.json")
+        self.channel_spec = multichannel.channel_spec(self.bundle.metadata, metadata_path)  # input channels
         self.device = resolve_device(self.options.device)
         self.precision = resolve_precision(self.options.precision, self.device)
-        # Fail on missing weights before parsing anything heavy: never predict with random weights.
-        require_weights(self.bundle)
-        parser = parse_config(self.bundle, "inference", {"device": f"$torch.device('{self.device}')"})
+        self.series_rules = self.options.series_rules or rules_from_bundle(
+            self.bundle.metadata, str(self.bundle.root / "configs" / "metadata.json")
+        )
+        device_override = {"device": f"$torch.device('{self.device}')"}
+        parser = parse_config(self.bundle, "inference", device_override, user_overrides=self.options.overrides)
         self.parser = parser
+        # The weights the config names; missing ones fail here, before anything is built.
+        self.checkpoint = resolve_checkpoint(parser, self.bundle)
         # We read inputs ourselves (DICOM geometry, checksums while reading), so the bundle's loader
         # is never built: its settings are read from the config and it is replaced by an identity.
         self.loader = take_loader(parser)
@@ -151,11 +165,15 @@ class Segmenter:
         if hasattr(self.inferer, "sw_batch_size"):
             if self.options.sw_batch_size is not None:
                 self.inferer.sw_batch_size = int(self.options.sw_batch_size)
-            elif self.device.type == "cpu":
+            elif self.device.type == "cpu" and "inferer#sw_batch_size" not in self.options.overrides:
                 self.inferer.sw_batch_size = 1
-        network = parser.get_parsed_content("network_def")
-        self.weights_sha256 = load_weights(network, self.bundle, "cpu").sha256  # hashed from the bytes loaded
+        network, self.weights = load_network(parser, self.bundle, "cpu", self.checkpoint)
+        self.weights_sha256 = self.weights.sha256  # hashed from the bytes loaded
+        if self.weights.format == "torchscript":
+            self.precision = torchscript_precision(self.options.precision, self.precision, self.weights.path)
         self.predictor = Predictor(network, self.inferer, self.device, self.precision)
+        self.tta = resolve_tta(self.options.tta, self.bundle.metadata, str(self.bundle.root / "configs/metadata.json"))
+        self.qc_spec = read_quality_spec(self.bundle.metadata, str(self.bundle.root / "configs/metadata.json"))
         self._post_steps = Compose(
             [t for t in self.postprocessing.transforms if not isinstance(t, SaveImaged | SaveImage)],
             map_items=self.postprocessing.map_items,
@@ -163,9 +181,14 @@ class Segmenter:
         )
 
     # -- stages ------------------------------------------------------------------------------
-    def load(self, path: str | Path) -> Volume:
-        """Read the input (file or DICOM folder)."""
-        return read_volume(path, series_uid=self.options.series_uid, allow_gaps=self.options.allow_gaps)
+    def load(self, path: multichannel.InputArg, series_uid: str | None = None) -> Volume:
+        """Read the input (file, DICOM, or one image per channel); ``series_uid`` (a manifest case's) wins."""
+        uid = series_uid or self.options.series_uid
+        inputs = multichannel.channel_inputs(path, self.channel_spec, series_uid=uid)
+        read = functools.partial(read_volume, series_uid=uid, allow_gaps=self.options.allow_gaps,
+                                 series_rules=self.series_rules)  # fmt: skip
+        grids, nan = self.options.channel_grids, self.options.nan_policy
+        return multichannel.read_input(inputs, self.channel_spec, read, channel_grids=grids, nan_policy=nan)
 
     def preprocess(self, volume: Volume) -> dict[str, Any]:
         """Apply the bundle's preprocessing (its loader replaced by our read) to a loaded volume."""
@@ -177,13 +200,17 @@ class Segmenter:
     def infer(self, data: dict[str, Any]) -> dict[str, Any]:
         """Run the network over the preprocessed image; adds ``pred`` (C, H, W, D) scores."""
         image = data[keys.IMAGE]
-        logits = self.predictor(image.unsqueeze(0))[0]
+        spacing = image.pixdim if isinstance(image, monai.data.MetaTensor) else None
+        tta = tta_predict(self.predictor, image.unsqueeze(0), self.tta, spacing)
+        logits = tta.scores[0]
         pred = monai.data.MetaTensor(logits, meta=image.meta) if isinstance(image, monai.data.MetaTensor) else logits
-        return {**data, keys.PRED: pred}
+        return {**data, keys.PRED: pred, keys.TTA: tta}
 
-    def postprocess(self, data: dict[str, Any], volume: Volume) -> np.ndarray:
+    def postprocess(self, data: dict[str, Any], volume: Volume, prepared: Prepared | None = None) -> np.ndarray:
         """Run the bundle's postprocessing (without its writer) and return the label map ``(i, j, k)``."""
-        out = self._post_steps(data)
+        out, signals = traced_postprocessing(self._post_steps, data, tta=data.get(keys.TTA))  # confidence, clean-up
+        if prepared is not None:
+            prepared.signals = signals
         pred = out[keys.PRED]
         array = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
         if array.ndim == 4:
@@ -204,33 +231,34 @@ class Segmenter:
         return array.astype(np.uint8 if high <= 255 else np.uint16, copy=False)
 
     # -- one case ----------------------------------------------------------------------------
-    def prepare(self, path: str | Path) -> Prepared:
+    def prepare(self, path: multichannel.InputArg, series_uid: str | None = None) -> Prepared:
         """Load and preprocess one input (the part a batch run overlaps with inference)."""
         seconds: dict[str, float] = {}
         with _timed(seconds, "load"):
-            volume = self.load(path)
+            volume = self.load(path, series_uid)
             volume, correction = check_finite(volume, self.options.nan_policy)
         with _timed(seconds, "preprocess"):
             data = self.preprocess(volume)
-        return Prepared(volume, data, seconds, [correction] if correction else [])
+        corrections = [*multichannel.channel_corrections(volume), *([correction] if correction else [])]
+        return Prepared(volume, data, seconds, corrections)
 
     def predict(self, prepared: Prepared) -> np.ndarray:
         """Inference and postprocessing: the label map on the input's grid."""
         with _timed(prepared.seconds, "infer"):
             data = self.infer(prepared.data)
         with _timed(prepared.seconds, "postprocess"):
-            labels = self.postprocess(data, prepared.volume)
+            labels = self.postprocess(data, prepared.volume, prepared)
         prepared.data = {}  # release the preprocessed image and the score maps
         return labels
 
-    def run(self, path: str | Path, output_dir: str | Path, case_id: str | None = None) -> CaseResult:
-        """Segment one input and write its outputs into ``output_dir/<case_id>/``."""
-        path = Path(path)
-        case_id = case_id or case_id_from_path(path)
+    def run(self, path: multichannel.InputArg, output_dir: str | Path, case_id: str | None = None) -> CaseResult:
+        """Segment one input (or one image per channel) and write its outputs into ``output_dir/<case_id>/``."""
+        inputs = multichannel.channel_inputs(path, self.channel_spec, series_uid=self.options.series_uid)
+        case_id = case_id or inputs.case_id
         check_case_id(case_id)
-        outputs = self.outputs_for(path)
+        outputs = self.outputs_for(inputs.paths[0])
         check_output_folder(output_dir)  # before reading: a folder that cannot take results fails at once
-        prepared = self.prepare(path)
+        prepared = self.prepare(inputs)
         check_output_folder(output_dir, estimated_case_bytes(int(np.prod(prepared.volume.shape))))
         labels = self.predict(prepared)
         return self.write(prepared, labels, output_dir, case_id, outputs)
@@ -243,13 +271,14 @@ class Segmenter:
         """
         if self.options.outputs is not None:
             outputs = tuple(dict.fromkeys(("labels", *self.options.outputs)))
-            if "dicom-seg" in outputs and not path.is_dir():
+            if "dicom-seg" in outputs and not (path.is_dir() or is_dicom_container(path)):
                 raise ValueError(
                     f"{path}: DICOM-SEG needs a DICOM series as input, this input is a file; "
                     "drop dicom-seg from --outputs"
                 )
             return outputs
-        return (*DEFAULT_OUTPUTS, "dicom-seg") if path.is_dir() else DEFAULT_OUTPUTS
+        dicom = path.is_dir() or is_dicom_container(path)
+        return (*DEFAULT_OUTPUTS, "dicom-seg") if dicom else DEFAULT_OUTPUTS
 
     def write(
         self,
@@ -278,11 +307,12 @@ class Segmenter:
                 self._write_extras(result, written, prepared, labels, staging, case_id, outputs)
             result.provenance = self.provenance(volume, outputs, seconds, input_sha256)
             result.provenance["corrections"] = prepared.corrections
+            result.provenance["quality"] = result.quality
             result.provenance["warnings"] = result.warnings
             if result.dicom_seg is not None:
                 result.provenance["dicom_seg"] = result.dicom_seg
             written["run"] = write_bytes(json_bytes(result.provenance), staging / "run.json")
-        result.files = {k: result.case_dir / w.path.name for k, w in written.items()}
+        result.files = {k: result.case_dir / w.path.relative_to(staging) for k, w in written.items()}
         result.sha256 = {k: w.sha256 for k, w in written.items()}
         return result
 
@@ -299,15 +329,19 @@ class Segmenter:
         """Statistics, preview and DICOM-SEG, as asked; their modules import matplotlib / highdicom."""
         volume = prepared.volume
         extra = [o for o in outputs if o != "labels"]
-        if not extra:
-            return
         names = self.bundle.labels or {int(v): f"label_{int(v)}" for v in np.unique(labels) if v}
-        if "stats" in extra or "preview" in extra:
-            from pipelines.outputs.stats import compute_stats, write_stats
+        result.stats, result.quality = stats_and_quality(  # always: QC flags go to run.json and the summary
+            labels, volume.array, volume.affine, names, prepared.signals, self.qc_spec,
+            input_modality=volume.modality, tta=self.tta,
+        )  # fmt: skip
+        if "stats" in extra:
+            from pipelines.outputs.stats import write_stats
 
-            result.stats = compute_stats(labels, volume.array, volume.affine, names)
-            if "stats" in extra:
-                written["stats_json"], written["stats_csv"] = write_stats(result.stats, staging)
+            written["stats_json"], written["stats_csv"] = write_stats(result.stats, staging)
+        if "mesh" in extra:
+            from pipelines.outputs.meshes import write_meshes
+
+            written.update(write_meshes(labels, volume.affine, names, staging / "meshes"))
         if "preview" in extra:
             from pipelines.outputs.preview import write_preview
 
@@ -319,6 +353,7 @@ class Segmenter:
                 staging / "preview.png",
                 modality=volume.modality or self.bundle.modality or "CT",
                 title=f"{case_id} ({self.bundle.name})",
+                banner=banner(result.quality),
             )
         if "dicom-seg" in extra:
             from pipelines.outputs.dicom_seg import write_dicom_seg
@@ -360,12 +395,17 @@ class Segmenter:
                 "spacing_mm": [round(s, 6) for s in volume.spacing_mm],
                 # DICOM slices that were uneven or tilted, and how they were put on a regular grid
                 "geometry_correction": volume.geometry_correction,
+                # DICOM: the rule that chose the series, why each other was skipped, the study UID
+                "series_selection": volume.series_selection,
+                "channels": volume.channel_record,  # multi-channel: each image's path, sha256, grid handling
             },
+            "identifiers_kept": self.options.keep_identifiers,
             "bundle": {
                 "name": self.bundle.name,
                 "version": self.bundle.version,
                 "path": str(self.bundle.root),
                 "model_sha256": self.weights_sha256,
+                "weights": self.weights.record(self.bundle.root),  # the file the config named, its sha256, key
             },
             "software": software_versions(),
             "device": str(self.device),
@@ -380,7 +420,7 @@ class Segmenter:
 
 
 def segment_case(
-    input_path: str | Path,
+    input_path: multichannel.InputArg,
     bundle: str | Path | Bundle,
     output_dir: str | Path,
     *,
@@ -389,8 +429,7 @@ def segment_case(
 ) -> CaseResult:
     """Segment one NIfTI/NRRD/MHA file or DICOM folder with a bundle; see :class:`Segmenter`."""
     # Check the input exists before the (slower) bundle set-up, so a typo fails fast.
-    if not Path(input_path).exists():
-        read_volume(input_path)
+    multichannel.check_inputs_exist(input_path)
     return Segmenter(bundle, options).run(input_path, output_dir, case_id)
 
 

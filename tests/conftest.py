@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,17 @@ def unet_bundle(tmp_path: Path) -> Path:
 def zoo_bundle(tmp_path: Path) -> Path:
     """A two-class Zoo-shaped bundle (1x1x1 convolution): foreground where the raw value exceeds 500."""
     return write_threshold_bundle(tmp_path / "zoo_threshold")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_trust_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Point medseg's bundle trust store at a temporary file for the whole run (subprocesses inherit it).
+
+    Bundles under bundles/ are trusted by location; the helpers that write bundles elsewhere
+    (tests.helpers.copy_bundle_with_random_weights, write_zoo_bundle) trust them in this store; a
+    test that changes a bundle's configs afterwards and opens it through the command line trusts it
+    again (tests.helpers.trust_test_bundle), as a user would with --trust-bundle.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MEDSEG_TRUST_FILE", str(tmp_path_factory.mktemp("trust") / "trusted_bundles.json"))
+        yield

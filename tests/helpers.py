@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +34,22 @@ def copy_bundle_with_random_weights(name: str, dest: Path, seed: int = 0) -> Pat
     network = parser.get_parsed_content("network_def")
     (target / "models").mkdir(exist_ok=True)
     torch.save(network.state_dict(), target / "models" / "model.pt")
-    return target
+    return trust_test_bundle(target)
+
+
+def trust_test_bundle(root: Path) -> Path:
+    """Record a bundle a test wrote outside ``bundles/`` as trusted, as ``--trust-bundle`` would.
+
+    The trust store is the session's temporary one (``$MEDSEG_TRUST_FILE``, set by the autouse
+    fixture in tests/conftest.py), never the user's. Weights files are not part of the trusted
+    digest, so saving ``models/model.pt`` afterwards needs no new trust; changing a config does.
+    """
+    from pipelines.bundles.trust import TRUST_FILE_ENV, trust_bundle, trust_store_path
+
+    if not os.environ.get(TRUST_FILE_ENV):
+        raise RuntimeError(f"{TRUST_FILE_ENV} is not set: tests must not write the user's trust store")
+    trust_bundle(root, trust_store_path(os.environ))
+    return root
 
 
 def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
@@ -181,7 +197,7 @@ def write_zoo_bundle(root: Path, inference: dict[str, Any], metadata: dict[str, 
     (root / "models").mkdir()
     (root / "configs" / "inference.json").write_text(json.dumps(inference, indent=1))
     (root / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=1))
-    return root
+    return trust_test_bundle(root)
 
 
 # A Zoo-shaped bundle whose answer is known exactly: foreground where the raw value exceeds 500.

@@ -249,14 +249,14 @@ def test_plain_monai_bundle_run_with_the_ct_bundle(tmp_path: Path, unet_bundle: 
     np.testing.assert_allclose(saved.affine, affine, atol=1e-4)
 
 
-def test_multichannel_bundle_is_refused_with_a_clear_error(tmp_path: Path, zoo_bundle: Path) -> None:
+def test_multichannel_bundle_given_one_image_is_refused_with_a_clear_error(tmp_path: Path, zoo_bundle: Path) -> None:
     meta = {
         "name": "four_channel",
         "version": "0.0.1",
         "network_data_format": {"inputs": {"image": {"num_channels": 4}}},
     }
     (zoo_bundle / "configs" / "metadata.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=r"bundle four_channel takes 4 input channels; medseg segment reads one image"):
+    with pytest.raises(ValueError, match=r"bundle takes 4 channels \(unnamed\) .*; got 1 image\(s\)"):
         segment_case(tmp_path, zoo_bundle, tmp_path / "out", options=SegmentOptions(device="cpu"))
 
 

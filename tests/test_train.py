@@ -17,7 +17,7 @@ from pipelines.data.manifests.model import ManifestError, write_manifest
 from pipelines.data.phantoms.make import make_ct_phantom
 from pipelines.data.phantoms.write import write_nifti
 from pipelines.train import TrainOptions, evaluate, latest_checkpoint, train
-from tests.helpers import BUNDLES, REPO
+from tests.helpers import BUNDLES, REPO, trust_test_bundle
 
 LABELS = {"0": "background", "1": "spleen", "2": "kidney_right", "3": "kidney_left", "4": "liver", "5": "liver_tumor"}
 IDS = {name: int(k) for k, name in LABELS.items() if k != "0"}
@@ -42,7 +42,7 @@ def bundle_copy(tmp_path: Path) -> Path:
 
     target = tmp_path / "ct_abdomen_unet"
     shutil.copytree(BUNDLES / "ct_abdomen_unet", target, ignore=shutil.ignore_patterns("*.pt", "eval"))
-    return target
+    return trust_test_bundle(target)  # outside bundles/: the command line opens only trusted bundles
 
 
 @pytest.mark.slow

@@ -54,6 +54,8 @@ def bundle_identity(segmenter: Segmenter) -> dict[str, Any]:
         "name": segmenter.bundle.name,
         "version": segmenter.bundle.version,
         "model_sha256": segmenter.weights_sha256,
+        # --override changes the model's answer: a run with other overrides is another run
+        **({"overrides": segmenter.options.overrides} if segmenter.options.overrides else {}),
     }
 
 
@@ -93,6 +95,11 @@ def check_output_folder(output: Path, identity: dict[str, Any], options: BatchOp
         raise ValueError(
             f"{output}: holds a run of bundle {_describe(previous)}, this run uses bundle "
             f"{_describe(identity)}; write into a new output folder"
+        )
+    if previous is not None and previous.get("overrides") != identity.get("overrides"):
+        raise ValueError(
+            f"{output}: holds a run with --override {previous.get('overrides') or 'none'}, this run has "
+            f"{identity.get('overrides') or 'none'}; use the same overrides, or write into a new output folder"
         )
     if ledgers and not options.resuming:
         raise ValueError(

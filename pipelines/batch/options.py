@@ -6,9 +6,13 @@ imports nothing beyond the standard library (no torch, no numpy).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipelines.io.series_rules import SeriesRules
 
 __all__ = ["BATCH_SPLITS", "DISTRIBUTED_TIMEOUT", "BatchOptions", "BatchSummary"]
 
@@ -41,6 +45,8 @@ class BatchOptions:
             voxels refused or filled; DICOM gaps beyond 3x the median refused or interpolated).
         allow_outside_paths: accept manifest paths outside the manifest's folder (absolute ones
             included); without it such a manifest is refused before any file is opened.
+        series_rules, keep_identifiers: per case, as :class:`pipelines.segment.SegmentOptions`.
+        overrides: bundle config id -> value (``--override``), as :class:`pipelines.segment.SegmentOptions`.
     """
 
     split: str = "test"
@@ -55,6 +61,11 @@ class BatchOptions:
     allow_outside_paths: bool = False
     nan_policy: str = "refuse"
     allow_gaps: bool = False
+    series_rules: SeriesRules | None = None
+    keep_identifiers: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)
+    tta: str | None = None  # as pipelines.segment.SegmentOptions: none, flips, full; None: the bundle's default
+    channel_grids: str = "refuse"  # as pipelines.segment.SegmentOptions: multi-channel images on several grids
 
     def __post_init__(self) -> None:
         if self.split not in BATCH_SPLITS:

@@ -224,13 +224,9 @@ class Pipeline:
             if unreadable is not None:
                 raise unreadable
             check_case_id(case.case_id)
-            if len(paths) != 1:
-                raise ValueError(
-                    f"{paths[0]}: case {case.case_id} lists {len(paths)} channel images; "
-                    "medseg batch segments one image (file or DICOM folder) per case"
-                )
             item.outputs = self.segmenter.outputs_for(paths[0])
-            item.prepared = self.segmenter.prepare(paths[0])
+            # several images: one per channel, in the manifest's order (pipelines.io.channels checks them)
+            item.prepared = self.segmenter.prepare(paths if len(paths) > 1 else paths[0], case.series_uid)
             # The hash of the bytes actually read wins over one taken before the read.
             item.sha256 = item.prepared.volume.sha256 or item.sha256
         except Exception as err:

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from PIL import Image  # Pillow comes with matplotlib
 
+from pipelines.batch.flags import FILTER_HTML, case_quality, flagged_first, quality_cell
 from pipelines.batch.ledger import BATCH_JSON, latest_records, read_ledger
 from pipelines.io.writers import atomic_path
 
@@ -28,7 +29,10 @@ __all__ = ["REPORT_CSV", "REPORT_CSV_COLUMNS", "REPORT_HTML", "write_report"]
 
 REPORT_CSV = "report.csv"
 REPORT_HTML = "report.html"
-REPORT_CSV_COLUMNS = ("case_id", "label", "structure", "volume_ml", "mean_intensity", "components", "voxels")
+REPORT_CSV_COLUMNS = (
+    "case_id", "label", "structure", "volume_ml", "mean_intensity", "components", "voxels", "case_flagged",
+    "confidence", "flags",
+)  # fmt: skip
 """Columns of ``report.csv``: one row per case and structure, from each case's ``stats.json``."""
 
 THUMBNAIL_PX = 480
@@ -55,6 +59,8 @@ def write_report(output: str | Path, run: dict[str, Any] | None = None) -> tuple
     output = Path(output)
     latest = latest_records(read_ledger(output))
     records = [latest[k] for k in sorted(latest)]
+    qualities = {str(r["case_id"]): case_quality(output, r) for r in records}  # QC verdicts: flagged cases first
+    records = flagged_first(records, qualities)  # type: ignore[assignment]
     info: dict[str, Any] = {}
     with contextlib.suppress(OSError, json.JSONDecodeError):
         info = json.loads((output / BATCH_JSON).read_text(encoding="utf-8"))
@@ -67,12 +73,15 @@ def write_report(output: str | Path, run: dict[str, Any] | None = None) -> tuple
             for entry in _case_stats(output, record):
                 writer.writerow(
                     [record["case_id"], entry.get("label"), entry.get("name"), repr(float(entry["volume_ml"])),
-                     repr(float(entry["mean"])), entry.get("components"), entry.get("voxels")]
+                     repr(float(entry["mean"])), entry.get("components"), entry.get("voxels"),
+                     int(bool(qualities[str(record["case_id"])].get("flagged"))),
+                     "" if entry.get("confidence") is None else repr(float(entry["confidence"])),
+                     "|".join(entry.get("flags") or ())]
                 )  # fmt: skip
 
     html_path = output / REPORT_HTML
     with atomic_path(html_path) as tmp, tmp.open("w", encoding="utf-8") as handle:
-        _write_html(handle, output, records, info, run or {})
+        _write_html(handle, output, records, info, run or {}, qualities)
     logger.info("wrote %s and %s (%d cases)", csv_path, html_path, len(records))
     return csv_path, html_path
 
@@ -119,7 +128,12 @@ code{font-size:90%}img{display:block}
 
 
 def _write_html(
-    handle: TextIO, output: Path, records: Sequence[dict[str, Any]], info: dict[str, Any], run: dict[str, Any]
+    handle: TextIO,
+    output: Path,
+    records: Sequence[dict[str, Any]],
+    info: dict[str, Any],
+    run: dict[str, Any],
+    qualities: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     e = html.escape
     ok = sum(r.get("status") == "ok" for r in records)
@@ -133,7 +147,9 @@ def _write_html(
     handle.write("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>")
     handle.write(f"<title>medseg batch report: {e(output.name)}</title><style>{_CSS}</style></head><body>\n")
     handle.write(f"<h1>medseg batch report: {e(output.name)}</h1>\n<h2>Summary</h2><table>")
+    qualities = qualities or {}
     summary: list[tuple[str, Any]] = [("cases in the ledger", len(records)), ("ok", ok), ("failed", len(failed))]
+    summary.append(("QC flagged (listed first)", sum(bool(q.get("flagged")) for q in qualities.values())))
     if run:
         summary += [
             ("this run: ok / failed / skipped / failed earlier",
@@ -172,7 +188,7 @@ def _write_html(
     else:
         handle.write("<p>None.</p>\n")
 
-    handle.write(f"<h2>Cases ({len(records)})</h2>\n<table><tr><th>case</th><th>status</th>"
+    handle.write(f"<h2>Cases ({len(records)})</h2>\n{FILTER_HTML}<table><tr><th>case</th><th>status</th><th>QC</th>"
                  "<th>structures (volume mL, mean)</th><th>time s</th><th>preview</th></tr>\n")  # fmt: skip
     for r in records:
         case_id = str(r["case_id"])
@@ -186,7 +202,9 @@ def _write_html(
         uri = _thumbnail(output / preview["path"]) if status == "ok" and preview else None
         image = f"<img src='{uri}' alt='preview of {e(case_id)}' width='{THUMBNAIL_PX}'>" if uri else ""
         handle.write(
-            f"<tr><td>{e(case_id)}</td><td class='{'ok' if status == 'ok' else 'failed'}'>{e(status)}</td>"
-            f"<td>{structures}</td><td class='num'>{seconds:.1f}</td><td>{image}</td></tr>\n"
+            f"<tr class='case{' flagged' if qualities.get(case_id, {}).get('flagged') else ''}'><td>{e(case_id)}</td>"
+            f"<td class='{'ok' if status == 'ok' else 'failed'}'>{e(status)}</td>"
+            f"<td>{quality_cell(qualities.get(case_id, {}))}</td><td>{structures}</td>"
+            f"<td class='num'>{seconds:.1f}</td><td>{image}</td></tr>\n"
         )
     handle.write("</table>\n</body></html>\n")

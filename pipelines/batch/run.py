@@ -146,6 +146,11 @@ def _run(
                 outputs=options.outputs,
                 nan_policy=options.nan_policy,
                 allow_gaps=options.allow_gaps,
+                series_rules=options.series_rules,
+                keep_identifiers=options.keep_identifiers,
+                overrides=options.overrides,
+                tta=options.tta,
+                channel_grids=options.channel_grids,
             ),
         )
         identity = bundle_identity(segmenter)

@@ -20,8 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.bundles.layout import INFERENCE, METADATA, WEIGHTS, InvalidJSONError, config_path, read_json
+from pipelines.bundles.layout import (
+    WEIGHTS,
+    InvalidConfigError,
+    InvalidJSONError,
+    config_path,
+    raw_item,
+    read_config_file,
+    read_json,
+)
 from pipelines.bundles.metadata import channel_labels, image_spec
+from pipelines.bundles.overrides import check_override_ids
 
 if TYPE_CHECKING:
     from monai.bundle import ConfigParser
@@ -76,26 +85,28 @@ class Bundle:
 
 
 def load_bundle(path: str | Path) -> Bundle:
-    """Open a bundle folder and read its metadata (once).
+    """Open a bundle folder and read its metadata (once, as data: nothing is evaluated).
+
+    The configs may be JSON or YAML (``configs/inference.yaml``), as MONAI accepts.
 
     Raises:
-        FileNotFoundError: the folder, or its ``configs/inference.json``, does not exist.
-        ValueError: ``metadata.json`` is not valid JSON, not an object, or has a non-integer
+        FileNotFoundError: the folder, or its ``configs/inference.json`` (or ``.yaml`` / ``.yml``), does not exist.
+        ValueError: ``metadata.json`` is not valid JSON/YAML, not an object, or has a non-integer
             ``channel_def`` key.
     """
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: bundle folder does not exist")
-    inference = root / INFERENCE
+    inference = config_path(root, "inference")
     if not inference.is_file():
         raise FileNotFoundError(
             f"{inference}: bundle has no inference config (expected the MONAI Model Zoo layout: "
-            "configs/inference.json, configs/metadata.json, models/model.pt)"
+            "configs/inference.json or configs/inference.yaml, configs/metadata.json, models/model.pt)"
         )
     metadata: dict[str, Any] = {}
-    meta_path = root / METADATA
+    meta_path = config_path(root, "metadata")
     if meta_path.is_file():
-        metadata = read_json(meta_path)
+        metadata = read_json(meta_path) if meta_path.suffix == ".json" else _read_yaml_metadata(meta_path)
         if not isinstance(metadata, dict):
             raise ValueError(f"{meta_path}: expected a JSON object, got {type(metadata).__name__}")
     else:
@@ -109,12 +120,20 @@ def load_bundle(path: str | Path) -> Bundle:
     )
 
 
+def _read_yaml_metadata(path: Path) -> Any:
+    try:
+        return read_config_file(path)
+    except InvalidConfigError as err:
+        raise ValueError(f"{path}: expected a mapping ({err.detail})") from err
+
+
 def config_parser(
     root: Path,
     configs: Sequence[Path],
     *,
     metadata: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    user_overrides: Mapping[str, Any] | None = None,
 ) -> ConfigParser:
     """A ConfigParser over ``configs`` with ``bundle_root`` set to ``root``, then ``overrides``.
 
@@ -124,11 +143,16 @@ def config_parser(
         metadata: the parsed ``metadata.json`` to set as the parser's ``_meta_`` (copied); None
             leaves ``_meta_`` empty.
         overrides: MONAI id syntax (``"inferer#sw_batch_size"``), applied before any reference is
-            resolved, exactly as ``python -m monai.bundle run --key value`` would.
+            resolved, exactly as ``python -m monai.bundle run --key value`` would: what a run sets.
+        user_overrides: the same from a person (``--override KEY=VALUE``), applied first; only ids
+            the configs hold may be overridden (a misspelt id would otherwise change nothing).
 
     Raises:
         InvalidJSONError: (a ``ValueError``) a config is not valid JSON; names the file, line and column.
+        InvalidConfigError: (a ``ValueError``) a YAML config that is not valid YAML.
+        ValueError: an override of an id the configs do not hold.
     """
+    import yaml
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
@@ -136,10 +160,17 @@ def config_parser(
         parser.read_config([str(path) for path in configs])
     except json.JSONDecodeError as err:
         raise InvalidJSONError(_invalid_json_file(configs), err) from err
+    except yaml.YAMLError:
+        for path in configs:
+            read_config_file(path)  # raises InvalidConfigError naming the file, line and column
+        raise
     if metadata is not None:
         parser.read_meta(copy.deepcopy(dict(metadata)))
     parser["bundle_root"] = str(root)
-    for key, value in (overrides or {}).items():
+    if user_overrides:
+        where = ", ".join(Path(p).name for p in configs)
+        check_override_ids(user_overrides, parser.__contains__, parser.get("", {}).keys(), f"{root}: {where}")
+    for key, value in {**(user_overrides or {}), **(overrides or {})}.items():
         parser[key] = value
     return parser
 
@@ -154,21 +185,29 @@ def _invalid_json_file(configs: Sequence[Path]) -> Path:
     return Path(configs[0])
 
 
-def parse_config(bundle: Bundle, name: str = "inference", overrides: dict[str, Any] | None = None) -> ConfigParser:
+def parse_config(
+    bundle: Bundle,
+    name: str = "inference",
+    overrides: dict[str, Any] | None = None,
+    user_overrides: Mapping[str, Any] | None = None,
+) -> ConfigParser:
     """Read ``configs/<name>.json`` with ``bundle_root`` set to the bundle folder plus ``overrides``.
 
     The parser's ``_meta_`` is the metadata :func:`load_bundle` already read; ``metadata.json`` is
     not read again. Overrides use MONAI's id syntax (``"inferer#sw_batch_size"``); they are applied
     before any reference is resolved, exactly as ``python -m monai.bundle run --key value`` would.
+    ``user_overrides`` (``--override``) must name ids the config holds (see :func:`config_parser`).
 
     Raises:
         FileNotFoundError: the bundle has no such config.
-        ValueError: the config is not valid JSON.
+        ValueError: the config is not valid JSON / YAML, or an override names an unknown id.
     """
     path = bundle.config_path(name)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: bundle {bundle.name} has no configs/{name}.json")
-    return config_parser(bundle.root, [path], metadata=bundle.metadata, overrides=overrides)
+        raise FileNotFoundError(f"{path}: bundle {bundle.name} has no configs/{name}.json (nor .yaml / .yml)")
+    return config_parser(
+        bundle.root, [path], metadata=bundle.metadata, overrides=overrides, user_overrides=user_overrides
+    )
 
 
 # -- reading config items without building them ------------------------------------------------
@@ -190,14 +229,17 @@ def transform_list(parser: ConfigParser, id_: str) -> list[Any] | None:
 
 
 def preprocessing_pixdim(parser: ConfigParser) -> list[float] | None:
-    """The ``pixdim`` (mm) of the first Spacingd in ``preprocessing`` (references resolved), or None."""
-    import numpy as np
+    """The ``pixdim`` (mm) of the first Spacingd in ``preprocessing``, or None.
 
+    Read as data: plain ``@id`` references are followed, nothing is evaluated, so a ``$``
+    expression (which could run anything) gives None, as does any value that is not numbers.
+    """
+    config = parser.get("", {})
     for index, item in enumerate(transform_list(parser, "preprocessing") or []):
         if target_name(item) in ("Spacingd", "Spacing") and "pixdim" in item:
-            try:
-                value = parser.get_parsed_content(f"preprocessing#transforms#{index}#pixdim")
-            except Exception:  # an expression that needs more than the config: unknown
+            value = raw_item(config, f"preprocessing#transforms#{index}#pixdim")
+            values = value if isinstance(value, list) else [value]
+            if not values or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
                 return None
-            return [float(v) for v in np.atleast_1d(value)]
+            return [float(v) for v in values]
     return None

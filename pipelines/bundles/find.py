@@ -92,16 +92,17 @@ def _is_path_like(value: str) -> bool:
 def find_bundle(name_or_path: str | Path, search_path: Sequence[Path]) -> Path:
     """The bundle folder a ``--bundle`` value means.
 
-    A folder that exists is used as is (relative to the working folder). Otherwise a bare name
-    (no path separator, not starting with ``.`` or ``~``) is looked up as ``<folder>/<name>`` in
-    each folder of ``search_path`` in order.
+    A folder (or a ``.zip`` file, a zipped bundle) that exists is used as is (relative to the
+    working folder). Otherwise a bare name (no path separator, not starting with ``.`` or ``~``)
+    is looked up as ``<folder>/<name>`` in each folder of ``search_path`` in order.
 
     Args:
         name_or_path: a folder path, or a bundle's folder name such as ``"ct_abdomen_unet"``.
         search_path: folders to look in (see :func:`default_search_path`).
 
     Returns:
-        The folder; whether it holds a valid bundle is for :func:`pipelines.bundles.bundle.load_bundle` to say.
+        The folder or zip file; whether it holds a valid bundle is for :func:`pipelines.bundles.bundle.load_bundle`
+        (and :func:`pipelines.bundles.archive.unpack_bundle` for a zip) to say.
 
     Raises:
         FileNotFoundError: a path that does not exist, or a name no folder of the search path
@@ -112,8 +113,10 @@ def find_bundle(name_or_path: str | Path, search_path: Sequence[Path]) -> Path:
     if not value:
         raise ValueError("bundle: expected a folder path or a bundle name, got an empty string")
     given = Path(value).expanduser()
-    if given.is_dir():
-        return given
+    if given.is_dir() or (given.is_file() and given.suffix.lower() == ".zip"):
+        return given  # a zipped bundle is unpacked by pipelines.bundles.archive.unpack_bundle
+    if given.exists():
+        raise ValueError(f"{value}: not a bundle: expected a bundle folder or a zipped bundle (.zip)")
     if isinstance(name_or_path, Path) or _is_path_like(value):
         raise FileNotFoundError(f"{value}: bundle folder does not exist")
     for folder in search_path:
@@ -129,7 +132,7 @@ def find_bundle(name_or_path: str | Path, search_path: Sequence[Path]) -> Path:
 
 
 def bundles_in(folder: str | Path) -> list[Path]:
-    """The bundles (sub-folders holding ``configs/inference.json``) of ``folder``, by name.
+    """The bundles (sub-folders holding ``configs/inference.json`` or ``.yaml``) of ``folder``, by name.
 
     Raises:
         FileNotFoundError: ``folder`` is not a folder.

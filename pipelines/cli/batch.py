@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.batch.options import BATCH_SPLITS, DISTRIBUTED_TIMEOUT, BatchOptions, BatchSummary
-from pipelines.cli.bundle import add_bundle_option
-from pipelines.cli.common import add_case_options, add_path_policy_option, add_run_options
+from pipelines.cli.bundle import add_bundle_option, add_override_option, overrides_from_args
+from pipelines.cli.common import add_case_options, add_path_policy_option, add_run_options, series_rules_arg
 
 
 def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -28,6 +28,7 @@ def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("manifest", type=Path, help="data manifest (JSON, Decathlon dataset.json style)")
     add_bundle_option(p, required=True)
+    add_override_option(p)
     p.add_argument("--output", "-o", type=Path, required=True, help="output folder; results go to OUTPUT/<case-id>/")
     p.add_argument("--split", default="test", choices=BATCH_SPLITS, help="manifest split to run (default: test)")
     p.add_argument("--resume", action="store_true", help="continue a run: skip cases already done with the same input")
@@ -87,6 +88,11 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         allow_outside_paths=args.allow_outside_paths,
         nan_policy=args.nan_policy,
         allow_gaps=args.allow_gaps,
+        series_rules=series_rules_arg(args.series_rules),
+        keep_identifiers=args.keep_identifiers,
+        overrides=overrides_from_args(args),
+        tta=args.tta,
+        channel_grids=args.channel_grids,
     )
     run_id = os.environ.get("TORCHELASTIC_RUN_ID") if world_size > 1 else None
     try:

@@ -6,10 +6,19 @@ import argparse
 import logging
 import sys
 import warnings
+from pathlib import Path
+from typing import Any
 
 from pipelines.keys import OUTPUTS
 
-__all__ = ["add_case_options", "add_path_policy_option", "add_run_options", "outputs_arg", "setup_logging"]
+__all__ = [
+    "add_case_options",
+    "add_path_policy_option",
+    "add_run_options",
+    "outputs_arg",
+    "series_rules_arg",
+    "setup_logging",
+]
 
 
 def outputs_arg(value: str) -> tuple[str, ...]:
@@ -70,7 +79,8 @@ def add_case_options(p: argparse.ArgumentParser) -> None:
         "--outputs",
         type=outputs_arg,
         default=None,
-        help="comma list of labels,dicom-seg,stats,preview (default: labels,stats,preview; dicom-seg too for DICOM)",
+        help="comma list of labels,dicom-seg,stats,preview,mesh (default: labels,stats,preview; dicom-seg too for "
+        "DICOM); mesh writes meshes/<label>_<name>.stl and .obj in LPS mm",
     )
     p.add_argument(
         "--nan-policy",
@@ -84,3 +94,39 @@ def add_case_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="DICOM: interpolate across a gap between slices larger than 3x the median instead of refusing",
     )
+    p.add_argument(
+        "--tta",
+        choices=("none", "flips", "full"),
+        default=None,
+        help="test-time augmentation: flips = the 8 mirrorings (8x the inference time), full = flips x in-plane "
+        "90 degree turns (16x); probabilities averaged (default: the bundle's medseg_tta_default, else none)",
+    )
+    p.add_argument(
+        "--series-rules",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="DICOM: JSON rules that choose the series (default: the bundle's medseg_series_rules, else the CT "
+        "series with the most slices); --series-uid wins",
+    )
+    p.add_argument(
+        "--channel-grids",
+        choices=("refuse", "resample"),
+        default="refuse",
+        help="multi-channel bundles: a channel image on another voxel grid than the first is refused (default) or "
+        "resampled onto the first image's grid (linear; logged and recorded in run.json)",
+    )
+    p.add_argument(
+        "--keep-identifiers",
+        action="store_true",
+        help="allow patient identifiers (name, ID, birth date) in case ids; recorded in run.json",
+    )
+
+
+def series_rules_arg(path: Path | None) -> Any:
+    """The :class:`~pipelines.io.series_rules.SeriesRules` of ``--series-rules FILE``, or None."""
+    if path is None:
+        return None
+    from pipelines.io.series_rules import load_series_rules  # pydicom and jsonschema: only when asked
+
+    return load_series_rules(path)

@@ -17,8 +17,24 @@ from pathlib import Path
 from pipelines import __version__
 from pipelines.bundles.find import find_bundle
 from pipelines.cli.batch import add_batch_parser
-from pipelines.cli.bundle import add_bundle_option, add_bundle_parser, bundle_search_path, resolve_bundle_args
-from pipelines.cli.common import add_case_options, add_path_policy_option, add_run_options, setup_logging
+from pipelines.cli.bundle import (
+    add_bundle_option,
+    add_bundle_parser,
+    add_override_option,
+    bundle_search_path,
+    overrides_from_args,
+    resolve_bundle_args,
+)
+from pipelines.cli.common import (
+    add_case_options,
+    add_path_policy_option,
+    add_run_options,
+    series_rules_arg,
+    setup_logging,
+)
+from pipelines.cli.dicom import add_dicom_parser, add_manifest_dicom_options, cmd_manifest_create_dicom
+from pipelines.cli.quality import print_case_summary
+from pipelines.cli.serve import add_serve_parser
 
 logger = logging.getLogger("pipelines")
 
@@ -33,8 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("segment", help="segment one scan (NIfTI, NRRD, MHA or a DICOM folder) with a bundle")
-    p.add_argument("input", type=Path, help="image file or DICOM folder")
+    p.add_argument("input", type=Path, nargs="?", help="image file or DICOM folder (multi-channel: a case folder)")
+    p.add_argument(
+        "--image",
+        action="append",
+        metavar="[NAME=]PATH",
+        help="multi-channel bundles: one image per channel, repeated; NAME=PATH checks NAME against the bundle's "
+        "channel_def and puts the images in its order, plain paths are taken in channel order",
+    )
     add_bundle_option(p, required=True)
+    add_override_option(p)
     p.add_argument("--output", "-o", type=Path, required=True, help="output folder; results go to OUTPUT/<case-id>/")
     p.add_argument("--case-id", help="name of the case folder (default: input name without extension)")
     p.add_argument("--series-uid", help="DICOM folder with several series: the SeriesInstanceUID to read")
@@ -96,11 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("file", type=Path)
     add_path_policy_option(q)
     q.set_defaults(func=_cmd_manifest_validate)
-    q = msub.add_parser("create", help="build a manifest from a folder of image/label pairs")
-    q.add_argument("folder", type=Path)
+    q = msub.add_parser("create", help="build a manifest from a folder of image/label pairs, or a DICOM export")
+    q.add_argument("folder", type=Path, nargs="?", help="data folder (or give --dicom PATH)")
     q.add_argument("--output", "-o", type=Path, default=None, help="manifest file (default: FOLDER/dataset.json)")
     q.add_argument("--name", default=None)
     q.add_argument("--modality", default="CT")
+    add_manifest_dicom_options(q)
     q.set_defaults(func=_cmd_manifest_create)
     q = msub.add_parser("split", help="write k-fold splits beside the manifest")
     q.add_argument("file", type=Path)
@@ -111,12 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_batch_parser(sub)
     add_bundle_parser(sub)
+    add_dicom_parser(sub)
+    add_serve_parser(sub)
     return parser
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     from pipelines.segment import SegmentOptions, segment_case
 
+    if (args.input is None) == (not args.image):
+        raise ValueError("segment: give the input image (or case folder) or one --image per channel, not both")
     options = SegmentOptions(
         device=args.device,
         precision=args.precision,
@@ -124,11 +153,17 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         series_uid=args.series_uid,
         nan_policy=args.nan_policy,
         allow_gaps=args.allow_gaps,
+        series_rules=series_rules_arg(args.series_rules),
+        keep_identifiers=args.keep_identifiers,
+        overrides=overrides_from_args(args),
+        tta=args.tta,
+        channel_grids=args.channel_grids,
     )
-    result = segment_case(args.input, args.bundle, args.output, case_id=args.case_id, options=options)
-    _print_stats(result.stats)
+    result = segment_case(args.input or args.image, args.bundle, args.output, case_id=args.case_id, options=options)
+    print_case_summary(result.stats, result.quality)  # with the QC verdict: a flagged case says so
     total = sum(result.seconds.values())
-    print(f"wrote {result.case_dir} ({', '.join(sorted(p.name for p in result.files.values()))}) in {total:.1f} s")
+    names = sorted({p.relative_to(result.case_dir).parts[0] for p in result.files.values()})
+    print(f"wrote {result.case_dir} ({', '.join(names)}) in {total:.1f} s")
     return 0
 
 
@@ -256,6 +291,10 @@ def _cmd_manifest_create(args: argparse.Namespace) -> int:
     from pipelines.data.manifests.create import create_manifest
     from pipelines.data.manifests.model import write_manifest
 
+    if args.dicom is not None:
+        return cmd_manifest_create_dicom(args)
+    if args.folder is None:
+        raise ValueError("manifest create: give a data folder, or --dicom PATH for a DICOM export")
     target = args.output or args.folder / "dataset.json"
     manifest = create_manifest(args.folder, name=args.name, modality=args.modality, manifest_dir=target.parent)
     path = write_manifest(manifest, target)
@@ -275,15 +314,6 @@ def _cmd_manifest_split(args: argparse.Namespace) -> int:
         path = write_manifest(manifest, args.file.with_name(f"{stem}_fold{fold}.json"))
         print(f"wrote {path} ({len(manifest['training'])} training, {len(manifest['validation'])} validation)")
     return 0
-
-
-def _print_stats(stats: Sequence[dict]) -> None:
-    if not stats:
-        return
-    width = max(len("structure"), *(len(s["name"]) for s in stats))
-    print(f"{'structure':<{width}}  {'volume mL':>10}  {'mean':>8}")
-    for s in stats:
-        print(f"{s['name']:<{width}}  {s['volume_ml']:>10.1f}  {s['mean']:>8.1f}")
 
 
 def _one_line(err: BaseException) -> str:

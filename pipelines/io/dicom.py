@@ -33,6 +33,7 @@ __all__ = [
     "DicomSeries",
     "StackedSeries",
     "find_dicom_series",
+    "group_series",
     "plane_geometry",
     "scan_dicom_folder",
     "select_series",
@@ -139,6 +140,10 @@ def _group(folder: Path, parsed: Sequence[tuple[Path, pydicom.Dataset]], keep: b
             f"{folder}: no DICOM series found (expected a folder holding the DICOM files of one or more series)"
         )
     return series
+
+
+group_series = _group
+"""Group ``(path, dataset)`` pairs into :class:`DicomSeries` sorted along the normal (used by :mod:`.dicom_tree`)."""
 
 
 def _check_folder(folder: Path) -> None:

@@ -22,7 +22,9 @@ import nibabel as nib
 import numpy as np
 
 from pipelines.geometry import affine_from_itk, check_affine
-from pipelines.io.dicom import scan_dicom_folder, select_series, stack_series
+from pipelines.io.dicom import stack_series
+from pipelines.io.dicom_tree import is_dicom_container, load_series, scan_tree
+from pipelines.io.series_rules import SeriesRules, choose_series
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
@@ -33,7 +35,7 @@ __all__ = ["SUPPORTED_INPUTS", "Volume", "case_id_from_path", "read_volume"]
 
 SUPPORTED_INPUTS = (
     "a NIfTI file (.nii, .nii.gz), FreeSurfer MGH (.mgz, .mgh), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) "
-    "or a DICOM folder"
+    "or DICOM (a folder, searched recursively, a DICOMDIR or a .zip)"
 )
 _NIFTI = (".nii", ".nii.gz")
 _MGH = (".mgz", ".mgh")
@@ -59,6 +61,10 @@ class Volume:
             (DICOM-SEG references them; nothing has to read the files again).
         geometry_correction: for DICOM slices that were unevenly spaced or tilted and were
             resampled onto a regular grid, what was done (recorded in run.json); else None.
+        series_selection: for DICOM, which rule chose the series and why each other was skipped
+            (:meth:`pipelines.io.series_rules.Selection.record`, plus ``study_uid`` and the files
+            skipped by kind); else None.
+        channels, channel_record: for a multi-channel bundle's input, see :mod:`pipelines.io.channels`.
     """
 
     array: np.ndarray
@@ -72,6 +78,11 @@ class Volume:
     sha256: str | None = None
     dicom_headers: tuple[Any, ...] = field(default_factory=tuple, repr=False)
     geometry_correction: dict[str, Any] | None = None
+    series_selection: dict[str, Any] | None = None
+    # Multi-channel input (pipelines.io.channels): the stack (C, I, J, K) whose channel 0 is ``array``,
+    # and what run.json records of each channel image (order, paths, sha256, grid handling).
+    channels: np.ndarray | None = field(default=None, repr=False)
+    channel_record: dict[str, Any] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -84,22 +95,34 @@ class Volume:
 
 
 def case_id_from_path(path: str | Path) -> str:
-    """The input's name without its image extension: ``scan.nii.gz`` -> ``scan``; a folder -> its name."""
+    """The input's name without its image extension: ``scan.nii.gz`` -> ``scan``; a folder -> its name;
+    ``export.zip`` -> ``export``; ``cd/DICOMDIR`` -> ``cd``."""
     path = Path(path)
     name = path.name
-    for ext in (*_NIFTI, *_MGH, *_ITK):
+    if name.upper() == "DICOMDIR":  # a DICOMDIR names its folder's export
+        return path.parent.name
+    for ext in (*_NIFTI, *_MGH, *_ITK, ".zip"):
         if name.lower().endswith(ext):
             return name[: -len(ext)]
     return name
 
 
-def read_volume(path: str | Path, *, series_uid: str | None = None, allow_gaps: bool = False) -> Volume:
+def read_volume(
+    path: str | Path,
+    *,
+    series_uid: str | None = None,
+    allow_gaps: bool = False,
+    series_rules: SeriesRules | None = None,
+) -> Volume:
     """Read one 3D volume.
 
     Args:
-        path: a NIfTI, NRRD or MetaImage file, or a folder of DICOM files.
-        series_uid: for a DICOM folder holding several series, the one to read. Without it the
-            series is chosen by :data:`pipelines.io.dicom.SELECTION_RULE` and the choice is logged.
+        path: a NIfTI, NRRD or MetaImage file, or DICOM: a folder (searched recursively), a
+            DICOMDIR file or a ``.zip`` (see :mod:`pipelines.io.dicom_tree`).
+        series_uid: for DICOM holding several series, the one to read. Without it the series is
+            chosen by ``series_rules`` and the choice is logged with the reason for every other.
+        series_rules: DICOM series selection rules; None for
+            :data:`pipelines.io.series_rules.DEFAULT_RULES`.
         allow_gaps: for DICOM, interpolate across a gap between slices larger than
             :data:`pipelines.io.slice_geometry.GAP_LIMIT_FACTOR` times the median instead of refusing.
 
@@ -110,8 +133,8 @@ def read_volume(path: str | Path, *, series_uid: str | None = None, allow_gaps: 
     path = Path(path)
     check_readable(path)
     name = path.name.lower()
-    if path.is_dir():
-        volume = _read_dicom(path, series_uid, allow_gaps)
+    if path.is_dir() or is_dicom_container(path):
+        volume = _read_dicom(path, series_uid, allow_gaps, series_rules)
     elif name.endswith(_NIFTI) or name.endswith(_MGH):
         volume = _read_nibabel(path)
     elif name.endswith(_ITK):
@@ -288,19 +311,23 @@ def _read_itk(path: Path) -> Volume:
     return _sitk_to_volume(image, path, "itk")
 
 
-def _read_dicom(folder: Path, series_uid: str | None, allow_gaps: bool) -> Volume:
-    series_list, sha256 = scan_dicom_folder(folder)
-    series = select_series(series_list, folder, series_uid)
-    stacked = stack_series(series, folder, allow_gaps=allow_gaps)
+def _read_dicom(path: Path, series_uid: str | None, allow_gaps: bool, rules: SeriesRules | None) -> Volume:
+    """Scan the headers, choose the series, then read and stack only that series' pixel data."""
+    tree = scan_tree(path, checksum=True)
+    selection = choose_series(list(tree.summaries.values()), rules, series_uid=series_uid, where=str(path))
+    series = load_series(tree, selection.uid)
+    stacked = stack_series(series, path, allow_gaps=allow_gaps)
+    record = {**selection.record(), "study_uid": tree.summaries[selection.uid].study_uid, "skipped_files": tree.skipped}
     return Volume(
-        array=_as_3d(stacked.array, folder),
+        array=_as_3d(stacked.array, path),
         affine=stacked.affine,
-        path=folder,
+        path=path,
         format="dicom",
         modality=series.modality,
         series_uid=series.uid,
         dicom_files=series.files,
-        sha256=sha256,
+        sha256=tree.sha256,
         dicom_headers=stacked.headers,
         geometry_correction=stacked.correction.as_record() if stacked.correction else None,
+        series_selection=record,
     )

@@ -46,6 +46,7 @@ def write_preview(
     *,
     modality: str = "CT",
     title: str | None = None,
+    banner: str | None = None,
 ) -> Written:
     """Write a PNG with axial, coronal and sagittal slices through the largest structure.
 
@@ -71,6 +72,7 @@ def write_preview(
         path: destination ``.png``.
         modality: ``"CT"``, ``"MR"``... (chooses the display window).
         title: figure title; default names the modality and the structure count.
+        banner: a warning shown in white on red across the top (the QC flags of a flagged case).
 
     Returns:
         ``path`` and the sha256 of the PNG written there.
@@ -121,6 +123,9 @@ def write_preview(
     FigureCanvasAgg(fig)
     heading = title or f"{modality or 'image'} segmentation: {len(counts)} structures"
     fig.suptitle(heading, color="white", fontsize=12, y=0.975)
+    if banner:  # QC flags (pipelines.outputs.quality.banner): over the title, impossible to miss
+        fig.text(0.5, 0.985, banner[:230], color="white", fontsize=10, fontweight="bold", ha="center", va="top",
+                 bbox={"facecolor": "#c00000", "edgecolor": "none", "pad": 4})  # fmt: skip
     for index, (plane, where, image_plane, label_plane, aspect, letters) in enumerate(panels):
         ax = fig.add_axes((0.005 + index * 0.222, 0.03, 0.215, 0.85))
         ax.set_facecolor("black")

@@ -28,8 +28,10 @@ STATS_CSV_COLUMNS = (
     "label", "name", "voxels", "volume_ml", "mean", "median", "std", "components",
     "bbox_i0", "bbox_i1", "bbox_j0", "bbox_j1", "bbox_k0", "bbox_k1",
     "bbox_x0_mm", "bbox_x1_mm", "bbox_y0_mm", "bbox_y1_mm", "bbox_z0_mm", "bbox_z1_mm",
+    "confidence", "high_entropy_fraction", "tta_agreement", "removed_fraction", "flags", "qc",
 )  # fmt: skip
-"""Columns of ``stats.csv``: the keys of :func:`compute_stats` with the boxes flattened."""
+"""Columns of ``stats.csv``: the keys of :func:`compute_stats` with the boxes flattened, then the confidence
+and QC columns of :func:`pipelines.outputs.quality.assess_case` (empty when not measured; ``flags`` joined by ``|``)."""
 
 _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
@@ -142,7 +144,13 @@ def _csv_row(entry: Mapping[str, Any]) -> list[Any]:
     box = [v for pair in entry["bbox_voxels"] for v in pair]
     box_mm = [repr(float(v)) for pair in entry["bbox_mm"] for v in pair]
     floats = [repr(float(entry[key])) for key in ("volume_ml", "mean", "median", "std")]
-    return [entry["label"], entry["name"], entry["voxels"], *floats, entry["components"], *box, *box_mm]
+    quality = [_optional(entry.get(k)) for k in ("confidence", "high_entropy_fraction", "tta_agreement")]
+    quality += [_optional(entry.get("removed_fraction")), "|".join(entry.get("flags") or ()), entry.get("qc", "")]
+    return [entry["label"], entry["name"], entry["voxels"], *floats, entry["components"], *box, *box_mm, *quality]
+
+
+def _optional(value: Any) -> str:
+    return "" if value is None else repr(float(value))
 
 
 def write_stats(stats: Sequence[Mapping[str, Any]], folder: str | Path) -> tuple[Written, Written]:

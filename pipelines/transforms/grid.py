@@ -116,6 +116,9 @@ class ResampleScoresToGrid(Transform):
     def __init__(self, softmax: bool = True, slab_voxels: int = 2_000_000) -> None:
         self.softmax = softmax
         self.slab_voxels = slab_voxels
+        # Optional ``observer(rows, probabilities (C, n, W, D), target_shape)`` called on every slab of the
+        # separable path (pipelines.outputs.confidence reads per-voxel confidence from it); None: off.
+        self.slab_observer: Any = None
 
     def __call__(
         self,
@@ -169,6 +172,8 @@ class ResampleScoresToGrid(Transform):
                 x = _lerp_axis(block, 1, low0[start:stop] - first, high0[start:stop] - first, w0[start:stop])
                 x = _lerp_axis(x, 2, *tap1)
                 x = _lerp_axis(x, 3, *tap2)
+                if self.slab_observer is not None:
+                    self.slab_observer(slice(start, stop), x, shape)
                 labels[start:stop] = _argmax_classes(x).numpy()
         return labels
 

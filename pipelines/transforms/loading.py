@@ -18,14 +18,15 @@ def to_metatensor(volume: Volume, *, dtype: torch.dtype = torch.float32) -> Meta
     Bundles start their preprocessing with ``LoadImaged``; running the rest of that chain on this
     tensor gives the same result as letting MONAI read the file, without reading it twice.
     """
-    array = np.ascontiguousarray(volume.array)
+    # A multi-channel input (pipelines.io.channels) is channel-first (C, I, J, K), as LoadImage stacks a file list.
+    array = np.ascontiguousarray(volume.array if volume.channels is None else volume.channels)
     tensor = torch.as_tensor(array).to(dtype)
     affine = torch.as_tensor(volume.affine, dtype=torch.float64)
     meta = {
         MetaKeys.AFFINE: affine.clone(),
         MetaKeys.ORIGINAL_AFFINE: affine.clone(),
         MetaKeys.SPATIAL_SHAPE: np.asarray(volume.shape),
-        MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
+        MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan") if volume.channels is None else 0,
         MetaKeys.SPACE: SpaceKeys.RAS,
         "filename_or_obj": str(volume.path),
     }

@@ -32,8 +32,10 @@ class FakeSegmenter:
     def outputs_for(self, path: Path) -> tuple[str, ...]:
         return ("labels",)
 
-    def prepare(self, path: Path) -> Any:
+    def prepare(self, path: Path | tuple[Path, ...], series_uid: str | None = None) -> Any:
         self.reads.append(path)
+        if isinstance(path, tuple):  # one image per channel: the real one checks and stacks them
+            return SimpleNamespace(volume=SimpleNamespace(sha256=input_sha256(path)), seconds={"load": 0.0})
         data = path.read_bytes()
         if data.startswith(b"bad"):
             raise ValueError(f"{path}: truncated or corrupt image data")
@@ -146,15 +148,13 @@ def test_a_case_that_failed_on_the_same_input(
     assert (item.error is None) == (skip is not None)  # a retried bad input fails again, hashed only once
 
 
-def test_a_case_with_several_images_fails(tmp_path: Path, hash_calls: list[Any]) -> None:
+def test_a_case_with_several_images_passes_them_all_as_channels(tmp_path: Path) -> None:
     (tmp_path / "t1.nii.gz").write_bytes(b"1")
     (tmp_path / "t2.nii.gz").write_bytes(b"2")
     case = Case("a", (tmp_path / "t1.nii.gz", tmp_path / "t2.nii.gz"), None, "test")
-    item = _pipeline(tmp_path, FakeSegmenter()).prepare(0, case)
-    assert item.error == (
-        f"{tmp_path / 't1.nii.gz'}: case a lists 2 channel images; "
-        "medseg batch segments one image (file or DICOM folder) per case"
-    )
+    segmenter = FakeSegmenter()
+    item = _pipeline(tmp_path, segmenter).prepare(0, case)
+    assert item.error is None and segmenter.reads == [case.image_paths]  # in the manifest's order
     assert item.sha256 == input_sha256(case.image_paths)
 
 

@@ -77,9 +77,9 @@ def test_csv_has_one_row_per_case_and_structure(output: Path) -> None:
     rows = list(csv.reader(csv_path.read_text(encoding="utf-8").splitlines()))
     assert tuple(rows[0]) == REPORT_CSV_COLUMNS
     assert rows[1:] == [
-        ["a", "1", "liver", "1250.5", "60.25", "1", "1000"],
-        ["a", "2", "spleen", "180.0", "48.0", "2", "144"],
-        ["b<&>", "1", "liver", "0.5", "-3.0", "1", "4"],
+        ["a", "1", "liver", "1250.5", "60.25", "1", "1000", "0", "", ""],
+        ["a", "2", "spleen", "180.0", "48.0", "2", "144", "0", "", ""],
+        ["b<&>", "1", "liver", "0.5", "-3.0", "1", "4", "0", "", ""],
     ]  # the failed case and the one without statistics have no rows
 
 
@@ -105,10 +105,11 @@ def test_html_shows_summary_provenance_failures_and_cases(output: Path) -> None:
     # cases, sorted by id, special characters escaped
     assert "<h2>Cases (4)</h2>" in page
     cases = page.split("<h2>Cases (4)</h2>")[1]
-    assert re.findall(r"<tr><td>([^<]*)</td><td class='(?:ok|failed)'>", cases) == ["a", "b&lt;&amp;&gt;", "c", "d"]
+    found = re.findall(r"<tr class='case'><td>([^<]*)</td><td class='(?:ok|failed)'>", cases)
+    assert found == ["a", "b&lt;&amp;&gt;", "c", "d"]
     assert "b<&>" not in page
     assert "<td>liver: 1250.5 mL, 60<br>spleen: 180.0 mL, 48</td><td class='num'>3.5</td>" in page
-    assert "<tr><td>d</td><td class='ok'>ok</td><td>&mdash;</td>" in page
+    assert "<tr class='case'><td>d</td><td class='ok'>ok</td><td>&mdash;</td><td>&mdash;</td>" in page
 
 
 def test_previews_are_embedded_as_small_thumbnails(output: Path) -> None:

@@ -84,3 +84,87 @@ def test_parse_config_errors(mri_bundle: Path) -> None:
     root = mri_bundle
     with pytest.raises(ValueError, match=r"configs/evaluate.json: not valid JSON: line 3"):
         config_parser(root, [root / "configs" / "train.json", root / "configs" / "evaluate.json"])
+
+
+# -- bundle forms and overrides (issue 13) ---------------------------------------------------------
+
+
+def _yaml_bundle(tmp_path: Path) -> Path:
+    """The threshold bundle with its configs in YAML (as 6 Zoo bundles ship inference.yaml)."""
+    import yaml
+
+    from tests.helpers import trust_test_bundle, write_threshold_bundle
+
+    bundle = write_threshold_bundle(tmp_path / "zoo_yaml")
+    for name in ("inference", "metadata"):
+        json_path = bundle / "configs" / f"{name}.json"
+        (bundle / "configs" / f"{name}.yaml").write_text(yaml.safe_dump(json.loads(json_path.read_text())))
+        json_path.unlink()
+    return trust_test_bundle(bundle)
+
+
+def test_yaml_bundle_segments_like_its_json_twin(tmp_path: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    from pipelines.cli.main import main
+    from tests.helpers import cube_scan, write_nifti, write_threshold_bundle
+
+    yaml_bundle = _yaml_bundle(tmp_path)
+    assert load_bundle(yaml_bundle).name == "zoo_threshold"
+    image, affine, _ = cube_scan("RAS")
+    scan = write_nifti(tmp_path / "scan.nii.gz", image, affine)
+    results = []
+    for bundle in (yaml_bundle, write_threshold_bundle(tmp_path / "zoo_json")):
+        out = tmp_path / f"out_{bundle.name}"
+        assert main(["segment", str(scan), "--bundle", str(bundle), "-o", str(out), "--device", "cpu"]) == 0
+        results.append(np.asarray(nib.load(out / "scan" / "labels.nii.gz").dataobj))
+    assert np.array_equal(*results) and results[0].any()
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path: Path) -> None:
+    bundle = _yaml_bundle(tmp_path)
+    (bundle / "configs" / "inference.yaml").write_text("network_def:\n  a: [1, 2\n")
+    with pytest.raises(ValueError, match=r"inference.yaml: not valid YAML: line \d+ column \d+"):
+        parse_config(load_bundle(bundle))
+
+
+def test_overrides_apply_before_references_and_unknown_ids_are_refused(tmp_path: Path) -> None:
+    from pipelines.bundles.overrides import parse_override, parse_overrides
+    from tests.helpers import write_threshold_bundle
+
+    overrides = parse_overrides(["inferer#overlap=0.75", "inferer#roi_size=[16,16,16]", "output_dir=$'x'"])
+    assert overrides == {"inferer#overlap": 0.75, "inferer#roi_size": [16, 16, 16], "output_dir": "$'x'"}
+    bundle = load_bundle(write_threshold_bundle(tmp_path / "b"))
+    inferer = parse_config(bundle, user_overrides=overrides).get_parsed_content("inferer")
+    assert inferer.overlap == 0.75 and list(inferer.roi_size) == [16, 16, 16]
+    with pytest.raises(
+        ValueError, match=r"override 'infere#overlap': .*inference.json has no such id.*did you mean inferer"
+    ):
+        parse_config(bundle, user_overrides={"infere#overlap": 0.5})
+    for text, message in [
+        ("overlap", r"expected KEY=VALUE"),
+        ("a##b=1", r"is not a config id"),
+        ("device=cpu", r"'device' cannot be overridden here; use --device"),
+        ("bundle_root=/x", r"'bundle_root' cannot be overridden here"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_override(text)
+
+
+def test_cli_override_is_recorded_in_run_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipelines.cli.main import main
+    from tests.helpers import cube_scan, write_nifti, write_threshold_bundle
+
+    bundle = write_threshold_bundle(tmp_path / "b")
+    image, affine, _ = cube_scan("RAS")
+    scan = write_nifti(tmp_path / "scan.nii.gz", image, affine)
+    args = ["segment", str(scan), "--bundle", str(bundle), "-o", str(tmp_path / "o"), "--device", "cpu"]
+    assert main([*args, "--override", "inferer#overlap=0", "--override", "inferer#sw_batch_size=3"]) == 0
+    run = json.loads((tmp_path / "o" / "scan" / "run.json").read_text())
+    assert run["options"]["overrides"] == {"inferer#overlap": 0, "inferer#sw_batch_size": 3}
+    assert run["sw_batch_size"] == 3  # the override wins over the one-window CPU default
+    capsys.readouterr()
+    assert main([*args, "--override", "inferer#overlapp=0"]) == 1
+    err = capsys.readouterr().err
+    assert "override 'inferer#overlapp'" in err and "no such id" in err

@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -94,3 +95,109 @@ def test_missing_weights_say_how_to_get_them(mri_bundle: Path) -> None:
     assert isinstance(caught.value, FileNotFoundError) and "medseg train --bundle" in str(caught.value)
     with pytest.raises(MissingWeightsError):
         load_weights(_network(mri_bundle), bundle)
+
+
+# -- the checkpoint the config names (issue 13) ---------------------------------------------------
+
+
+def _segment_threshold(bundle: Path, tmp_path: Path, *extra: str) -> dict[str, Any]:
+    import json
+
+    from pipelines.cli.main import main
+    from tests.helpers import cube_scan, write_nifti
+
+    image, affine, _ = cube_scan("RAS")
+    scan = write_nifti(tmp_path / "scan.nii.gz", image, affine)
+    out = tmp_path / "out"
+    args = ["segment", str(scan), "--bundle", str(bundle), "-o", str(out), "--device", "cpu", "--outputs", "labels"]
+    assert main([*args, *extra]) == 0
+    return json.loads((out / "scan" / "run.json").read_text())
+
+
+def _zero_conv(path: Path, bias: tuple[float, float]) -> None:
+    conv = torch.nn.Conv3d(1, 2, 1)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias[:] = torch.tensor(bias)
+    torch.save({"model": conv.state_dict(), "epoch": 3}, path)
+
+
+def test_the_checkpoint_the_config_names_is_the_one_loaded_and_recorded(tmp_path: Path) -> None:
+    """Like wholeBody's model_lowres.pt: the config names another file than models/model.pt."""
+    import nibabel as nib
+
+    from tests.helpers import edit_json, trust_test_bundle, write_threshold_bundle
+
+    bundle = write_threshold_bundle(tmp_path / "zoo_threshold")
+    lowres = bundle / "models" / "model_lowres.pt"
+    _zero_conv(lowres, (-1.0, 1.0))  # every voxel foreground, unlike models/model.pt
+
+    def name_lowres(config: dict[str, Any]) -> None:
+        config["handlers"][0]["load_path"] = "$@bundle_root + '/models/model_lowres.pt'"
+
+    edit_json(bundle / "configs" / "inference.json", name_lowres)
+    trust_test_bundle(bundle)
+    run = _segment_threshold(bundle, tmp_path)
+    expected = hashlib.sha256(lowres.read_bytes()).hexdigest()
+    assert run["bundle"]["model_sha256"] == expected
+    assert run["bundle"]["weights"] == {
+        "file": "models/model_lowres.pt",
+        "sha256": expected,
+        "key": "model",
+        "format": "state_dict",
+        "named_by": "handlers#0#load_path",
+        "note": "",
+    }
+    labels = np.asarray(nib.load(tmp_path / "out" / "scan" / "labels.nii.gz").dataobj)
+    assert labels.min() == 1  # the low-resolution weights ran, not models/model.pt
+
+
+def test_checkpoint_id_wins_and_override_changes_it(tmp_path: Path) -> None:
+    from pipelines.bundles.weights import resolve_checkpoint
+    from tests.helpers import edit_json, write_threshold_bundle
+
+    bundle = write_threshold_bundle(tmp_path / "b")
+    _zero_conv(bundle / "models" / "other.pt", (0.0, 1.0))
+    edit_json(
+        bundle / "configs" / "inference.json", lambda c: c.update(checkpoint="$@bundle_root + '/models/model.pt'")
+    )
+    opened = load_bundle(bundle)
+    found = resolve_checkpoint(parse_config(opened), opened)
+    assert found.named_by == "checkpoint" and found.path.name == "model.pt"
+    parser = parse_config(opened, user_overrides={"checkpoint": "models/other.pt"})  # relative: to the bundle
+    assert resolve_checkpoint(parser, opened).path == bundle.resolve() / "models" / "other.pt"
+
+
+def test_a_named_checkpoint_that_is_missing_is_refused(tmp_path: Path) -> None:
+    from pipelines.bundles.weights import resolve_checkpoint
+    from tests.helpers import edit_json, write_threshold_bundle
+
+    bundle = write_threshold_bundle(tmp_path / "b")
+
+    def name_missing(config: dict[str, Any]) -> None:
+        config["handlers"][0]["load_path"] = "$@bundle_root + '/models/model_lowres.pt'"
+
+    edit_json(bundle / "configs" / "inference.json", name_missing)
+    opened = load_bundle(bundle)
+    with pytest.raises(MissingWeightsError, match=r"model_lowres.pt: bundle zoo_threshold's inference config names"):
+        resolve_checkpoint(parse_config(opened), opened)
+    with pytest.raises(MissingWeightsError, match=r"config id 'handlers#0#load_path'.*--override"):
+        resolve_checkpoint(parse_config(opened), opened)
+
+
+def test_torchscript_only_bundle_runs_and_records_the_ts_file(tmp_path: Path) -> None:
+    from tests.helpers import write_threshold_bundle
+
+    bundle = write_threshold_bundle(tmp_path / "zoo_threshold")
+    conv = torch.nn.Conv3d(1, 2, 1)
+    conv.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
+    torch.jit.save(torch.jit.script(conv), bundle / "models" / "model.ts")
+    (bundle / "models" / "model.pt").unlink()
+    from tests.helpers import trust_test_bundle
+
+    trust_test_bundle(bundle)  # model.ts is a program: part of the trusted content
+    run = _segment_threshold(bundle, tmp_path, "--precision", "auto")
+    record = run["bundle"]["weights"]
+    assert record["file"] == "models/model.ts" and record["format"] == "torchscript"
+    assert record["sha256"] == hashlib.sha256((bundle / "models" / "model.ts").read_bytes()).hexdigest()
+    assert "TorchScript export" in record["note"] and run["precision"] == "fp32"

@@ -64,12 +64,15 @@ class Case:
         image: The image path, or a tuple of paths (one per channel) when the entry lists several.
         label: The reference label map, or None.
         split: ``"training"``, ``"validation"`` or ``"test"``.
+        series_uid: for DICOM holding several series (an export, a study folder, a ``.zip``), the
+            SeriesInstanceUID to read (written by ``medseg manifest create --dicom``), else None.
     """
 
     case_id: str
     image: Path | tuple[Path, ...]
     label: Path | None
     split: str
+    series_uid: str | None = None
 
     @property
     def image_paths(self) -> tuple[Path, ...]:
@@ -86,6 +89,8 @@ class Case:
         item: dict[str, Any] = {keys.IMAGE: image, keys.CASE_ID: self.case_id}
         if self.label is not None:
             item[keys.LABEL] = str(self.label)
+        if self.series_uid is not None:
+            item["series_uid"] = self.series_uid
         return item
 
 
@@ -345,6 +350,7 @@ def _cases(
                 image=tuple(paths[: len(images)]) if isinstance(image_value, list) else paths[0],
                 label=paths[len(images)] if label_value else None,
                 split=split,
+                series_uid=None if isinstance(entry, str) else entry.get("series_uid"),
             )
             cases.append((case, place))
     return cases, refused

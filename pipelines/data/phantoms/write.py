@@ -133,6 +133,7 @@ def write_dicom_series(
         ValueError: On a multi-channel image, an oblique/sheared affine or an unknown modality.
         FileExistsError: If ``folder`` exists, is not empty and ``overwrite`` is False.
     """
+    import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import (
         PYDICOM_IMPLEMENTATION_UID,
@@ -141,6 +142,7 @@ def write_dicom_series(
         generate_uid,
     )
 
+    pydicom3 = int(pydicom.__version__.split(".")[0]) >= 3
     folder = Path(folder)
     image = phantom.image
     if image.ndim != 3:
@@ -258,11 +260,14 @@ def write_dicom_series(
             meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
             ds.file_meta = meta
             if compress:
-                ds.compress(RLELossless, pixels, generate_instance_uid=False)
+                # pydicom 2 (the MONAI Label environment) keeps the instance UID without being asked
+                ds.compress(RLELossless, pixels, **({"generate_instance_uid": False} if pydicom3 else {}))
             else:
                 ds.PixelData = pixels.tobytes()
             name = f"IM{k + 1:05d}.dcm"
-            ds.save_as(temporary / name, enforce_file_format=True)
+            ds.save_as(
+                temporary / name, **({"enforce_file_format": True} if pydicom3 else {"write_like_original": False})
+            )
             names.append(name)
         _replace_folder(temporary, folder, overwrite)
     except BaseException:

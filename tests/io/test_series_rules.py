@@ -1,0 +1,144 @@
+"""Series selection rules: schema, evaluation with reasons, bundle defaults, --series-uid first."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines.bundles.bundle import load_bundle
+from pipelines.io.dicom_tree import SeriesSummary
+from pipelines.io.series_rules import (
+    DEFAULT_RULES,
+    choose_series,
+    load_series_rules,
+    rules_from_bundle,
+    rules_from_document,
+)
+from tests.helpers import BUNDLES
+
+BASE = SeriesSummary(
+    uid="1.1", study_uid="9.9", patient_id="P", patient_name="N", birth_date="", modality="CT", date="20230101",
+    description="", protocol="", study_description="", kernel="B30f", image_type=("ORIGINAL", "PRIMARY", "AXIAL"),
+    series_number=1, slices=64, pixel_spacing_mm=(0.7, 0.7), thickness_mm=2.5, spacing_mm=2.5,
+    orientation="axial", tilt_deg=0.0, gaps=0, duplicates=0, contrast=False, phase="",
+)  # fmt: skip
+
+
+def _series(uid: str, number: int, **changes: object) -> SeriesSummary:
+    return dataclasses.replace(BASE, uid=uid, series_number=number, **changes)
+
+
+STUDY = [
+    _series("1.1", 1, description="Topogram", image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"), slices=2),
+    _series("1.2", 2, description="Abdomen 5.0", thickness_mm=5.0, slices=60),
+    _series("1.3", 3, description="Abdomen 1.0 B70f", thickness_mm=1.0, slices=300, kernel="B70f"),
+    _series("1.4", 4, description="Abdomen 2.0 B30f", thickness_mm=2.0, slices=150, contrast=True),
+    _series("1.5", 5, description="Cor MPR", orientation="coronal", slices=200),
+    _series("1.6", 6, description="MIP", image_type=("DERIVED", "SECONDARY", "AXIAL"), slices=400),
+    _series("1.7", 7, description="Tilted 3mm", thickness_mm=3.0, slices=80, tilt_deg=12.0),
+]
+
+
+def test_ct_bundle_rules_pick_the_thinnest_soft_tissue_axial_series() -> None:
+    bundle = load_bundle(BUNDLES / "ct_abdomen_unet")
+    rules = rules_from_bundle(bundle.metadata, "ct bundle")
+    assert rules is not None and rules.source == "ct bundle (medseg_series_rules)"
+    selection = choose_series(STUDY, rules)
+    assert selection.uid == "1.4"  # 1.0 mm B70f (bone kernel) is thinner, the soft-tissue kernel wins
+    rule = rules.names[0]
+    assert selection.rule == rule
+    assert selection.skipped == {
+        "1.1": f"rule '{rule}': image type ORIGINAL/PRIMARY/LOCALIZER is LOCALIZER",
+        "1.2": f"rule '{rule}' accepts it, series 4 preferred (kernel /^(B[1-4][0-9]|Br[1-4][0-9]|I[1-4][0-9]|"
+        "STANDARD|SOFT|FC0[0-9])/, thinnest, most slices)",
+        "1.3": f"rule '{rule}' accepts it, series 4 preferred (kernel /^(B[1-4][0-9]|Br[1-4][0-9]|I[1-4][0-9]|"
+        "STANDARD|SOFT|FC0[0-9])/, thinnest, most slices)",
+        "1.5": f"rule '{rule}': orientation coronal not axial",
+        "1.6": f"rule '{rule}': image type DERIVED/SECONDARY lacks ORIGINAL/PRIMARY",
+        "1.7": f"rule '{rule}' accepts it, series 4 preferred (kernel /^(B[1-4][0-9]|Br[1-4][0-9]|I[1-4][0-9]|"
+        "STANDARD|SOFT|FC0[0-9])/, thinnest, most slices)",
+    }
+    assert selection.record()["rules_source"] == "ct bundle (medseg_series_rules)"
+
+
+def test_mr_bundle_rules_refuse_a_ct_study_with_every_reason() -> None:
+    rules = rules_from_bundle(load_bundle(BUNDLES / "mri_brain_tumor").metadata, "mr bundle")
+    with pytest.raises(ValueError, match=r"scan: no series satisfies the selection rules \(mr bundle") as err:
+        choose_series(STUDY, rules, where="scan")
+    assert "1.4 (#4, CT, Abdomen 2.0 B30f): rule 'MR volume, >= 20 slices': modality CT not in MR" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("rule", "chosen", "reason_of"),
+    [
+        ({"thickness_mm": {"min": 4}}, "1.2", ("1.4", "thickness 2 mm < 4 mm")),
+        ({"slices": {"max": 100}, "prefer": ["thickest"]}, "1.2", ("1.3", "slices 300 > 100")),
+        ({"description": "b70f"}, "1.3", ("1.2", "description 'Abdomen 5.0' does not match /b70f/")),
+        ({"description_not": "abdomen"}, "1.6", ("1.2", "description 'Abdomen 5.0' matches /abdomen/")),
+        ({"contrast": True}, "1.4", ("1.2", "no contrast agent in the headers")),
+        ({"max_tilt_deg": 5, "thickness_mm": {"min": 2.9}}, "1.2", ("1.7", "gantry tilt 12 deg > 5 deg")),
+        ({"phase": "arterial"}, None, ("1.2", "no ContrastBolusAgentPhase")),
+        ({"prefer": ["fewest_slices"], "image_type_none": ["LOCALIZER"]}, "1.2", ("1.3", "series 2 preferred")),
+    ],
+)
+def test_each_criterion_and_its_reason(rule: dict, chosen: str | None, reason_of: tuple[str, str]) -> None:
+    rules = rules_from_document({"rules": [{"name": "r", **rule}]}, "test")
+    if chosen is None:
+        with pytest.raises(ValueError, match=reason_of[1]):
+            choose_series(STUDY, rules)
+        return
+    selection = choose_series(STUDY, rules)
+    assert selection.uid == chosen
+    assert reason_of[1] in selection.skipped[reason_of[0]]
+
+
+def test_later_rules_apply_when_earlier_ones_match_nothing() -> None:
+    rules = rules_from_document(
+        {"rules": [{"name": "MR", "modality": ["MR"]}, {"name": "thin", "thickness_mm": {"max": 1.5}}]}, "test"
+    )
+    selection = choose_series(STUDY, rules)
+    assert (selection.uid, selection.rule) == ("1.3", "thin")
+
+
+def test_series_uid_wins_over_rules_and_defaults_apply_without_rules() -> None:
+    selection = choose_series(STUDY, DEFAULT_RULES, series_uid="1.5")
+    assert selection.rule == "--series-uid" and selection.skipped["1.1"] == "not the --series-uid"
+    with pytest.raises(ValueError, match=r"no series with SeriesInstanceUID 7\.7"):
+        choose_series(STUDY, None, series_uid="7.7")
+    assert choose_series(STUDY, None).uid == "1.6"  # the defaults: the CT series with the most slices
+
+
+def test_several_patients_are_refused_one_patient_with_two_studies_is_chosen_among() -> None:
+    other = _series("2.1", 1, study_uid="8.8", patient_id="Q")
+    with pytest.raises(ValueError, match="holds 2 patients in 2 studies"):
+        choose_series([*STUDY, other], None)
+    same_patient = dataclasses.replace(other, patient_id="P", slices=999)
+    assert choose_series([*STUDY, same_patient], None).uid == "2.1"
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"rules": []}, r"series rules.rules: \[\] should be non-empty"),
+        ({"rules": [{"name": "x", "colour": "red"}]}, r"rules\[0\]: Additional properties are not allowed"),
+        ({"rules": [{"name": "x", "description": "("}]}, r"rules\[0\].description: '\(' is not a regular expression"),
+        ({"rules": [{"name": "x", "orientation": ["diagonal"]}]}, r"rules\[0\].orientation\[0\]: 'diagonal' is not"),
+        ({"rules": [{"name": "x", "prefer": ["newest"]}]}, r"rules\[0\].prefer\[0\]"),
+    ],
+)
+def test_bad_rule_documents_are_refused_with_the_location(document: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        rules_from_document(document, "rules.json")
+
+
+def test_rule_files(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="series rules file not found"):
+        load_series_rules(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match=r"bad\.json: series rules are not valid JSON"):
+        load_series_rules(tmp_path / "bad.json")
+    (tmp_path / "ok.json").write_text(json.dumps({"rules": [{"name": "any"}]}))
+    assert load_series_rules(tmp_path / "ok.json").names == ["any"]
