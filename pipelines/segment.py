@@ -47,7 +47,7 @@ from pipelines.keys import DEFAULT_OUTPUTS, OUTPUTS
 from pipelines.outputs.confidence import traced_postprocessing
 from pipelines.outputs.quality import banner, read_quality_spec, stats_and_quality
 from pipelines.transforms.loading import to_metatensor
-from pipelines.tta import check_tta, resolve_tta, tta_predict
+from pipelines.tta import check_tta, mirror_axes, resolve_tta, tta_predict
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ class Segmenter:
         """Run the network over the preprocessed image; adds ``pred`` (C, H, W, D) scores."""
         image = data[keys.IMAGE]
         spacing = image.pixdim if isinstance(image, monai.data.MetaTensor) else None
-        tta = tta_predict(self.predictor, image.unsqueeze(0), self.tta, spacing)
+        tta = tta_predict(self.predictor, image.unsqueeze(0), self.tta, spacing, mirror_axes(self.bundle.metadata))
         logits = tta.scores[0]
         pred = monai.data.MetaTensor(logits, meta=image.meta) if isinstance(image, monai.data.MetaTensor) else logits
         return {**data, keys.PRED: pred, keys.TTA: tta}
