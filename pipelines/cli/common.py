@@ -106,8 +106,8 @@ def add_case_options(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="FILE",
-        help="DICOM: JSON rules that choose the series (default: the bundle's medseg_series_rules, else the CT "
-        "series with the most slices); --series-uid wins",
+        help="DICOM: JSON rules that choose the series (default: the bundle's medseg_series_rules, else the "
+        "original CT series with the most slices, derived ones only when no original exists); --series-uid wins",
     )
     p.add_argument(
         "--channel-grids",

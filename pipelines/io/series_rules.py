@@ -64,15 +64,30 @@ class SeriesRules:
         return [str(r["name"]) for r in self.rules]
 
 
+_NOT_ORIGINAL = ["LOCALIZER", "DERIVED", "SECONDARY"]
+
 DEFAULT_RULES = SeriesRules(
     rules=(
-        {"name": "CT series with the most slices", "modality": ["CT"], "image_type_none": ["LOCALIZER"]},
-        {"name": "series with the most slices", "image_type_none": ["LOCALIZER"]},
+        {"name": "original CT series with the most slices", "modality": ["CT"], "image_type_none": _NOT_ORIGINAL},
+        {"name": "original series with the most slices", "image_type_none": _NOT_ORIGINAL},
+        {
+            "name": "derived or secondary CT series with the most slices (no original series)",
+            "modality": ["CT"],
+            "image_type_none": ["LOCALIZER"],
+        },
+        {
+            "name": "derived or secondary series with the most slices (no original series)",
+            "image_type_none": ["LOCALIZER"],
+        },
     ),
     source="medseg default rules",
 )
-"""Used when neither a rule file nor the bundle gives rules: the CT series with the most slices
-(localizers left out), else any series with the most slices."""
+"""Used when neither a rule file nor the bundle gives rules. Localizers are never chosen, and a
+DERIVED or SECONDARY series (a MIP, a reformat, a screen capture) never over an original one of
+any modality: the original CT series with the most slices, else the original series of another
+modality with the most slices; only a study without any original series (synthetic phantoms,
+which are labelled DERIVED) falls back to its derived CT series, then any derived series. A series
+without ImageType counts as original."""
 
 
 def rules_from_document(document: Any, source: str) -> SeriesRules:

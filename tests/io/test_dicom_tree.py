@@ -103,3 +103,30 @@ def test_a_folder_without_dicom_says_what_it_skipped(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"not a readable zip archive"):
         (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 broken")
         scan_tree(tmp_path / "broken.zip")
+
+
+def test_default_rules_read_the_original_series_of_a_mixed_study_and_a_phantom_alone(tmp_path: Path) -> None:
+    """The phantom writer labels its images DERIVED: alone they are read; beside an ORIGINAL series
+    (fewer slices, so 'most slices' alone would pick the derived one) the original wins."""
+    import pydicom
+
+    from pipelines.data.phantoms.make import make_ct_phantom
+    from pipelines.data.phantoms.write import write_dicom_series
+
+    study = tmp_path / "study"
+    derived = write_dicom_series(make_ct_phantom(1, shape=(20, 20, 20), spacing_mm=(8.0, 8.0, 8.0)), study / "mip")
+    original = write_dicom_series(
+        make_ct_phantom(2, shape=(20, 20, 12), spacing_mm=(8.0, 8.0, 8.0)), study / "axial", series_number=2
+    )
+    for path in original:
+        ds = pydicom.dcmread(path)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.save_as(path)
+    derived_uid = str(pydicom.dcmread(derived[0], stop_before_pixels=True).SeriesInstanceUID)
+
+    alone = read_volume(study / "mip")
+    assert alone.shape == (20, 20, 20) and alone.series_selection["rule"].startswith("derived or secondary CT")
+    mixed = read_volume(study)
+    assert mixed.shape == (20, 20, 12) and mixed.series_uid != derived_uid
+    assert mixed.series_selection["rule"] == "original CT series with the most slices"
+    assert mixed.series_selection["skipped"][derived_uid].endswith("image type DERIVED/PRIMARY/AXIAL is DERIVED")

@@ -108,7 +108,27 @@ def test_series_uid_wins_over_rules_and_defaults_apply_without_rules() -> None:
     assert selection.rule == "--series-uid" and selection.skipped["1.1"] == "not the --series-uid"
     with pytest.raises(ValueError, match=r"no series with SeriesInstanceUID 7\.7"):
         choose_series(STUDY, None, series_uid="7.7")
-    assert choose_series(STUDY, None).uid == "1.6"  # the defaults: the CT series with the most slices
+    assert choose_series(STUDY, None).uid == "1.3"  # the defaults: the original CT series with the most slices
+
+
+def test_default_rules_never_prefer_a_derived_or_secondary_series() -> None:
+    """The 400-slice MIP (DERIVED/SECONDARY) loses to the 300-slice original; so does a derived CT to an
+    original MR; a study of derived images only (the phantom writer's) still has its series chosen."""
+    selection = choose_series(STUDY, None)
+    assert (selection.uid, selection.rule) == ("1.3", "original CT series with the most slices")
+    assert selection.skipped["1.6"] == (
+        "rule 'original CT series with the most slices': image type DERIVED/SECONDARY/AXIAL is DERIVED/SECONDARY"
+    )
+    secondary = _series("1.8", 8, image_type=("ORIGINAL", "SECONDARY"), slices=999)
+    assert choose_series([*STUDY, secondary], None).uid == "1.3"
+    mixed = [_series("3.1", 1, modality="MR", slices=20), _series("3.2", 2, image_type=("DERIVED", "PRIMARY"))]
+    assert choose_series(mixed, None).rule == "original series with the most slices"
+    assert choose_series(mixed, None).uid == "3.1"
+    phantom = [_series("4.1", 1, image_type=("DERIVED", "PRIMARY", "AXIAL")), STUDY[0]]
+    selection = choose_series(phantom, None)
+    assert selection.uid == "4.1" and selection.rule.startswith("derived or secondary CT series")
+    untyped = [_series("5.1", 1, image_type=(), slices=10), _series("5.2", 2, image_type=("DERIVED",), slices=90)]
+    assert choose_series(untyped, None).uid == "5.1"  # no ImageType counts as original
 
 
 def test_several_patients_are_refused_one_patient_with_two_studies_is_chosen_among() -> None:
