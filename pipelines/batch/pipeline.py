@@ -27,6 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from pipelines.batch.dicom_cases import record_manifest_selection
 from pipelines.batch.ledger import LedgerWriter, utc_now
 from pipelines.batch.options import BatchOptions
 from pipelines.batch.ranks import Ranks
@@ -227,6 +228,7 @@ class Pipeline:
             item.outputs = self.segmenter.outputs_for(paths[0])
             # several images: one per channel, in the manifest's order (pipelines.io.channels checks them)
             item.prepared = self.segmenter.prepare(paths if len(paths) > 1 else paths[0], case.series_uid)
+            record_manifest_selection(item.prepared, case)  # the rule that chose a DICOM case's series
             # The hash of the bytes actually read wins over one taken before the read.
             item.sha256 = item.prepared.volume.sha256 or item.sha256
         except Exception as err:

@@ -18,6 +18,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pipelines.batch.dicom_cases import check_identifier_policy
 from pipelines.batch.folder import bundle_identity, check_output_folder, remove_stale_staging, write_batch_json
 from pipelines.batch.ledger import LEDGER, latest_records, ledger_path, merge_ledger, read_ledger, utc_now
 from pipelines.batch.lock import FolderLock, lock_output_folder
@@ -89,8 +90,9 @@ def run_batch(
         NotADirectoryError, PermissionError: the output folder is a file, or cannot be written.
         ValueError: bad manifest (:class:`~pipelines.data.manifests.model.ManifestError`, paths
             outside its folder without ``allow_outside_paths`` included), empty split, an output folder
-            with a ledger and no ``resume``, or holding another bundle's run; on ranks other than 0,
-            any error of rank 0's start, naming rank 0.
+            with a ledger and no ``resume``, or holding another bundle's run; a manifest made by
+            ``manifest create --dicom --keep-identifiers`` for a run without ``keep_identifiers``; on
+            ranks other than 0, any error of rank 0's start, naming rank 0.
     """
     options = options or BatchOptions()
     ranks = Ranks(rank, world_size)
@@ -131,6 +133,7 @@ def _run(
             if isinstance(manifest, Manifest)
             else load_manifest(manifest, allow_outside_paths=options.allow_outside_paths)
         )
+        check_identifier_policy(loaded, options.keep_identifiers)  # manifest create --dicom --keep-identifiers
         cases = tuple(sorted(loaded.split(options.split), key=lambda c: c.case_id))
         if not cases:
             counts = ", ".join(f"{s} {len(loaded.split(s))}" for s in SPLITS)

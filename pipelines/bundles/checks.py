@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,14 @@ from pipelines.bundles.bundle import config_parser, target_name, transform_list
 from pipelines.bundles.layout import (
     CONFIGS,
     EVALUATE,
-    INFERENCE,
     LOGGING,
     METADATA,
     README,
     TRAIN,
+    InvalidConfigError,
     InvalidJSONError,
+    config_path,
+    read_config_file,
     read_json,
 )
 from pipelines.bundles.metadata import meta_get
@@ -74,7 +77,9 @@ _GRID_RESTORERS: tuple[str, ...] = ("Invertd", "ResampleLabelsToOriginald", "Res
 
 
 class BundleFiles:
-    """The JSON files of one bundle folder, each read and parsed at most once per check run.
+    """The JSON (and YAML) files of one bundle folder, each read and parsed at most once per check run.
+
+    ``.yaml`` / ``.yml`` files are read as YAML, the rest as JSON; nothing is evaluated.
 
     Args:
         root: the bundle folder.
@@ -91,24 +96,37 @@ class BundleFiles:
         Raises:
             FileNotFoundError: no such file.
             InvalidJSONError: (a ``ValueError``) not valid JSON.
+            InvalidConfigError: (a ``ValueError``) a YAML file that is not valid YAML or not a mapping.
         """
         if rel in self._errors:
             raise self._errors[rel]
         if rel not in self._parsed:
             try:
-                self._parsed[rel] = read_json(self.root / rel)
-            except InvalidJSONError as err:
+                self._parsed[rel] = _read(self.root / rel)
+            except (InvalidJSONError, InvalidConfigError) as err:
                 self._errors[rel] = err
                 raise
         return copy.deepcopy(self._parsed[rel])
 
+    @property
+    def inference_rel(self) -> str:
+        """The inference config, relative: ``configs/inference.json`` (``.yaml`` / ``.yml`` when only that exists)."""
+        return config_path(self.root, "inference").relative_to(self.root).as_posix()
+
     def valid_json(self, rel: str) -> bool:
-        """Whether ``rel`` exists and is valid JSON."""
+        """Whether ``rel`` exists and is valid JSON (valid YAML for a ``.yaml`` / ``.yml`` file)."""
         try:
             self.json(rel)
         except (FileNotFoundError, ValueError):
             return False
         return True
+
+
+def _read(path: Path) -> Any:
+    """A JSON file as any JSON value; a YAML config as a mapping (see :func:`read_config_file`)."""
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return read_config_file(path)
+    return read_json(path)
 
 
 def first_line(err: BaseException, limit: int = 400) -> str:
@@ -143,13 +161,13 @@ def _missing_ids(parser: Any, ids: dict[str, str], where: str) -> list[str]:
 
 
 def check_layout(files: BundleFiles, label: str) -> list[str]:
-    """The Model Zoo files exist and every ``configs/*.json`` is valid JSON."""
+    """The Model Zoo files exist and every ``configs/*.json`` is valid JSON (``*.yaml`` valid YAML)."""
     root = files.root
     problems = [
         f"{label}: {rel}: missing file ({why})"
         for rel, why in (
             (METADATA, f"{_SEGMENT}: labels and input channels come from it"),
-            (INFERENCE, f"{_SEGMENT}: they run its network, preprocessing and postprocessing"),
+            (files.inference_rel, f"{_SEGMENT}: they run its network, preprocessing and postprocessing"),
             (LOGGING, f"{_PLAIN_RUN} without --logging_file: MONAI looks for it"),
             (README, "the model card; medseg bundle list and the Model Zoo show it"),
         )
@@ -157,10 +175,11 @@ def check_layout(files: BundleFiles, label: str) -> list[str]:
     ]
     if (root / EVALUATE).is_file() and not (root / TRAIN).is_file():
         problems.append(f"{label}: {EVALUATE}: is layered over configs/train.json, which is missing")
-    for path in sorted((root / CONFIGS).glob("*.json")) if (root / CONFIGS).is_dir() else []:
+    configs = sorted((root / CONFIGS).iterdir()) if (root / CONFIGS).is_dir() else []
+    for path in (p for p in configs if p.suffix.lower() in (".json", ".yaml", ".yml")):
         try:
             files.json(f"{CONFIGS}/{path.name}")
-        except InvalidJSONError as err:
+        except (InvalidJSONError, InvalidConfigError) as err:
             problems.append(f"{label}: {CONFIGS}/{path.name}: {err.detail}")
     return problems
 
@@ -234,19 +253,23 @@ def _check_io_spec(spec: dict[str, Any], where: str) -> list[str]:
 # -- config ids ----------------------------------------------------------------------------------
 
 
-def check_configs(files: BundleFiles, label: str) -> list[str]:
-    """Each config holds the ids its workflow needs (MONAI's required properties plus medseg's)."""
+def check_configs(files: BundleFiles, label: str, overrides: Mapping[str, Any] | None = None) -> list[str]:
+    """Each config holds the ids its workflow needs (MONAI's required properties plus medseg's).
+
+    ``overrides`` (``--override``) apply to the inference config, as ``medseg segment`` applies them.
+    """
     from monai.bundle.properties import InferProperties, TrainProperties
 
     root = files.root
     problems: list[str] = []
     parsers: dict[str, Any] = {}
-    for rel in (INFERENCE, TRAIN):
+    inference = files.inference_rel
+    for rel in (inference, TRAIN):
         if files.valid_json(rel):
             with contextlib.suppress(ValueError):
-                parsers[rel] = config_parser(root, [root / rel])
-    if INFERENCE in parsers:
-        problems += _check_inference_ids(parsers[INFERENCE], f"{label}: {INFERENCE}", InferProperties)
+                parsers[rel] = config_parser(root, [root / rel], user_overrides=overrides if rel == inference else None)
+    if inference in parsers:
+        problems += _check_inference_ids(parsers[inference], f"{label}: {inference}", InferProperties)
     if TRAIN in parsers:
         parser = parsers[TRAIN]
         where = f"{label}: {TRAIN}"

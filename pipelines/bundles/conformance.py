@@ -17,7 +17,11 @@ The checks form two parts (:data:`PARTS`):
 
 Every check runs isolated: one that raises (a network that cannot be built, a config MONAI cannot
 parse) becomes one problem line and the others still run. The network checks are skipped, with a
-note, when the metadata or the inference config is unusable. Each JSON file is read once per run.
+note, when the metadata or the inference config is unusable. Each JSON / YAML file is read once per
+run. The inference config may be ``configs/inference.json``, ``.yaml`` or ``.yml``, as MONAI accepts;
+``overrides`` (``medseg bundle check --override KEY=VALUE``) apply to it in every check that parses
+it, exactly as ``medseg segment`` applies them, and an override of an id it does not hold is refused
+before any check runs.
 This module imports nothing heavy; the network checks import torch when they run.
 """
 
@@ -25,12 +29,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from pipelines.bundles.bundle import config_parser
 from pipelines.bundles.checks import BundleFiles, check_configs, check_layout, check_metadata, first_line
-from pipelines.bundles.layout import INFERENCE, METADATA
+from pipelines.bundles.layout import METADATA
 from pipelines.bundles.metadata import InputSpec, input_spec
 from pipelines.bundles.zoo import check_zoo_files, check_zoo_metadata
 
@@ -110,14 +116,14 @@ class CheckResult:
 
 def _network_spec(files: BundleFiles) -> tuple[InputSpec | None, str]:
     """The metadata's input spec for the network checks, or ``(None, why they cannot run)``."""
-    for rel in (METADATA, INFERENCE):
+    for rel in (METADATA, files.inference_rel):
         if not (files.root / rel).is_file():
             return None, f"no {rel}"
         if not files.valid_json(rel):
-            return None, f"{rel} is not valid JSON"
-    inference = files.json(INFERENCE)
+            return None, f"{rel} is not valid {'YAML' if rel.endswith(('.yaml', '.yml')) else 'JSON'}"
+    inference = files.json(files.inference_rel)
     if not (isinstance(inference, dict) and "network_def" in inference):
-        return None, f"{INFERENCE} has no 'network_def'"
+        return None, f"{files.inference_rel} has no 'network_def'"
     meta = files.json(METADATA)
     try:
         return input_spec(meta if isinstance(meta, dict) else {}, METADATA), ""
@@ -126,16 +132,36 @@ def _network_spec(files: BundleFiles) -> tuple[InputSpec | None, str]:
 
 
 def _slow_checks(
-    files: BundleFiles, label: str, device: str, spec: InputSpec, result: CheckResult, run_timeout_s: float
+    files: BundleFiles,
+    label: str,
+    device: str,
+    spec: InputSpec,
+    result: CheckResult,
+    run_timeout_s: float,
+    overrides: Mapping[str, Any] | None,
 ) -> dict[str, Callable[[], list[str]]]:
     """The network checks, ready to run (imports torch; only called when one is wanted and possible)."""
     from pipelines.bundles import network_checks
 
+    notes = result.notes
     return {
-        "net_in_out": lambda: network_checks.check_net_in_out(files, label, device),
-        "export": lambda: network_checks.check_export(files, label, device, spec, result.notes),
-        "run": lambda: network_checks.check_run(files, label, device, spec, result.notes, run_timeout_s),
+        "net_in_out": lambda: network_checks.check_net_in_out(files, label, device, overrides),
+        "export": lambda: network_checks.check_export(files, label, device, spec, notes, overrides=overrides),
+        "run": lambda: network_checks.check_run(files, label, device, spec, notes, run_timeout_s, overrides),
     }
+
+
+def _check_overrides(files: BundleFiles, overrides: Mapping[str, Any] | None) -> None:
+    """Refuse overrides the inference config cannot take (an unknown id), before any check runs.
+
+    An inference config that is missing or cannot be parsed is left to the checks to report.
+    """
+    if not overrides:
+        return
+    path = files.root / files.inference_rel
+    if not path.is_file() or not files.valid_json(files.inference_rel):
+        return
+    config_parser(files.root, [path], user_overrides=overrides)  # ValueError naming an unknown id
 
 
 def run_checks(
@@ -145,6 +171,7 @@ def run_checks(
     parts: Iterable[str] | None = None,
     device: str = "cpu",
     run_timeout_s: float = 600.0,
+    overrides: Mapping[str, Any] | None = None,
 ) -> CheckResult:
     """Check a bundle folder against the Model Zoo conventions medseg relies on.
 
@@ -156,13 +183,17 @@ def run_checks(
         parts: keep only the checks of these parts of :data:`PARTS` (``zoo``, ``medseg``); None keeps all.
         device: torch device for the network checks and the ``monai.bundle run`` subprocess.
         run_timeout_s: time limit of the ``monai.bundle run`` subprocess, in seconds.
+        overrides: config id -> value (``--override``), applied to the inference config in every
+            check that parses it (``configs``, ``net_in_out``, ``export``, ``run``), as
+            :func:`pipelines.bundles.bundle.config_parser` ``user_overrides``.
 
     Returns:
         A :class:`CheckResult`; its ``problems`` are empty when the bundle conforms.
 
     Raises:
         FileNotFoundError: ``path`` is not a folder.
-        ValueError: an unknown check or part name.
+        ValueError: an unknown check or part name; an override of an id the inference config does
+            not hold (before any check runs).
     """
     root = Path(path)
     if not root.is_dir():
@@ -178,13 +209,14 @@ def run_checks(
         wanted = [c for c in wanted if part_of(c) in chosen]
     label = str(path)
     files = BundleFiles(root)
+    _check_overrides(files, overrides)
     result = CheckResult(bundle=root)
     runners: dict[str, Callable[[], list[str]]] = {
         "zoo_files": lambda: check_zoo_files(files, label),
         "zoo_metadata": lambda: check_zoo_metadata(files, label, result.notes),
         "layout": lambda: check_layout(files, label),
         "metadata": lambda: check_metadata(files, label),
-        "configs": lambda: check_configs(files, label),
+        "configs": lambda: check_configs(files, label, overrides),
     }
     for name in CHECKS:
         if name not in wanted:
@@ -195,7 +227,7 @@ def run_checks(
                 result.notes.append(f"{name} check skipped: {blocker}")
                 continue
             if name not in runners:
-                runners.update(_slow_checks(files, label, device, spec, result, run_timeout_s))
+                runners.update(_slow_checks(files, label, device, spec, result, run_timeout_s, overrides))
         start = time.perf_counter()
         try:
             found = runners[name]()
@@ -215,10 +247,13 @@ def check_bundle(
     parts: Iterable[str] | None = None,
     device: str = "cpu",
     run_timeout_s: float = 600.0,
+    overrides: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """The problems :func:`run_checks` finds in a bundle; an empty list means the bundle conforms.
 
     Each problem names the bundle (as given), the file and the key, e.g.
     ``"bundles/x: configs/metadata.json: missing key 'numpy_version'"``.
     """
-    return run_checks(path, checks=checks, parts=parts, device=device, run_timeout_s=run_timeout_s).problems
+    return run_checks(
+        path, checks=checks, parts=parts, device=device, run_timeout_s=run_timeout_s, overrides=overrides
+    ).problems

@@ -4,10 +4,17 @@
     :func:`monai.bundle.verify_net_in_out` passes with the metadata's input and output spec.
 ``export``
     :func:`monai.bundle.ckpt_export` writes a TorchScript model giving the checkpoint's output
-    (``torch.allclose``, ``atol=1e-4``) on a random input of the metadata's input shape.
+    (``torch.allclose``, ``atol=1e-4``) on a random input of the metadata's input shape; a shipped
+    ``models/model.ts`` must load with ``torch.jit.load`` and give an output of the eager network's
+    shape (and its values too, when ``models/model.pt`` is shipped beside it), as the Zoo's CI loads it.
 ``run``
     ``python -m monai.bundle run --config_file configs/inference.json ...`` in a subprocess segments
     a tiny generated volume and writes a label map on that volume's grid.
+
+The inference config may be ``configs/inference.json``, ``.yaml`` or ``.yml`` (as MONAI accepts).
+``overrides`` (``--override``) are applied to it in every check, as ``medseg segment`` applies them:
+through :func:`~pipelines.bundles.bundle.config_parser`, as keyword overrides of ``verify_net_in_out``
+and ``ckpt_export``, and in an ``--args_file`` of the ``monai.bundle run`` subprocess.
 
 Without ``models/model.pt`` the ``export`` and ``run`` checks use a randomly initialised network
 saved to a temporary checkpoint, and say so in the notes. The bundle folder is never written to.
@@ -15,12 +22,13 @@ saved to a temporary checkpoint, and say so in the notes. The bundle folder is n
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +38,7 @@ import torch
 
 from pipelines.bundles.bundle import config_parser, preprocessing_pixdim
 from pipelines.bundles.checks import BundleFiles, first_line
-from pipelines.bundles.layout import INFERENCE, METADATA, WEIGHTS
+from pipelines.bundles.layout import METADATA, TORCHSCRIPT, WEIGHTS
 from pipelines.bundles.metadata import InputSpec
 from pipelines.bundles.weights import read_weights
 from pipelines.io.writers import atomic_path
@@ -41,24 +49,35 @@ _TINY_SHAPE = (40, 36, 24)
 """Voxels of the volume the ``run`` check segments."""
 
 
-def check_net_in_out(files: BundleFiles, label: str, device: str) -> list[str]:
+def _checked_overrides(files: BundleFiles, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``overrides`` once the inference config is known to hold each id (else ValueError naming it)."""
+    if overrides:
+        config_parser(files.root, [files.root / files.inference_rel], user_overrides=overrides)
+    return dict(overrides or {})
+
+
+def check_net_in_out(
+    files: BundleFiles, label: str, device: str, overrides: Mapping[str, Any] | None = None
+) -> list[str]:
     """``verify_net_in_out`` on ``network_def`` with the metadata's spec (``n = p = 1``)."""
     from monai.bundle import verify_net_in_out
 
     root = files.root
+    inference = files.inference_rel
+    extra = _checked_overrides(files, overrides)
     try:
         verify_net_in_out(
             net_id="network_def",
             meta_file=str(root / METADATA),
-            config_file=str(root / INFERENCE),
+            config_file=str(root / inference),
             device=device,
             p=1,
             n=1,
             any=1,
-            bundle_root=str(root),
+            **{**extra, "bundle_root": str(root)},
         )
     except Exception as err:  # any failure of the network or its spec is the finding itself
-        return [f"{label}: {INFERENCE}: verify_net_in_out with the metadata's input spec failed: {first_line(err)}"]
+        return [f"{label}: {inference}: verify_net_in_out with the metadata's input spec failed: {first_line(err)}"]
     return []
 
 
@@ -66,21 +85,25 @@ def _random_note(seed: int) -> str:
     return f"no {WEIGHTS}: export and run checked with randomly initialised weights (seed {seed})"
 
 
-def _network(files: BundleFiles, seed: int = 0) -> torch.nn.Module:
+def _network(files: BundleFiles, seed: int = 0, overrides: Mapping[str, Any] | None = None) -> torch.nn.Module:
     """The bundle's ``network_def``, built on the CPU after seeding torch (random weights)."""
     torch.manual_seed(seed)
-    parser = config_parser(files.root, [files.root / INFERENCE], metadata=files.json(METADATA))
+    parser = config_parser(
+        files.root, [files.root / files.inference_rel], metadata=files.json(METADATA), user_overrides=overrides
+    )
     return parser.get_parsed_content("network_def")
 
 
-def _checkpoint(files: BundleFiles, tmp: Path, notes: list[str], seed: int = 0) -> Path:
+def _checkpoint(
+    files: BundleFiles, tmp: Path, notes: list[str], seed: int = 0, overrides: Mapping[str, Any] | None = None
+) -> Path:
     """``models/model.pt``, or a randomly initialised network's weights saved in ``tmp``."""
     if (files.root / WEIGHTS).is_file():
         return files.root / WEIGHTS
     if _random_note(seed) not in notes:
         notes.append(_random_note(seed))
     checkpoint = tmp / "random_model.pt"
-    torch.save(_network(files, seed).state_dict(), checkpoint)
+    torch.save(_network(files, seed, overrides).state_dict(), checkpoint)
     return checkpoint
 
 
@@ -92,16 +115,25 @@ def check_export(
     notes: list[str],
     atol: float = 1e-4,
     seed: int = 0,
+    overrides: Mapping[str, Any] | None = None,
 ) -> list[str]:
-    """TorchScript export of ``network_def`` with the bundle's weights gives the eager network's output."""
+    """TorchScript export of ``network_def`` gives the eager network's output; a shipped ``models/model.ts`` loads.
+
+    The eager network has the bundle's ``models/model.pt`` weights when shipped, else random ones
+    (noted). A shipped ``models/model.ts`` must load and give an output of the eager network's shape;
+    with ``models/model.pt`` beside it, also its values (``atol``): both are the same trained model.
+    """
     from monai.bundle import ckpt_export
 
     root = files.root
-    network = _network(files, seed)
+    inference = files.inference_rel
+    extra = _checked_overrides(files, overrides)
+    network = _network(files, seed, extra)
+    has_weights = (root / WEIGHTS).is_file()
     with tempfile.TemporaryDirectory(prefix="medseg-export-") as tmp_name:
         tmp = Path(tmp_name)
         key = ""
-        if (root / WEIGHTS).is_file():
+        if has_weights:
             checkpoint, where = root / WEIGHTS, WEIGHTS
             try:
                 state, loaded = read_weights(checkpoint)
@@ -116,7 +148,7 @@ def check_export(
         else:
             if _random_note(seed) not in notes:
                 notes.append(_random_note(seed))
-            checkpoint, where = tmp / "random_model.pt", INFERENCE
+            checkpoint, where = tmp / "random_model.pt", inference
             torch.save(network.state_dict(), checkpoint)
         exported = tmp / "model.ts"
         try:
@@ -125,25 +157,52 @@ def check_export(
                 filepath=str(exported),
                 ckpt_file=str(checkpoint),
                 meta_file=str(root / METADATA),
-                config_file=str(root / INFERENCE),
+                config_file=str(root / inference),
                 key_in_ckpt=key,
-                bundle_root=str(root),
+                **{**extra, "bundle_root": str(root)},
             )
             scripted = torch.jit.load(str(exported), map_location=device)
         except Exception as err:  # a network TorchScript cannot compile is the finding itself
-            return [f"{label}: {INFERENCE}: ckpt_export of 'network_def' to TorchScript failed: {first_line(err)}"]
+            return [f"{label}: {inference}: ckpt_export of 'network_def' to TorchScript failed: {first_line(err)}"]
         generator = torch.Generator().manual_seed(seed)
         sample = torch.rand((1, spec.channels, *spec.spatial_shape), generator=generator).to(device)
         network = network.eval().to(device)
         with torch.no_grad():
             eager = network(sample)
             converted = scripted(sample)
+        problems = []
         if eager.shape != converted.shape or not torch.allclose(eager, converted, atol=atol):
-            diff = (eager - converted).abs().max().item() if eager.shape == converted.shape else float("nan")
-            return [
-                f"{label}: {where}: the TorchScript export differs from the eager network (output shapes "
-                f"{tuple(eager.shape)} / {tuple(converted.shape)}, max abs difference {diff:.3g}, allowed {atol})"
-            ]
+            problems.append(_differs(label, where, "the TorchScript export", eager, converted, atol))
+        if (root / TORCHSCRIPT).is_file():
+            problems += _check_shipped_torchscript(root, label, device, sample, eager, has_weights, atol)
+    return problems
+
+
+def _differs(label: str, where: str, what: str, eager: torch.Tensor, other: torch.Tensor, atol: float) -> str:
+    diff = (eager - other).abs().max().item() if eager.shape == other.shape else float("nan")
+    return (
+        f"{label}: {where}: {what} differs from the eager network (output shapes "
+        f"{tuple(eager.shape)} / {tuple(other.shape)}, max abs difference {diff:.3g}, allowed {atol})"
+    )
+
+
+def _check_shipped_torchscript(
+    root: Path, label: str, device: str, sample: torch.Tensor, eager: torch.Tensor, compare_values: bool, atol: float
+) -> list[str]:
+    """``models/model.ts`` loads and gives the eager network's output shape (and values when ``compare_values``)."""
+    try:
+        shipped = torch.jit.load(str(root / TORCHSCRIPT), map_location=device)
+        with torch.no_grad():
+            output = shipped.eval()(sample)
+    except Exception as err:  # a TorchScript file that cannot load or run is the finding itself
+        return [f"{label}: {TORCHSCRIPT}: does not load and run with torch.jit.load: {first_line(err)}"]
+    if not isinstance(output, torch.Tensor):
+        return [f"{label}: {TORCHSCRIPT}: expected a tensor output, got {type(output).__name__}"]
+    if output.shape != eager.shape:
+        return [_differs(label, TORCHSCRIPT, "the shipped TorchScript model", eager, output, atol)]
+    if compare_values and not torch.allclose(eager, output, atol=atol):
+        what = f"the shipped TorchScript model (with {WEIGHTS} beside it)"
+        return [_differs(label, TORCHSCRIPT, what, eager, output, atol)]
     return []
 
 
@@ -173,14 +232,16 @@ def _tiny_volume(path: Path, channels: int, modality: str, spacing_mm: Sequence[
     return affine
 
 
-def _run_command(copy: Path, volume: Path, output: Path, device: str) -> list[str]:
+def _run_command(
+    copy: Path, inference: str, volume: Path, output: Path, device: str, args_file: Path | None
+) -> list[str]:
     return [
         sys.executable,
         "-m",
         "monai.bundle",
         "run",
         "--config_file",
-        str(copy / INFERENCE),
+        str(copy / inference),
         "--meta_file",
         str(copy / METADATA),
         "--bundle_root",
@@ -191,15 +252,28 @@ def _run_command(copy: Path, volume: Path, output: Path, device: str) -> list[st
         str(output),
         "--device",
         f"$torch.device('{device}')",
+        *(["--args_file", str(args_file)] if args_file is not None else []),
     ]
 
 
 def check_run(
-    files: BundleFiles, label: str, device: str, spec: InputSpec, notes: list[str], timeout_s: float
+    files: BundleFiles,
+    label: str,
+    device: str,
+    spec: InputSpec,
+    notes: list[str],
+    timeout_s: float,
+    overrides: Mapping[str, Any] | None = None,
 ) -> list[str]:
-    """Plain ``python -m monai.bundle run`` segments a tiny volume and writes labels on its grid."""
+    """Plain ``python -m monai.bundle run`` segments a tiny volume and writes labels on its grid.
+
+    ``overrides`` reach the subprocess in an ``--args_file`` (MONAI applies its extra keys as overrides).
+    """
     root = files.root
-    pixdim = preprocessing_pixdim(config_parser(root, [root / INFERENCE])) or [1.5, 1.5, 2.0]
+    inference = files.inference_rel
+    extra = _checked_overrides(files, overrides)
+    parser = config_parser(root, [root / inference], user_overrides=extra)
+    pixdim = preprocessing_pixdim(parser) or [1.5, 1.5, 2.0]
     if len(pixdim) == 1:
         pixdim = pixdim * 3
     with tempfile.TemporaryDirectory(prefix="medseg-run-") as tmp_name:
@@ -208,7 +282,7 @@ def check_run(
         # The copy keeps anything the configs may import from the bundle folder, without weights.
         shutil.copytree(root, copy, ignore=shutil.ignore_patterns("models", "eval", "*.ts", "__pycache__"))
         (copy / "models").mkdir()
-        checkpoint = _checkpoint(files, tmp, notes)
+        checkpoint = _checkpoint(files, tmp, notes, overrides=extra)
         try:
             os.symlink(checkpoint.resolve(), copy / WEIGHTS)
         except OSError:  # no symlinks on this file system
@@ -220,10 +294,14 @@ def check_run(
         env = dict(os.environ)
         package_parent = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
-        shown = "python -m monai.bundle run --config_file configs/inference.json"
+        shown = f"python -m monai.bundle run --config_file {inference}"
+        args_file = None
+        if extra:
+            args_file = tmp / "overrides.json"
+            args_file.write_text(json.dumps(extra), encoding="utf-8")
         try:
             done = subprocess.run(
-                _run_command(copy, volume, output, device),
+                _run_command(copy, inference, volume, output, device, args_file),
                 cwd=tmp,
                 env=env,
                 capture_output=True,
@@ -232,11 +310,11 @@ def check_run(
             )
         except subprocess.TimeoutExpired:
             size = "x".join(map(str, _TINY_SHAPE))
-            return [f"{label}: {INFERENCE}: `{shown}` did not finish within {timeout_s:.0f} s on a {size} volume"]
+            return [f"{label}: {inference}: `{shown}` did not finish within {timeout_s:.0f} s on a {size} volume"]
         if done.returncode != 0:
             tail = " | ".join(line.strip() for line in (done.stderr or done.stdout).strip().splitlines()[-3:])
-            return [f"{label}: {INFERENCE}: `{shown}` failed (exit {done.returncode}): {tail}"]
-        return _check_written(output, affine, f"{label}: {INFERENCE}: `{shown}`")
+            return [f"{label}: {inference}: `{shown}` failed (exit {done.returncode}): {tail}"]
+        return _check_written(output, affine, f"{label}: {inference}: `{shown}`")
 
 
 def _check_written(output: Path, affine: np.ndarray, where: str) -> list[str]:

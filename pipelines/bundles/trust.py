@@ -13,7 +13,9 @@ parses a bundle's configs only when the bundle is **trusted**:
 
 The trust store is ``$MEDSEG_TRUST_FILE`` when set, else ``$XDG_CONFIG_HOME/medseg/trusted_bundles.json``
 (``~/.config/medseg/trusted_bundles.json``): :func:`trust_store_path`. Library code reads no
-environment variable; the command line passes ``os.environ``.
+environment variable; the command line passes ``os.environ``. Writes to the store hold an exclusive
+``fcntl.flock`` on ``<store>.lock`` beside it for the whole read-change-write, so two commands
+trusting bundles at once (two ``--trust-bundle`` runs, a download) cannot lose each other's record.
 
 The digest covers every file of the bundle folder (paths and bytes) except weights files that are
 only ever read as data (``*.pt``, ``*.pth``, ``*.safetensors``: loaded with
@@ -24,11 +26,13 @@ files as bytes and parses nothing. This module imports nothing heavy.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,6 +52,7 @@ __all__ = [
     "require_trusted",
     "trust_bundle",
     "trust_reason",
+    "trust_status",
     "trust_store_path",
     "trusted_bundle_folder",
 ]
@@ -165,6 +170,44 @@ def read_trust_store(store: Path) -> list[TrustRecord]:
     return records
 
 
+@contextlib.contextmanager
+def _store_lock(store: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``<store>.lock`` (created beside the store; never removed).
+
+    The lock file is separate from the store because the store is replaced by a rename on each
+    write (:func:`pipelines.io.writers.write_json`), which a lock on the store itself would not survive.
+    """
+    store = Path(store)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    with open(store.with_name(store.name + ".lock"), "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def trust_status(root: str | Path, store: Path, trusted_folders: Iterable[Path] = ()) -> str:
+    """How a bundle folder is trusted, in one word, for ``medseg bundle list``.
+
+    Returns:
+        ``"shipped"`` (under one of ``trusted_folders``, the project's ``bundles/``), ``"downloaded"``
+        (recorded by ``medseg bundle download``), ``"trusted"`` (recorded by ``--trust-bundle``) or
+        ``"untrusted"`` (neither, or changed since it was recorded). Reads bytes, parses nothing.
+
+    Raises:
+        ValueError: the trust store is not one medseg wrote.
+    """
+    resolved = Path(root).resolve()
+    if any(resolved.is_relative_to(Path(folder).resolve()) for folder in trusted_folders):
+        return "shipped"
+    digest = bundle_digest(resolved)
+    sources = [record.source for record in read_trust_store(store) if record.sha256 == digest]
+    if not sources:
+        return "untrusted"
+    return "downloaded" if "download" in sources else "trusted"
+
+
 def trust_reason(
     root: str | Path, store: Path, trusted_folders: Iterable[Path] = (), *, digest: str | None = None
 ) -> str | None:
@@ -251,10 +294,11 @@ def trust_bundle(
         origin=origin,
         archive_sha256=archive_sha256,
     )
-    records = [r for r in read_trust_store(store) if r.sha256 != record.sha256]
-    records.append(record)
-    data: dict[str, Any] = {"version": _STORE_VERSION, "bundles": [vars(r) for r in records]}
-    write_json(data, store)
+    with _store_lock(store):  # read, change, write as one step: a concurrent writer waits
+        records = [r for r in read_trust_store(store) if r.sha256 != record.sha256]
+        records.append(record)
+        data: dict[str, Any] = {"version": _STORE_VERSION, "bundles": [vars(r) for r in records]}
+        write_json(data, store)
     logger.info("%s: trusted (sha256 %s), recorded in %s", root, record.sha256[:12], store)
     return record
 

@@ -10,7 +10,8 @@ reads the environment for those folders; the library is handed the resulting pat
 Trust (:mod:`pipelines.bundles.trust`): a bundle is parsed only when it is under the project's
 ``bundles/``, was fetched by ``medseg bundle download``, or was trusted with ``--trust-bundle``
 (recorded by sha256 in ``$MEDSEG_TRUST_FILE``, default ``~/.config/medseg/trusted_bundles.json``).
-``bundle info`` and ``bundle list`` read configs as data and need no trust.
+``bundle info`` and ``bundle list`` read configs as data and need no trust; ``bundle list`` shows
+how each bundle is trusted (``shipped``, ``downloaded``, ``trusted``, ``untrusted``).
 
 ``--override KEY=VALUE`` (:func:`add_override_option`, :func:`overrides_from_args`) sets a config
 id before the bundle is parsed, as ``python -m monai.bundle run --KEY VALUE`` does.
@@ -32,7 +33,7 @@ from pipelines.bundles.download import SOURCES
 from pipelines.bundles.find import default_search_path, find_bundle, source_bundles_folder, user_bundles_folder
 from pipelines.bundles.info import bundle_info, list_bundles
 from pipelines.bundles.overrides import parse_overrides
-from pipelines.bundles.trust import trust_store_path, trusted_bundle_folder
+from pipelines.bundles.trust import trust_status, trust_store_path, trusted_bundle_folder
 
 __all__ = [
     "add_bundle_option",
@@ -182,6 +183,7 @@ def add_bundle_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     _add_search_option(p)
     add_trust_option(p)
+    add_override_option(p)
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("list", help="list the bundles on the search path, or in one folder")
@@ -213,10 +215,12 @@ def add_bundle_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     failed = 0
+    overrides = overrides_from_args(args)
     for target in args.targets:
         path = open_bundle(target, args.bundles, trust=args.trust_bundle)  # a check parses the configs
         parts = None if args.part == "all" else [args.part]
-        result = run_checks(path, checks=QUICK_CHECKS if args.quick else CHECKS, parts=parts, device=args.device)
+        checks = QUICK_CHECKS if args.quick else CHECKS
+        result = run_checks(path, checks=checks, parts=parts, device=args.device, overrides=overrides)
         for part, problem in result.labelled_problems():
             print(f"[{part}] {problem}")
         for note in result.notes:
@@ -235,12 +239,21 @@ def _format_labels(labels: dict[int, str], limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _trusted(path: str) -> str:
+    """``shipped``, ``downloaded``, ``trusted`` or ``untrusted`` (``?`` when the trust store is unreadable)."""
+    source = source_bundles_folder()
+    try:
+        return trust_status(path, trust_store_path(os.environ), [source] if source else [])
+    except ValueError:
+        return "?"
+
+
 def _print_table(infos: list[dict[str, Any]], indent: str = "") -> None:
-    rows = [("folder", "name", "version", "modality", "labels", "network", "weights")]
+    rows = [("folder", "name", "version", "modality", "labels", "network", "weights", "trusted")]
     for info in infos:
         folder_name = Path(info["path"]).name
         if "error" in info:
-            rows.append((folder_name, f"(unreadable: {info['error']})", "", "", "", "", ""))
+            rows.append((folder_name, f"(unreadable: {info['error']})", "", "", "", "", "", _trusted(info["path"])))
             continue
         rows.append(
             (
@@ -251,6 +264,7 @@ def _print_table(infos: list[dict[str, Any]], indent: str = "") -> None:
                 str(len(info["structures"])),
                 info["network"] or "?",
                 "yes" if info["weights"] else "no",
+                _trusted(info["path"]),
             )
         )
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
@@ -290,7 +304,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ("input", f"{info['num_channels']} channel(s), patch {info['spatial_shape']}"),
         ("spacing", f"{info['pixdim']} mm" if info["pixdim"] else None),
         ("sliding window", info["roi_size"]),
-        ("weights", "models/model.pt" if info["weights"] else "none (train or copy models/model.pt)"),
+        ("weights", "in models/" if info["weights"] else "none (train or copy models/model.pt)"),
         ("configs", ", ".join(info["configs"])),
         ("labels", _format_labels(info["structures"], limit=10_000)),
     ]

@@ -15,7 +15,14 @@ from typing import Any
 from pipelines.cli.bundle import add_bundle_option
 from pipelines.cli.common import series_rules_arg
 
-__all__ = ["add_dicom_parser", "add_manifest_dicom_options", "cmd_manifest_create_dicom", "default_key_path"]
+__all__ = [
+    "add_dicom_parser",
+    "add_id_key_option",
+    "add_manifest_dicom_options",
+    "cmd_manifest_create_dicom",
+    "default_key_path",
+    "several_patients_message",
+]
 
 
 def default_key_path() -> Path:
@@ -24,12 +31,8 @@ def default_key_path() -> Path:
     return Path(base) / "medseg" / "id-key"
 
 
-def _add_identifier_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--keep-identifiers",
-        action="store_true",
-        help="show / allow patient name, ID and birth date (default: keyed pseudonyms only)",
-    )
+def add_id_key_option(p: argparse.ArgumentParser) -> None:
+    """``--id-key FILE``: the key of the ``patient-<h>`` / ``study-<h>`` pseudonyms (dicom ls, manifests, segment)."""
     p.add_argument(
         "--id-key",
         type=Path,
@@ -37,6 +40,28 @@ def _add_identifier_options(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="key of the pseudonyms and case-id hashes (default: $XDG_CONFIG_HOME/medseg/id-key, created on first use)",
     )
+
+
+def _add_identifier_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--keep-identifiers",
+        action="store_true",
+        help="show / allow patient name, ID and birth date (default: keyed pseudonyms only)",
+    )
+    add_id_key_option(p)
+
+
+def several_patients_message(err: Any, id_key: Path | None) -> str:
+    """The refusal of an input holding several patients, naming them by the pseudonyms ``dicom ls`` shows.
+
+    Args:
+        err: a :class:`pipelines.io.series_rules.SeveralPatientsError`.
+        id_key: ``--id-key`` (None: the default key file, created on first use as ``dicom ls`` does).
+    """
+    from pipelines.data.identifiers import load_or_create_key, patient_pseudonym, study_pseudonym
+
+    key = load_or_create_key(id_key or default_key_path())
+    return str(err.describe(lambda s: patient_pseudonym(key, s), lambda uid: study_pseudonym(key, uid)))
 
 
 def _add_rules_option(p: argparse.ArgumentParser) -> None:
@@ -95,7 +120,7 @@ def _rules(args: argparse.Namespace) -> Any:
 
 def dicom_listing(path: Path, rules: Any, key: bytes, keep_identifiers: bool) -> dict[str, Any]:
     """The ``dicom ls --json`` document: patients -> studies -> series, with the pick per study."""
-    from pipelines.data.identifiers import keyed_hash
+    from pipelines.data.identifiers import patient_pseudonym, study_pseudonym
     from pipelines.io.dicom_tree import scan_tree
     from pipelines.io.series_rules import choose_series
 
@@ -104,11 +129,11 @@ def dicom_listing(path: Path, rules: Any, key: bytes, keep_identifiers: bool) ->
     for study_uid, summaries in tree.studies.items():
         first = summaries[0]
         pid = f"{first.patient_id}\0{first.patient_name}\0{first.birth_date}"
-        patient = patients.setdefault(pid, {"patient": f"patient-{keyed_hash(key, pid)[:8]}", "studies": []})
+        patient = patients.setdefault(pid, {"patient": patient_pseudonym(key, first), "studies": []})
         if keep_identifiers:
             patient.update(patient_id=first.patient_id, patient_name=first.patient_name, birth_date=first.birth_date)
         study: dict[str, Any] = {
-            "study": f"study-{keyed_hash(key, study_uid)}",
+            "study": study_pseudonym(key, study_uid),
             "study_uid": study_uid,
             "description": first.study_description,
             "selected": None,

@@ -32,7 +32,13 @@ from pipelines.cli.common import (
     series_rules_arg,
     setup_logging,
 )
-from pipelines.cli.dicom import add_dicom_parser, add_manifest_dicom_options, cmd_manifest_create_dicom
+from pipelines.cli.dicom import (
+    add_dicom_parser,
+    add_id_key_option,
+    add_manifest_dicom_options,
+    cmd_manifest_create_dicom,
+    several_patients_message,
+)
 from pipelines.cli.quality import print_case_summary
 from pipelines.cli.serve import add_serve_parser
 
@@ -63,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--case-id", help="name of the case folder (default: input name without extension)")
     p.add_argument("--series-uid", help="DICOM folder with several series: the SeriesInstanceUID to read")
     add_case_options(p)
+    add_id_key_option(p)  # names the patients of a refused multi-patient export as 'medseg dicom ls' does
     add_run_options(p)
     p.set_defaults(func=_cmd_segment)
 
@@ -159,7 +166,12 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         tta=args.tta,
         channel_grids=args.channel_grids,
     )
-    result = segment_case(args.input or args.image, args.bundle, args.output, case_id=args.case_id, options=options)
+    from pipelines.io.series_rules import SeveralPatientsError
+
+    try:
+        result = segment_case(args.input or args.image, args.bundle, args.output, case_id=args.case_id, options=options)
+    except SeveralPatientsError as err:  # a whole export: list its patients by pseudonym and how to choose
+        raise ValueError(several_patients_message(err, args.id_key)) from err
     print_case_summary(result.stats, result.quality)  # with the QC verdict: a flagged case says so
     total = sum(result.seconds.values())
     names = sorted({p.relative_to(result.case_dir).parts[0] for p in result.files.values()})

@@ -41,6 +41,8 @@ __all__ = [
     "identifier_in_path",
     "keyed_hash",
     "load_or_create_key",
+    "patient_pseudonym",
+    "study_pseudonym",
 ]
 
 KEY_BYTES = 32
@@ -95,11 +97,25 @@ def keyed_hash(key: bytes, value: str, digits: int = 12) -> str:
     return hmac.new(key, value.encode("utf-8"), "sha256").hexdigest()[:digits]
 
 
+def patient_pseudonym(key: bytes, summary: SeriesSummary) -> str:
+    """``patient-<8 hex digits>``: a keyed hash of the patient's ID, name and birth date (``dicom ls``, messages)."""
+    return f"patient-{keyed_hash(key, _patient_key(summary))[:8]}"
+
+
+def study_pseudonym(key: bytes, study_uid: str) -> str:
+    """``study-<12 hex digits>``: a keyed hash of the Study Instance UID, the default case id of a study."""
+    return f"study-{keyed_hash(key, study_uid)}"
+
+
+def _patient_key(summary: SeriesSummary) -> str:
+    return f"{summary.patient_id}\0{summary.patient_name}\0{summary.birth_date}"
+
+
 def _fields(summary: SeriesSummary, key: bytes) -> dict[str, Any]:
     return {
         "study_hash": keyed_hash(key, summary.study_uid),
         "series_hash": keyed_hash(key, summary.uid),
-        "patient_hash": keyed_hash(key, f"{summary.patient_id}\0{summary.patient_name}\0{summary.birth_date}"),
+        "patient_hash": keyed_hash(key, _patient_key(summary)),
         "modality": summary.modality,
         "series_number": summary.series_number if summary.series_number is not None else "",
         "study_uid": summary.study_uid,

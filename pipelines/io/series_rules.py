@@ -19,7 +19,7 @@ import copy
 import json
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,8 +36,10 @@ __all__ = [
     "SCHEMA_PATH",
     "Selection",
     "SeriesRules",
+    "SeveralPatientsError",
     "choose_series",
     "load_series_rules",
+    "recorded_selection",
     "rule_failure",
     "rules_from_bundle",
     "rules_from_document",
@@ -242,6 +244,60 @@ def _label(summary: SeriesSummary) -> str:
     return f"{summary.uid} (#{summary.series_number}, {summary.modality}, {summary.description or 'no description'})"
 
 
+class SeveralPatientsError(ValueError):
+    """An input that holds several patients, refused when no series was named (choosing one would
+    segment an arbitrary patient).
+
+    The message lists the patients and their studies' series counts without any identifier: by
+    number, or (:meth:`describe` with namers, as the command line does with the identifier key) by
+    the keyed pseudonyms ``patient-<h>`` / ``study-<h>`` that ``medseg dicom ls`` shows. It says
+    how to choose: ``medseg dicom ls``, ``--series-uid``, or a manifest with one case per study.
+
+    Attributes:
+        where: the input, as messages name it.
+        summaries: every series of the input.
+    """
+
+    def __init__(self, where: str, summaries: Sequence[SeriesSummary]) -> None:
+        self.where = where
+        self.summaries = tuple(summaries)
+        super().__init__(self.describe())
+
+    def patients(self) -> list[list[list[SeriesSummary]]]:
+        """Patients -> studies -> their series; studies by UID, patients by their first study (as ``dicom ls``)."""
+        grouped: dict[tuple[str, str, str], dict[str, list[SeriesSummary]]] = {}
+        for s in sorted(self.summaries, key=lambda s: s.study_uid):
+            grouped.setdefault((s.patient_id, s.patient_name, s.birth_date), {}).setdefault(s.study_uid, []).append(s)
+        return [[series for _, series in sorted(studies.items())] for studies in grouped.values()]
+
+    def describe(
+        self,
+        patient_name: Callable[[SeriesSummary], str] | None = None,
+        study_name: Callable[[str], str] | None = None,
+        *,
+        shown: int = 4,
+    ) -> str:
+        """The message, one line; patients named by ``patient_name`` (default ``patient N``), studies by
+        ``study_name`` of the study UID (default ``study N``); at most ``shown`` patients listed."""
+        patients = self.patients()
+        texts = []
+        for p, studies in enumerate(patients[:shown], start=1):
+            name = patient_name(studies[0][0]) if patient_name else f"patient {p}"
+            listed = [
+                f"{study_name(series[0].study_uid) if study_name else f'study {n}'} ({len(series)} series)"
+                for n, series in enumerate(studies, start=1)
+            ]
+            texts.append(f"{name}: {', '.join(listed)}")
+        more = f"; and {len(patients) - shown} more patient(s)" if len(patients) > shown else ""
+        count = sum(len(studies) for studies in patients)
+        return (
+            f"{self.where}: holds {len(patients)} patients in {count} studies; one run segments one patient's "
+            f"study. Patients: {'; '.join(texts)}{more}. To choose, list the series with 'medseg dicom ls "
+            f"{self.where}' and give one study's folder or --series-uid UID; to segment every study, "
+            f"'medseg manifest create --dicom {self.where}' then 'medseg batch' on that manifest"
+        )
+
+
 @dataclass(frozen=True)
 class Selection:
     """The series chosen and why; :meth:`record` is what run.json keeps.
@@ -284,8 +340,9 @@ def choose_series(
         log: log the choice and the reasons (INFO).
 
     Raises:
-        ValueError: ``series_uid`` not found; several patients; no series satisfies any rule (the
-            message gives each series' reason under each rule).
+        SeveralPatientsError: (a ``ValueError``) several patients and no ``series_uid``.
+        ValueError: ``series_uid`` not found; no series satisfies any rule (the message gives each
+            series' reason under each rule).
     """
     if series_uid is not None:
         if not any(s.uid == series_uid for s in summaries):
@@ -296,12 +353,7 @@ def choose_series(
     patients = {(s.patient_id, s.patient_name, s.birth_date) for s in summaries}
     studies = sorted({s.study_uid for s in summaries})
     if one_patient and len(patients) > 1:
-        # The identifiers themselves are not named: messages reach logs and terminals.
-        raise ValueError(
-            f"{where}: holds {len(patients)} patients in {len(studies)} studies; one run segments one patient's "
-            "study: give a study's folder, --series-uid, or make a manifest with one case per study "
-            "(medseg manifest create --dicom)"
-        )
+        raise SeveralPatientsError(where, summaries)
     if len(studies) > 1:
         logger.warning("%s: holds %d studies of one patient; choosing among all their series", where, len(studies))
     rules = rules or DEFAULT_RULES
@@ -332,3 +384,24 @@ def choose_series(
         for s in summaries
     )
     raise ValueError(f"{where}: no series satisfies the selection rules ({rules.source}): {reasons}")
+
+
+def recorded_selection(read: Mapping[str, Any], chosen: Mapping[str, Any]) -> dict[str, Any]:
+    """run.json's ``series_selection`` of a series a manifest pinned by UID.
+
+    The read itself only says ``--series-uid`` (the manifest named the series); the rule that chose
+    it ran when the manifest was made (``manifest create --dicom``), which kept the rule, its
+    source and the reasons every other series of the study was skipped. This record carries those,
+    with the read's series UID, study UID and skipped files, and ``chosen_at: "manifest"``.
+
+    Args:
+        read: :meth:`Selection.record` of the read (plus ``study_uid``, ``skipped_files``).
+        chosen: the manifest case's ``series_selection`` (``rule``, ``rules_source``, ``skipped``).
+    """
+    return {
+        **read,
+        "rule": str(chosen["rule"]),
+        "rules_source": str(chosen.get("rules_source", "")),
+        "skipped": dict(chosen.get("skipped", {})),
+        "chosen_at": "manifest",
+    }

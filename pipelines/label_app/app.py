@@ -9,17 +9,19 @@ the app folder. Settings come from ``--conf`` pairs of ``monailabel start_server
 - ``upload_dir``: the server's temporary folder, where uploaded images land (set by ``medseg serve``).
 
 Active learning: ``random`` and ``first`` (MONAI Label's own strategies). Datastore: MONAI Label's
-local folder, or DICOMweb when ``studies`` is an ``http(s)://`` address.
+local folder, or DICOMweb when ``studies`` is an ``http(s)://`` address
+(:mod:`pipelines.label_app.dicomweb`: final labels go back to the PACS as medseg's DICOM-SEG).
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from fastapi import HTTPException
+from monailabel.config import settings
 from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.tasks.activelearning.first import First
@@ -28,6 +30,7 @@ from monailabel.tasks.activelearning.random import Random
 from pipelines import __version__
 from pipelines.label_app.catalog import ServedBundle, served_bundles
 from pipelines.label_app.checks import ImageRefused, check_image_id, check_max_epochs
+from pipelines.label_app.dicomweb import MedsegDICOMWebDatastore, SegNaming, open_dicomweb_datastore
 from pipelines.label_app.infer import MedsegInferTask
 from pipelines.label_app.train import MedsegTrainTask
 
@@ -69,15 +72,27 @@ class MedsegLabelApp(MONAILabelApp):
     def init_strategies(self) -> dict[str, Any]:
         return {"random": Random(), "first": First()}
 
-    def _download_dcmqi_tools(self) -> None:
-        # MONAI Label 0.8.5 downloads dcmqi from GitHub whenever it opens a DICOMweb datastore, and
-        # fails without a network. Its DICOMweb save_label converts final labels to DICOM-SEG with
-        # dcmqi's itkimage2segimage, so say plainly when that tool is missing instead.
-        if shutil.which("itkimage2segimage") is None:
-            logger.warning(
-                "itkimage2segimage (dcmqi) is not on PATH: inference on DICOMweb series works, saving a final "
-                "label back to the PACS as DICOM-SEG will fail until dcmqi is installed"
+    def init_remote_datastore(self) -> Any:
+        """DICOMweb through :mod:`pipelines.label_app.dicomweb`: final labels become our DICOM-SEG, no dcmqi."""
+        if settings.MONAI_LABEL_DATASTORE.lower() in ("xnat", "dsa"):
+            return super().init_remote_datastore()
+        return open_dicomweb_datastore(self.studies, self.seg_naming)
+
+    def seg_naming(self, label_info: Mapping[str, Any]) -> SegNaming:
+        """Segment names of a final label: the bundle it names (``params={"model": NAME}``), or the only one served.
+
+        Raises:
+            ValueError: no model named while several bundles are served, or an unknown model.
+        """
+        by_model = {s.model: s for s in self.served}
+        model = label_info.get("model") or (self.served[0].model if len(self.served) == 1 else None)
+        if model not in by_model:
+            raise ValueError(
+                f"label info {dict(label_info)}: expected params {{'model': NAME}} naming one of "
+                f"{', '.join(sorted(by_model))} (its labels name the DICOM-SEG segments)"
             )
+        bundle = by_model[model].bundle
+        return SegNaming(names=dict(bundle.labels), algorithm_name=bundle.name, algorithm_version=bundle.version)
 
     def infer(self, request: dict[str, Any], datastore: Any = None) -> dict[str, Any]:
         """Check the model and image before MONAI Label's own infer (which reads any existing path)."""
@@ -98,4 +113,6 @@ class MedsegLabelApp(MONAILabelApp):
                 )
             except ImageRefused as err:
                 raise HTTPException(status_code=err.status, detail=str(err)) from err
+            if isinstance(store, MedsegDICOMWebDatastore) and not store.has_series(image):
+                raise HTTPException(status_code=404, detail=f"image {image!r}: no such series on {store.name()}")
         return super().infer(request, datastore)

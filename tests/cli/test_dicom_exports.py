@@ -72,6 +72,15 @@ def test_manifest_batch_and_dicom_seg_without_identifiers(
     assert all(re.fullmatch(r"study-[0-9a-f]{12}", c["case_id"]) for c in cases.values())
     assert cases[export.study(2, 2)["thin"]]["image"].startswith("export/P2/ST2/")  # written through the DICOMDIR
     assert document["medseg_dicom"]["identifiers_kept"] is False and not _leaks(manifest.read_text())
+    rule = "axial CT, >= 16 slices, <= 5 mm"  # the CT bundle's, kept per case for run.json
+    first = export.study(1, 1)
+    chosen = cases[first["thin"]]["series_selection"]
+    assert chosen["rule"] == rule and chosen["rules_source"].endswith("metadata.json (medseg_series_rules)")
+    assert chosen["skipped"][first["coronal"]] == f"rule '{rule}': orientation coronal not axial"
+    assert set(chosen["skipped"]) == {first[k] for k in ("localizer", "thick", "coronal", "derived")}
+    # manifest validate reads these images as the batch will: the study's series by UID, from headers
+    code, text = _run(capsys, "manifest", "validate", str(manifest))
+    assert code == 0 and f"{manifest}: OK" in text, text
     # the same key gives the same case ids
     _run(capsys, "manifest", "create", "--dicom", str(export.root), "--output", str(tmp_path / "again.json"),
          "--id-key", key)  # fmt: skip
@@ -91,7 +100,11 @@ def test_manifest_batch_and_dicom_seg_without_identifiers(
     for series_uid, case in cases.items():
         run = json.loads((out / case["case_id"] / "run.json").read_text())
         assert run["input"]["series_uid"] == series_uid and run["identifiers_kept"] is False
-        assert run["input"]["series_selection"]["study_uid"] in {s["study_uid"] for s in export.studies}
+        selection = run["input"]["series_selection"]
+        assert selection["study_uid"] in {s["study_uid"] for s in export.studies}
+        # the rule that chose the series when the manifest was made, not '--series-uid'
+        assert selection["rule"] == rule and selection["chosen_at"] == "manifest"
+        assert selection["skipped"] == case["series_selection"]["skipped"] and selection["series_uid"] == series_uid
         seg = pydicom.dcmread(out / case["case_id"] / "seg.dcm")
         assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
         # DICOM-SEG copies the patient module of its source (documented): the one file that names the patient
@@ -103,7 +116,9 @@ def test_manifest_batch_and_dicom_seg_without_identifiers(
         assert not [i for i in IDENTIFIERS if i.lower().encode() in data], path
 
 
-def test_all_matching_and_case_id_templates(export: Export, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_all_matching_case_id_templates_and_a_batch_that_does_not_keep_identifiers(
+    export: Export, zoo_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     key, target = str(tmp_path / "key"), str(tmp_path / "m.json")
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps({"rules": [{"name": "axial originals", "image_type_all": ["ORIGINAL"],
@@ -122,9 +137,19 @@ def test_all_matching_and_case_id_templates(export: Export, tmp_path: Path, caps
                       "{patient_id}-{series_number}", "--output", target, "--id-key", key)  # fmt: skip
     assert code == 1 and "uses patient_id, which identify the patient; pass --keep-identifiers" in text
     template = ["--case-id-template", "{patient_id}-{series_number}"]
+    kept = export.root.parent / "kept.json"  # beside the export: its paths stay inside the manifest's folder
     code, text = _run(capsys, "manifest", "create", "--dicom", str(export.zipped), *template, "--keep-identifiers",
-                      "--output", target, "--id-key", key)  # fmt: skip
-    assert code == 0 and json.loads(Path(target).read_text())["test"][0]["case_id"] == "PIDX48213Q-3"
+                      "--output", str(kept), "--id-key", key)  # fmt: skip
+    assert code == 0 and json.loads(kept.read_text())["test"][0]["case_id"] == "PIDX48213Q-3"
+    # a batch that does not keep identifiers refuses it before reading any case; with the flag it runs
+    out = tmp_path / "out"
+    run = ["batch", str(kept), "--bundle", str(zoo_bundle), "--output", str(out), "--device", "cpu", "--no-progress"]
+    code, text = _run(capsys, *run)
+    assert code == 1 and "made by 'manifest create --dicom --keep-identifiers'" in text, text
+    assert "pass --keep-identifiers to batch" in text and not _leaks(text)
+    assert not (out / "PIDX48213Q-3").exists() and not (out / "ledger.jsonl").exists()
+    code, text = _run(capsys, *run, "--keep-identifiers")
+    assert code == 0 and json.loads((out / "PIDX48213Q-3" / "run.json").read_text())["identifiers_kept"] is True
 
 
 def test_segment_a_zip_records_the_rule_and_refuses_a_whole_export(
@@ -135,9 +160,21 @@ def test_segment_a_zip_records_the_rule_and_refuses_a_whole_export(
                                             "image_type_none": ["LOCALIZER", "DERIVED"]}]}))  # fmt: skip
     out = tmp_path / "out"
     common = ["--bundle", str(zoo_bundle), "--output", str(out), "--device", "cpu", "--series-rules", str(rules)]
-    code, text = _run(capsys, "segment", str(export.root), *common)
+    key = str(tmp_path / "key")
+    code, text = _run(capsys, "segment", str(export.root), *common, "--id-key", key)
     assert code == 1 and "holds 2 patients in 4 studies" in text and not _leaks(text)
     assert not out.exists() or not any(out.iterdir())
+    # one line, the patients and studies by the pseudonyms 'dicom ls' shows with the same key, and how to choose
+    (line,) = [t for t in text.splitlines() if t.startswith("medseg: error:")]
+    _, listing = _run(capsys, "dicom", "ls", str(export.root), "--json", "--id-key", key)
+    listing = json.loads(listing.split("\n--stderr--\n")[0])
+    expected = "; ".join(
+        f"{p['patient']}: " + ", ".join(f"{s['study']} ({len(s['series'])} series)" for s in p["studies"])
+        for p in listing["patients"]
+    )
+    assert f"Patients: {expected}." in line and "(5 series)" in line
+    assert f"'medseg dicom ls {export.root}'" in line and "--series-uid UID" in line
+    assert f"'medseg manifest create --dicom {export.root}' then 'medseg batch'" in line
     code, text = _run(capsys, "segment", str(export.zipped), *common)
     assert code == 0, text
     run = json.loads((out / "study" / "run.json").read_text())
@@ -146,3 +183,43 @@ def test_segment_a_zip_records_the_rule_and_refuses_a_whole_export(
     assert selection["series_uid"] == study["thin"] and selection["rule"] == "thin"
     assert selection["skipped"][study["thick"]] == "rule 'thin': thickness 5 mm > 3 mm"
     assert selection["skipped_files"] == {"SR": 1} and run["identifiers_kept"] is False
+
+
+def test_manifest_validate_reads_zips_dicomdirs_and_study_folders_from_headers(
+    export: Export, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Images as 'manifest create --dicom' writes them (and as a person may): header only, series_uid
+    checked present, grids checked against a label."""
+    import nibabel as nib
+    import numpy as np
+
+    from pipelines.io.readers import read_volume
+
+    folder = export.root.parent
+    zipped, dicomdir, study = export.study(1, 2), export.study(2, 2), export.study(2, 1)
+    thin = read_volume(export.zipped, series_uid=zipped["thin"])
+    label = folder / "thin_label.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(thin.shape, np.uint8), thin.affine), label)
+    wrong = folder / "wrong_label.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 32), np.uint8), thin.affine), wrong)
+    entries = [
+        {"case_id": "zip", "image": "study.zip", "series_uid": zipped["thin"], "label": label.name},
+        {"case_id": "dicomdir", "image": "export/P2/ST2/DICOMDIR", "series_uid": dicomdir["coronal"]},
+        {"case_id": "study", "image": "export/P2/ST1", "series_uid": study["thick"]},
+        {"case_id": "rules", "image": "export/P2/ST1"},  # no series_uid: the default rules choose
+        {"case_id": "absent", "image": "export/P2/ST1", "series_uid": zipped["thin"]},
+        {"case_id": "grid", "image": "study.zip", "series_uid": zipped["thin"], "label": wrong.name},
+        {"case_id": "patients", "image": "export"},
+    ]
+    manifest = folder / "validate.json"
+    manifest.write_text(json.dumps({"name": "x", "modality": "CT", "labels": {"0": "background"}, "test": entries}))
+    code, text = _run(capsys, "manifest", "validate", str(manifest))
+    problems = [line for line in text.splitlines() if line.startswith("case ")]
+    assert code == 1 and len(problems) == 3, text
+    assert (
+        f"case absent: {study['folder']}: cannot read image: no series with SeriesInstanceUID {zipped['thin']}"
+        in (problems[0])
+    )
+    assert problems[1].startswith("case grid: ") and "label grid shape (16, 16, 32)" in problems[1]
+    assert "case patients: " in problems[2] and "holds 2 patients in 4 studies" in problems[2]
+    assert not _leaks(text)

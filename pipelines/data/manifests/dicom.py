@@ -7,10 +7,16 @@ and its ``series_uid`` says which series to read there, so ``medseg batch`` read
 series chosen here. Case ids carry no patient identifiers (:mod:`pipelines.data.identifiers`).
 A study with no series that satisfies the rules is left out with a warning naming the reason per
 series, and counted in the manifest's ``medseg_dicom`` record.
+
+Each case also keeps its ``series_selection`` (the rule that chose the series, where the rules came
+from, why each other series of the study was skipped), which ``medseg batch`` records in run.json;
+``medseg_dicom.identifiers_kept`` says whether patient identifiers were allowed in case ids and
+paths, and ``medseg batch`` refuses such a manifest unless it keeps identifiers too.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Mapping
@@ -96,6 +102,13 @@ def create_dicom_manifest(
         chosen = [next(s for s in summaries if s.uid == selection.uid)]
         if all_matching:
             chosen += [s for s in _matching(summaries, selection.rule, rules or _default()) if s.uid != selection.uid]
+        taken = {s.uid for s in chosen}
+        # How the series was chosen, carried to run.json by medseg batch (which reads it by series_uid)
+        record = {
+            "rule": selection.rule,
+            "rules_source": selection.source,
+            "skipped": {uid: why for uid, why in selection.skipped.items() if uid not in taken},
+        }
         for summary in chosen:
             case_id = case_id_for(template, summary, key, keep_identifiers=keep_identifiers)
             image = _image_path(tree, summary.uid, start)
@@ -111,7 +124,7 @@ def create_dicom_manifest(
                     "case_id": case_id,
                     "image": image,
                     "series_uid": summary.uid,
-                    "rule": selection.rule,
+                    "series_selection": copy.deepcopy(record),
                 }
             )
     if not cases:
@@ -132,8 +145,6 @@ def create_dicom_manifest(
         "%s: %d case(s) from %d studies; %d studies without a series the rules accept",
         export, len(cases), len(tree.studies), len(unmatched),
     )  # fmt: skip
-    for case in cases:
-        del case["rule"]
     return {
         "name": name or export.name,
         "modality": modality or "/".join(sorted(modalities)),

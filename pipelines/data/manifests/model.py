@@ -66,6 +66,8 @@ class Case:
         split: ``"training"``, ``"validation"`` or ``"test"``.
         series_uid: for DICOM holding several series (an export, a study folder, a ``.zip``), the
             SeriesInstanceUID to read (written by ``medseg manifest create --dicom``), else None.
+        series_selection: how ``manifest create --dicom`` chose ``series_uid`` (rule, rules_source,
+            skipped), recorded in run.json by ``medseg batch``; else None.
     """
 
     case_id: str
@@ -73,6 +75,7 @@ class Case:
     label: Path | None
     split: str
     series_uid: str | None = None
+    series_selection: dict[str, Any] | None = field(default=None, compare=False)
 
     @property
     def image_paths(self) -> tuple[Path, ...]:
@@ -106,6 +109,8 @@ class Manifest:
         labels: Label value to structure name; 0 is the background.
         cases: Every case, training first, then validation, then test, in file order.
         description: Free text, empty when absent.
+        dicom: the ``medseg_dicom`` record of a manifest made by ``manifest create --dicom``
+            (``identifiers_kept``...), else None.
     """
 
     path: Path
@@ -114,6 +119,7 @@ class Manifest:
     labels: dict[int, str]
     cases: tuple[Case, ...]
     description: str = ""
+    dicom: dict[str, Any] | None = None
 
     def split(self, name: str) -> tuple[Case, ...]:
         """Return the cases of one split.
@@ -351,6 +357,7 @@ def _cases(
                 label=paths[len(images)] if label_value else None,
                 split=split,
                 series_uid=None if isinstance(entry, str) else entry.get("series_uid"),
+                series_selection=None if isinstance(entry, str) else entry.get("series_selection"),
             )
             cases.append((case, place))
     return cases, refused
@@ -436,6 +443,7 @@ def parse_manifest(path: str | os.PathLike[str], *, allow_outside_paths: bool = 
         labels=labels,
         cases=tuple(cases),
         description=str(data.get("description", "")),
+        dicom=data.get("medseg_dicom") if isinstance(data.get("medseg_dicom"), dict) else None,
     )
     return ParsedManifest(manifest, structural, content, data)
 

@@ -1,6 +1,6 @@
 """Check a manifest and the files it lists, reporting every problem at once.
 
-Images are opened header only (nibabel for NIfTI, SimpleITK for NRRD/MetaImage and DICOM); label
+Images are opened header only (nibabel for NIfTI, SimpleITK for NRRD/MetaImage, pydicom for DICOM); label
 maps are read in full to check their values. Grids are compared with
 :func:`pipelines.geometry.grids_match`.
 """
@@ -26,8 +26,9 @@ from pipelines.data.manifests.model import (
     parse_manifest,
     unlabelled_problems,
 )
-from pipelines.geometry import Grid, affine_from_itk, grids_match, lps_to_ras
-from pipelines.io.dicom import find_dicom_series, select_series
+from pipelines.geometry import Grid, affine_from_itk, grids_match
+from pipelines.io.dicom_grid import dicom_grid
+from pipelines.io.dicom_tree import is_dicom_container
 from pipelines.io.readers import read_volume
 
 if TYPE_CHECKING:
@@ -54,28 +55,15 @@ def _itk_header(path: Path) -> sitk.ImageFileReader:
     return reader
 
 
-def _dicom_grid(folder: Path) -> Grid:
-    """Grid of the DICOM series in a folder from the headers of its first and last slices.
+def _image_grid(path: Path, series_uid: str | None = None) -> Grid:
+    """Read the grid of an image from its header only (nibabel for NIfTI, SimpleITK otherwise).
 
-    The series is the one :func:`pipelines.io.readers.read_volume` would read. Only headers are
-    read (no pixel decoding): i runs along the first ImageOrientationPatient vector, j along the
-    second, k across the slices in their sorted order.
+    DICOM (a folder searched recursively, a DICOMDIR, a ``.zip``, as a manifest made by ``manifest
+    create --dicom`` names them): the series ``series_uid`` (checked present), else the one the
+    reader's default rules choose, from the headers (:func:`pipelines.io.dicom_grid.dicom_grid`).
     """
-    files = select_series(find_dicom_series(folder), folder).files
-    first = _itk_header(files[0])
-    affine = affine_from_itk(first.GetOrigin(), first.GetSpacing(), first.GetDirection())
-    if len(files) > 1:
-        last = _itk_header(files[-1])
-        step_lps = (np.asarray(last.GetOrigin()) - np.asarray(first.GetOrigin())) / (len(files) - 1)
-        affine[:3, 2] = lps_to_ras(step_lps)
-    columns, rows = first.GetSize()[:2]
-    return Grid((int(columns), int(rows), len(files)), affine)
-
-
-def _image_grid(path: Path) -> Grid:
-    """Read the grid of an image from its header only (nibabel for NIfTI, SimpleITK otherwise)."""
-    if path.is_dir():
-        return _dicom_grid(path)
+    if path.is_dir() or is_dicom_container(path):
+        return dicom_grid(path, series_uid)
     if _is_nifti(path):
         image = nib.load(path)
         shape = tuple(int(s) for s in image.shape)
@@ -171,7 +159,7 @@ def _check_case(case: Case, labels: Mapping[int, str], check_images: bool) -> li
     grids: list[tuple[Path, Grid]] = []
     for image in present_images:
         try:
-            grids.append((image, _image_grid(image)))
+            grids.append((image, _image_grid(image, case.series_uid if len(present_images) == 1 else None)))
         except Exception as err:  # any reader failure is reported, not raised
             problems.append(Problem(case.case_id, image, f"cannot read image: {_reason(err, image)}"))
     for image, grid in grids[1:]:

@@ -1,0 +1,363 @@
+"""QC flags: per structure and per case, each with its reason in words.
+
+What a bundle declares in its ``configs/metadata.json`` (all optional; README "QC flags" documents them)::
+
+    "medseg_qc": {
+        "expected_structures": ["liver", "spleen"],          # missing one flags the case
+        "volume_ml": {"liver": [600, 3500]},                # plausible range per structure (mL)
+        "input_range": [-1024, 3071],                       # 0.5th..99.5th percentile must lie inside (null: open)
+        "input_background_at_most": -500,                   # 1st percentile at most this (CT: air at -1000 HU)
+        "min_confidence": 0.9,                              # mean max class probability inside a structure
+        "max_high_entropy_fraction": 0.25,                  # share of a structure's voxels above the entropy threshold
+        "min_tta_agreement": 0.8,                           # mean pairwise Dice between TTA passes
+        "max_removed_fraction": 0.2,                        # share of a structure removed as islands by the clean-up
+        "min_edge_area_fraction": 0.2                       # truncation: cut face vs. largest cross-section
+    }
+
+The input's modality is checked against ``network_data_format.inputs.image.modality`` when the input
+says what it is (DICOM). Flags of severity ``fail`` make the case *flagged* (do not trust the
+result); ``warn`` (an organ cut by the edge of the field of view: its volume is unreliable) is
+reported the same way but does not flag the case.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipelines.outputs.confidence import (
+    ENTROPY_THRESHOLD_NATS,
+    PostprocessSignals,
+    removed_fractions,
+    structure_confidence,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["QC_KEY", "QualitySpec", "assess_case", "banner", "input_flags", "read_quality_spec", "stats_and_quality"]
+
+QC_KEY = "medseg_qc"
+"""The ``metadata.json`` key holding a bundle's QC declarations."""
+
+_NUMBERS = (
+    "min_confidence",
+    "max_high_entropy_fraction",
+    "min_tta_agreement",
+    "max_removed_fraction",
+    "min_edge_area_fraction",
+    "input_background_at_most",
+)
+_SAMPLE_VOXELS = 2_000_000
+
+
+@dataclass(frozen=True)
+class QualitySpec:
+    """A bundle's QC declarations (see the module docstring); defaults apply where it declares nothing."""
+
+    modality: str = ""
+    expected_structures: tuple[str, ...] = ()
+    volume_ml: dict[str, tuple[float, float]] = field(default_factory=dict)
+    input_range: tuple[float | None, float | None] = (None, None)
+    input_background_at_most: float | None = None
+    min_confidence: float = 0.85
+    max_high_entropy_fraction: float = 0.3
+    min_tta_agreement: float = 0.8
+    max_removed_fraction: float = 0.2
+    min_edge_area_fraction: float = 0.2
+    entropy_threshold_nats: float = ENTROPY_THRESHOLD_NATS
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{where}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def read_quality_spec(metadata: Mapping[str, Any], where: str = "metadata.json") -> QualitySpec:
+    """The :class:`QualitySpec` of a bundle's metadata.
+
+    Raises:
+        ValueError: a ``medseg_qc`` entry of the wrong type, naming the file and the key.
+    """
+    image = metadata.get("network_data_format", {}).get("inputs", {}).get("image", {})
+    modality = str(image.get("modality", "") if isinstance(image, Mapping) else "").upper()
+    raw = metadata.get(QC_KEY, {})
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where}: {QC_KEY} must be an object, got {type(raw).__name__}")
+    expected = raw.get("expected_structures", [])
+    if not isinstance(expected, list) or not all(isinstance(n, str) for n in expected):
+        raise ValueError(f"{where}: {QC_KEY}.expected_structures must be a list of structure names, got {expected!r}")
+    volumes: dict[str, tuple[float, float]] = {}
+    for name, bounds in dict(raw.get("volume_ml", {})).items():
+        if not isinstance(bounds, list) or len(bounds) != 2:
+            raise ValueError(f"{where}: {QC_KEY}.volume_ml.{name}: expected [min_ml, max_ml], got {bounds!r}")
+        low, high = (_number(b, f"{where}: {QC_KEY}.volume_ml.{name}") for b in bounds)
+        if not 0 <= low <= high:
+            raise ValueError(f"{where}: {QC_KEY}.volume_ml.{name}: expected 0 <= min <= max, got {bounds!r}")
+        volumes[name] = (low, high)
+    span = raw.get("input_range", [None, None])
+    if not isinstance(span, list) or len(span) != 2:
+        raise ValueError(f"{where}: {QC_KEY}.input_range: expected [low, high] (null for open), got {span!r}")
+    bounds = tuple(None if b is None else _number(b, f"{where}: {QC_KEY}.input_range") for b in span)
+    numbers = {k: _number(raw[k], f"{where}: {QC_KEY}.{k}") for k in _NUMBERS if raw.get(k) is not None}
+    return QualitySpec(
+        modality=modality,
+        expected_structures=tuple(expected),
+        volume_ml=volumes,
+        input_range=bounds,  # type: ignore[arg-type]
+        **numbers,  # type: ignore[arg-type]
+    )
+
+
+def _flag(code: str, reason: str, structure: str | None = None, severity: str = "fail") -> dict[str, Any]:
+    return {"code": code, "severity": severity, "structure": structure, "reason": reason}
+
+
+def input_flags(image: np.ndarray, input_modality: str, spec: QualitySpec) -> list[dict[str, Any]]:
+    """Case-level checks of the input against the bundle's declared modality and intensity range.
+
+    Percentiles come from a strided subsample of at most ~2 million voxels (the same figures within
+    a voxel's worth, without sorting a whole CT).
+    """
+    flags: list[dict[str, Any]] = []
+    if input_modality and spec.modality and input_modality.upper() != spec.modality:
+        flags.append(
+            _flag(
+                "input_modality",
+                f"the input is {input_modality.upper()} (its DICOM header says so); the model expects {spec.modality}",
+            )
+        )
+    low, high = spec.input_range
+    if low is None and high is None and spec.input_background_at_most is None:
+        return flags
+    step = max(1, math.ceil((image.size / _SAMPLE_VOXELS) ** (1 / 3)))
+    sample = np.asarray(image[::step, ::step, ::step], dtype=np.float64).ravel()
+    sample = sample[np.isfinite(sample)]
+    if not sample.size:
+        return flags
+    p_low, p1, p_high = np.percentile(sample, [0.5, 1.0, 99.5])
+    units = " HU" if spec.modality == "CT" else ""
+    if (low is not None and p_low < low) or (high is not None and p_high > high):
+        flags.append(
+            _flag(
+                "input_intensity",
+                f"intensities run {p_low:.4g}..{p_high:.4g}{units} (0.5th-99.5th percentile), outside the "
+                f"{_bound(low)}..{_bound(high)}{units} the model expects",
+            )
+        )
+    if spec.input_background_at_most is not None and p1 > spec.input_background_at_most:
+        what = "no air (about -1000 HU) around or inside the body: an MR image, or a CT window that is not HU?"
+        flags.append(
+            _flag(
+                "input_intensity",
+                f"the darkest 1% of voxels are above {spec.input_background_at_most:g}{units} (1st percentile "
+                f"{p1:.4g}{units}); " + (what if spec.modality == "CT" else "not the background the model expects"),
+            )
+        )
+    return flags
+
+
+def _bound(value: float | None) -> str:
+    return "any" if value is None else f"{value:g}"
+
+
+def _edge_flag(labels: np.ndarray, label: int, box: Sequence[Sequence[int]], spec: QualitySpec) -> str | None:
+    """A reason when the structure is cut by a face of the field of view with a sizeable cut face."""
+    for axis, (lo, hi) in enumerate(box):
+        for index, side in ((lo, 0), (hi, labels.shape[axis] - 1)):
+            if index != side:
+                continue
+            sub = [slice(a, b + 1) for a, b in box]
+            mask = labels[tuple(sub)] == label
+            areas = mask.sum(axis=tuple(a for a in range(3) if a != axis))
+            face = areas[0] if side == 0 else areas[-1]
+            if areas.max() and face / areas.max() >= spec.min_edge_area_fraction:
+                return (
+                    f"cut by the edge of the field of view (axis {'ijk'[axis]}, slice {index}: a cut face of "
+                    f"{face / areas.max():.0%} of its largest cross-section); its volume is unreliable"
+                )
+    return None
+
+
+def assess_case(
+    stats: list[dict[str, Any]],
+    labels: np.ndarray,
+    signals: PostprocessSignals | None,
+    spec: QualitySpec,
+    *,
+    image: np.ndarray,
+    input_modality: str = "",
+    tta: str = "none",
+) -> dict[str, Any]:
+    """Per-structure confidence and QC flags of one case; adds them to each ``stats`` entry in place.
+
+    Each stats entry gains ``confidence``, ``high_entropy_fraction``, ``tta_agreement`` (None without
+    TTA or scores), ``removed_fraction`` (None without a clean-up) and ``flags`` (list of codes) and
+    ``qc`` (the reasons, in words).
+
+    Args:
+        stats: :func:`~pipelines.outputs.stats.compute_stats` of the final label map.
+        labels: the final label map ``(i, j, k)`` on the input's grid.
+        signals: what the postprocessing left (confidence maps, clean-up, TTA agreement), or None.
+        spec: the bundle's declarations.
+        image: the input image ``(i, j, k)`` (for the input checks).
+        input_modality: what the input says it is (DICOM Modality), ``""`` when unknown.
+        tta: the TTA mode of the run.
+
+    Returns:
+        The run.json ``quality`` record: ``flagged``, ``reasons`` (fail flags in words), ``warnings``,
+        ``flags`` (every flag: code, severity, structure, reason), the thresholds used and the TTA mode.
+    """
+    flags = input_flags(image, input_modality, spec)
+    confidence = (
+        structure_confidence(labels, signals.confidence, spec.entropy_threshold_nats)
+        if (signals and signals.confidence is not None)
+        else {}
+    )
+    removed = (
+        removed_fractions(signals.before_cleanup, signals.after_cleanup)
+        if signals is not None and signals.before_cleanup is not None and signals.after_cleanup is not None
+        else {}
+    )
+    agreement = signals.tta_agreement if signals is not None else {}
+    for entry in stats:
+        label, name = int(entry["label"]), str(entry["name"])
+        found = confidence.get(label, {})
+        entry["confidence"] = found.get("confidence")
+        entry["high_entropy_fraction"] = found.get("high_entropy_fraction")
+        entry["tta_agreement"] = agreement.get(label)
+        entry["removed_fraction"] = removed.get(label, 0.0) if removed else None
+        own = _structure_flags(entry, labels, spec)
+        entry["flags"] = list(dict.fromkeys(f["code"] for f in own))
+        entry["qc"] = "; ".join(f["reason"] for f in own)
+        flags += own
+    present = {str(s["name"]) for s in stats}
+    for name in spec.expected_structures:
+        if name not in present:
+            flags.append(_flag("missing_structure", f"{name}: expected by the bundle, not found", name))
+    failing = [f for f in flags if f["severity"] == "fail"]
+    record = {
+        "flagged": bool(failing),
+        "reasons": [_with_structure(f) for f in failing],
+        "warnings": [_with_structure(f) for f in flags if f["severity"] != "fail"],
+        "flags": flags,
+        "tta": tta,
+        "tta_passes": len(signals.tta_passes) if signals is not None and signals.tta_passes else 1,
+        "thresholds": {
+            "entropy_threshold_nats": spec.entropy_threshold_nats,
+            "min_confidence": spec.min_confidence,
+            "max_high_entropy_fraction": spec.max_high_entropy_fraction,
+            "min_tta_agreement": spec.min_tta_agreement,
+            "max_removed_fraction": spec.max_removed_fraction,
+            "min_edge_area_fraction": spec.min_edge_area_fraction,
+        },
+    }
+    if failing:
+        logger.warning("QC: result flagged (%d reason(s), the first: %s)", len(failing), record["reasons"][0])
+    return record
+
+
+def _with_structure(flag: Mapping[str, Any]) -> str:
+    structure = flag.get("structure")
+    reason = str(flag["reason"])
+    return reason if not structure or reason.startswith(f"{structure}:") else f"{structure}: {reason}"
+
+
+def _structure_flags(entry: Mapping[str, Any], labels: np.ndarray, spec: QualitySpec) -> list[dict[str, Any]]:
+    name, label = str(entry["name"]), int(entry["label"])
+    flags: list[dict[str, Any]] = []
+    bounds = spec.volume_ml.get(name)
+    volume = float(entry["volume_ml"])
+    if bounds is not None and not bounds[0] <= volume <= bounds[1]:
+        flags.append(
+            _flag(
+                "volume_range",
+                f"{volume:.1f} mL is outside the plausible {bounds[0]:g}-{bounds[1]:g} mL the bundle declares",
+                name,
+            )
+        )
+    removed = entry.get("removed_fraction")
+    if removed is not None and removed > spec.max_removed_fraction:
+        flags.append(
+            _flag(
+                "fragmented",
+                f"{removed:.0%} of its voxels were scattered islands removed by the clean-up "
+                f"(more than {spec.max_removed_fraction:.0%})",
+                name,
+            )
+        )
+    cut = _edge_flag(labels, label, entry["bbox_voxels"], spec)
+    if cut:
+        flags.append(_flag("truncated", cut, name, severity="warn"))
+    conf = entry.get("confidence")
+    if conf is not None and conf < spec.min_confidence:
+        flags.append(
+            _flag(
+                "low_confidence",
+                f"mean class probability {conf:.2f} inside it, below {spec.min_confidence:g}",
+                name,
+            )
+        )
+    uncertain = entry.get("high_entropy_fraction")
+    if uncertain is not None and uncertain > spec.max_high_entropy_fraction:
+        flags.append(
+            _flag(
+                "low_confidence",
+                f"{uncertain:.0%} of its voxels have an entropy above {spec.entropy_threshold_nats:g} nats "
+                f"(more than {spec.max_high_entropy_fraction:.0%})",
+                name,
+            )
+        )
+    agreement = entry.get("tta_agreement")
+    if agreement is not None and agreement < spec.min_tta_agreement:
+        flags.append(
+            _flag(
+                "low_agreement",
+                f"the augmented predictions agree at Dice {agreement:.2f}, below {spec.min_tta_agreement:g}",
+                name,
+            )
+        )
+    return flags
+
+
+def stats_and_quality(
+    labels: np.ndarray,
+    image: np.ndarray,
+    affine: np.ndarray,
+    names: Mapping[int, str],
+    signals: PostprocessSignals | None,
+    spec: QualitySpec,
+    *,
+    input_modality: str = "",
+    tta: str = "none",
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Statistics of the final label map with their confidence columns, and the case's QC record.
+
+    Args:
+        labels: final label map ``(i, j, k)``; image: the input ``(i, j, k)``; affine: 4x4 voxel-to-RAS (mm).
+        names: label id -> structure name.
+        signals, spec, input_modality, tta: see :func:`assess_case`.
+
+    Returns:
+        ``(stats, quality)``: the :func:`~pipelines.outputs.stats.compute_stats` list (each entry
+        with the columns :func:`assess_case` adds) and the run.json ``quality`` record.
+    """
+    from pipelines.outputs.stats import compute_stats
+
+    stats = compute_stats(labels, image, affine, names)
+    quality = assess_case(stats, labels, signals, spec, image=image, input_modality=input_modality, tta=tta)
+    return stats, quality
+
+
+def banner(quality: Mapping[str, Any] | None, limit: int = 3) -> str | None:
+    """One line for the preview: ``FLAGGED: reason; reason (+N more)``, or None when not flagged."""
+    if not quality or not quality.get("flagged"):
+        return None
+    reasons = [str(r) for r in quality.get("reasons", [])]
+    more = f" (+{len(reasons) - limit} more)" if len(reasons) > limit else ""
+    return "QC FLAGGED - do not trust without review: " + "; ".join(reasons[:limit]) + more
