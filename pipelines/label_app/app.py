@@ -113,6 +113,9 @@ class MedsegLabelApp(MONAILabelApp):
                 )
             except ImageRefused as err:
                 raise HTTPException(status_code=err.status, detail=str(err)) from err
-            if isinstance(store, MedsegDICOMWebDatastore) and not store.has_series(image):
-                raise HTTPException(status_code=404, detail=f"image {image!r}: no such series on {store.name()}")
+            if isinstance(store, MedsegDICOMWebDatastore):
+                if not store.has_series(image):
+                    raise HTTPException(status_code=404, detail=f"image {image!r}: no such series on {store.name()}")
+                # Inference reads the fetched DICOM folder with our reader (series rules, slice checks).
+                request = {**request, "image": store.series_folder(image)}
         return super().infer(request, datastore)

@@ -293,6 +293,10 @@ def _segment_description(
         category = codes.cid7150.Tissue
         prop_type = codes.SCT.Tissue
     r, g, b = (round(255 * c) for c in label_colour(label))
+    # highdicom 0.22 (the newest beside pydicom 2, in .venv-label) has no display_color: no colour there (Type 3).
+    colour = (
+        {"display_color": hd.color.CIELabColor.from_rgb(r, g, b)} if hasattr(hd.color.CIELabColor, "from_rgb") else {}
+    )
     description = hd.seg.SegmentDescription(
         segment_number=number,
         segment_label=name[:64],
@@ -301,7 +305,7 @@ def _segment_description(
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm,
         anatomic_regions=anatomic_regions,
-        display_color=hd.color.CIELabColor.from_rgb(r, g, b),
+        **colour,
     )
     description.SegmentDescription = f"label {label}: {name}"[:64]
     if key in LATERALITY:
