@@ -59,3 +59,13 @@ def _session_trust_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MEDSEG_TRUST_FILE", str(tmp_path_factory.mktemp("trust") / "trusted_bundles.json"))
         yield
+
+
+@pytest.fixture(scope="session")
+def dicom_export(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """tests.dicom_export's export (2 patients x 2 studies, a DICOMDIR, a zip), written once per session.
+
+    Tests leave export/ and study.zip as they are; manifests may be written beside them (their parent)."""
+    from tests.dicom_export import write_export
+
+    return write_export(tmp_path_factory.mktemp("dicom_export"))

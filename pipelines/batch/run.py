@@ -26,7 +26,8 @@ from pipelines.batch.options import BatchOptions, BatchSummary
 from pipelines.batch.pipeline import Pipeline, Tally
 from pipelines.batch.ranks import Ranks
 from pipelines.batch.report import write_report
-from pipelines.data.manifests.model import SPLITS, Case, Manifest, load_manifest
+from pipelines.data.manifests.datalist import load_cases_file
+from pipelines.data.manifests.model import SPLITS, Case, Manifest
 from pipelines.io.output_folder import check_output_folder as check_writable
 from pipelines.segment import Segmenter, SegmentOptions
 
@@ -116,6 +117,14 @@ def run_batch(
             lock.release()
 
 
+def _dataset_dir(options: BatchOptions) -> Path | None:
+    """Where a Zoo datalist's relative paths start: ``--dataset-dir``, else ``--override dataset_dir=DIR``."""
+    if options.dataset_dir is not None:
+        return Path(options.dataset_dir)
+    value = options.overrides.get("dataset_dir")
+    return Path(value) if isinstance(value, str) and value and not value.startswith(("$", "@", "%")) else None
+
+
 def _run(
     manifest: str | Path | Manifest, bundle: str | Path, output: Path, options: BatchOptions, ranks: Ranks, clock: float
 ) -> BatchSummary:
@@ -131,7 +140,9 @@ def _run(
         loaded = (
             manifest
             if isinstance(manifest, Manifest)
-            else load_manifest(manifest, allow_outside_paths=options.allow_outside_paths)
+            else load_cases_file(  # a medseg manifest or a Zoo datalist ({"testing": [...]})
+                manifest, dataset_dir=_dataset_dir(options), allow_outside_paths=options.allow_outside_paths
+            )
         )
         check_identifier_policy(loaded, options.keep_identifiers)  # manifest create --dicom --keep-identifiers
         cases = tuple(sorted(loaded.split(options.split), key=lambda c: c.case_id))
@@ -154,6 +165,7 @@ def _run(
                 overrides=options.overrides,
                 tta=options.tta,
                 channel_grids=options.channel_grids,
+                mesh_smoothing=options.mesh_smoothing,
             ),
         )
         identity = bundle_identity(segmenter)

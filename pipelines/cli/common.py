@@ -15,6 +15,7 @@ __all__ = [
     "add_case_options",
     "add_path_policy_option",
     "add_run_options",
+    "mesh_smoothing_arg",
     "outputs_arg",
     "series_rules_arg",
     "setup_logging",
@@ -102,6 +103,19 @@ def add_case_options(p: argparse.ArgumentParser) -> None:
         "90 degree turns (16x); probabilities averaged (default: the bundle's medseg_tta_default, else none)",
     )
     p.add_argument(
+        "--mesh-smoothing",
+        type=mesh_smoothing_arg,
+        default=0,
+        metavar="N",
+        help="with --outputs mesh: N iterations of Taubin smoothing of each surface (0 = none, the default)",
+    )
+    p.add_argument(
+        "--fail-on-flags",
+        action="store_true",
+        help="exit with status 1 when a case is QC-flagged (do not trust); its results are still written "
+        "(default: exit 0 and print the FLAGGED summary); in a batch, flagged cases count as failed in the exit status",
+    )
+    p.add_argument(
         "--series-rules",
         type=Path,
         default=None,
@@ -121,6 +135,17 @@ def add_case_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow patient identifiers (name, ID, birth date) in case ids; recorded in run.json",
     )
+
+
+def mesh_smoothing_arg(text: str) -> int:
+    """``--mesh-smoothing N``: a whole number of iterations, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of smoothing iterations >= 0, got {text!r}")
+    return value
 
 
 def series_rules_arg(path: Path | None) -> Any:

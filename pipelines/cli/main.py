@@ -165,6 +165,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         overrides=overrides_from_args(args),
         tta=args.tta,
         channel_grids=args.channel_grids,
+        mesh_smoothing=args.mesh_smoothing,
     )
     from pipelines.io.series_rules import SeveralPatientsError
 
@@ -176,6 +177,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     total = sum(result.seconds.values())
     names = sorted({p.relative_to(result.case_dir).parts[0] for p in result.files.values()})
     print(f"wrote {result.case_dir} ({', '.join(names)}) in {total:.1f} s")
+    if args.fail_on_flags and result.quality and result.quality.get("flagged"):
+        print("medseg: QC flagged this case (--fail-on-flags): exit status 1, results written", file=sys.stderr)
+        return 1
     return 0
 
 

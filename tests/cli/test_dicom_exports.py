@@ -11,14 +11,14 @@ import pydicom
 import pytest
 
 from pipelines.cli.main import main
-from tests.dicom_export import IDENTIFIERS, Export, write_export
+from tests.dicom_export import IDENTIFIERS, Export
 
 CT_BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "ct_abdomen_unet"
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory: pytest.TempPathFactory) -> Export:
-    return write_export(tmp_path_factory.mktemp("dicom_export"))
+def export(dicom_export: Export) -> Export:
+    return dicom_export
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:

@@ -12,7 +12,7 @@ from pipelines.io.dicom_tree import scan_tree
 from pipelines.io.hashing import input_sha256
 from pipelines.io.readers import read_volume
 from pipelines.io.series_rules import rules_from_document
-from tests.dicom_export import Export, write_export
+from tests.dicom_export import Export
 
 THIN_AXIAL = rules_from_document(
     {"rules": [{"name": "thin axial", "image_type_all": ["ORIGINAL"], "image_type_none": ["LOCALIZER"],
@@ -22,8 +22,8 @@ THIN_AXIAL = rules_from_document(
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory: pytest.TempPathFactory) -> Export:
-    return write_export(tmp_path_factory.mktemp("dicom_export"))
+def export(dicom_export: Export) -> Export:
+    return dicom_export
 
 
 def test_folder_tree_is_scanned_recursively_and_non_images_are_counted(export: Export) -> None:

@@ -12,8 +12,10 @@ from pipelines.bundles.bundle import load_bundle
 from pipelines.io.dicom_tree import SeriesSummary
 from pipelines.io.series_rules import (
     DEFAULT_RULES,
+    SeveralPatientsError,
     choose_series,
     load_series_rules,
+    recorded_selection,
     rules_from_bundle,
     rules_from_document,
 )
@@ -133,8 +135,14 @@ def test_default_rules_never_prefer_a_derived_or_secondary_series() -> None:
 
 def test_several_patients_are_refused_one_patient_with_two_studies_is_chosen_among() -> None:
     other = _series("2.1", 1, study_uid="8.8", patient_id="Q")
-    with pytest.raises(ValueError, match="holds 2 patients in 2 studies"):
+    with pytest.raises(SeveralPatientsError, match="holds 2 patients in 2 studies") as err:
         choose_series([*STUDY, other], None)
+    # no identifier in the message; patients and studies by number (the CLI names them by keyed pseudonym)
+    assert "Patients: patient 1: study 1 (1 series); patient 2: study 1 (7 series). To choose" in str(err.value)
+    named = err.value.describe(lambda s: f"patient-{s.patient_id.lower()}", lambda uid: f"study-{uid}", shown=1)
+    assert "Patients: patient-q: study-8.8 (1 series); and 1 more patient(s). To choose, list the series with " in named
+    assert "'medseg dicom ls input' and give one study's folder or --series-uid UID" in named
+    assert "'medseg manifest create --dicom input' then 'medseg batch'" in named
     same_patient = dataclasses.replace(other, patient_id="P", slices=999)
     assert choose_series([*STUDY, same_patient], None).uid == "2.1"
 
@@ -162,3 +170,10 @@ def test_rule_files(tmp_path: Path) -> None:
         load_series_rules(tmp_path / "bad.json")
     (tmp_path / "ok.json").write_text(json.dumps({"rules": [{"name": "any"}]}))
     assert load_series_rules(tmp_path / "ok.json").names == ["any"]
+
+
+def test_recorded_selection_keeps_the_read_and_takes_the_manifest_rule() -> None:
+    read = {**choose_series(STUDY, None, series_uid="1.4").record(), "study_uid": "9.9", "skipped_files": {}}
+    record = recorded_selection(read, {"rule": "thin", "rules_source": "bundle", "skipped": {"1.2": "thick"}})
+    assert record == {"series_uid": "1.4", "rule": "thin", "rules_source": "bundle", "skipped": {"1.2": "thick"},
+                      "study_uid": "9.9", "skipped_files": {}, "chosen_at": "manifest"}  # fmt: skip

@@ -28,4 +28,6 @@ Modules (import names from the one that defines them; this package imports nothi
   every problem at once (missing files, label values, grids).
 - :mod:`~pipelines.data.manifests.create`: ``create_manifest`` from a folder layout or templates.
 - :mod:`~pipelines.data.manifests.split`: ``split_manifest``, k-fold cross-validation manifests.
+- :mod:`~pipelines.data.manifests.datalist`: a MONAI Model Zoo datalist (``{"testing": [...]}``)
+  read as a manifest, paths relative to its ``dataset_dir``; ``load_cases_file`` takes either.
 """

@@ -42,6 +42,7 @@ __all__ = [
     "load_manifest_document",
     "outside_reason",
     "parse_manifest",
+    "parse_manifest_data",
     "resolve_path",
     "schema_problems",
     "unlabelled_problems",
@@ -309,7 +310,11 @@ class ParsedManifest:
 
 
 def _cases(
-    data: dict[str, Any], manifest_path: Path, bad_entries: set[tuple[Any, ...]], allow_outside_paths: bool
+    data: dict[str, Any],
+    manifest_path: Path,
+    bad_entries: set[tuple[Any, ...]],
+    allow_outside_paths: bool,
+    base_folder: Path | None = None,
 ) -> tuple[list[tuple[Case, str]], list[Problem]]:
     """Every case with the place of its entry (``training[3]``), in file order, and the refused paths.
 
@@ -347,7 +352,7 @@ def _cases(
             written = list(zip(images, image_places, strict=True))
             if label_value:
                 written.append((label_value, f"{place}.label"))
-            paths, problems = _resolved(manifest_path, case_id, written, allow_outside_paths)
+            paths, problems = _resolved(manifest_path, case_id, written, allow_outside_paths, base_folder)
             if problems:
                 refused += problems
                 continue
@@ -364,14 +369,19 @@ def _cases(
 
 
 def _resolved(
-    manifest_path: Path, case_id: str, written: Sequence[tuple[str, str]], allow_outside_paths: bool
+    manifest_path: Path,
+    case_id: str,
+    written: Sequence[tuple[str, str]],
+    allow_outside_paths: bool,
+    base_folder: Path | None = None,
 ) -> tuple[list[Path], list[Problem]]:
     """Resolve an entry's ``(path as written, place)`` pairs; each refused path becomes a :class:`Problem`."""
     paths: list[Path] = []
     problems: list[Problem] = []
+    base = base_folder or manifest_path.parent
     for value, place in written:
         try:
-            paths.append(resolve_path(manifest_path.parent, value, allow_outside_paths=allow_outside_paths))
+            paths.append(resolve_path(base, value, allow_outside_paths=allow_outside_paths))
         except ValueError as err:
             problems.append(Problem(case_id, manifest_path, f"{place}: {err}"))
     return paths, problems
@@ -401,14 +411,28 @@ def parse_manifest(path: str | os.PathLike[str], *, allow_outside_paths: bool = 
         return ParsedManifest(None, [problem])
     except UnicodeDecodeError as err:
         return ParsedManifest(None, [Problem(None, path, f"not valid JSON: not UTF-8 text ({err.reason})")])
+    return parse_manifest_data(data, path, allow_outside_paths=allow_outside_paths)
 
+
+def parse_manifest_data(
+    data: Any, path: Path, *, base_folder: Path | None = None, allow_outside_paths: bool = False
+) -> ParsedManifest:
+    """:func:`parse_manifest` of a document already read from ``path``.
+
+    Args:
+        data: the JSON document.
+        path: the file it came from (absolute), named by every problem.
+        base_folder: the folder relative paths are resolved against and must stay inside; None:
+            ``path``'s folder (a manifest's rule). A Zoo datalist passes its ``dataset_dir``.
+        allow_outside_paths: as :func:`parse_manifest`.
+    """
     errors = schema_errors(data)
     structural = [Problem(None, path, message) for _, message in errors]
     if not isinstance(data, dict):
         return ParsedManifest(None, structural, document=data)
     # Entries that failed the schema are skipped; every other entry still gets checked.
     bad_entries = {location[:2] for location, _ in errors if len(location) >= 2}
-    placed, refused = _cases(data, path, bad_entries, allow_outside_paths)
+    placed, refused = _cases(data, path, bad_entries, allow_outside_paths, base_folder)
     structural += refused
     cases = [case for case, _ in placed]
 
