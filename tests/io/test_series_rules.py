@@ -66,6 +66,20 @@ def test_ct_bundle_rules_pick_the_thinnest_soft_tissue_axial_series() -> None:
     assert selection.record()["rules_source"] == "ct bundle (medseg_series_rules)"
 
 
+@pytest.mark.parametrize("bundle", ["ct_abdomen_unet", "mri_brain_tumor"])
+def test_bundle_rules_take_a_derived_series_only_when_no_original_one_qualifies(bundle: str) -> None:
+    rules = rules_from_bundle(load_bundle(BUNDLES / bundle).metadata, bundle)
+    modality = "CT" if bundle.startswith("ct") else "MR"
+    phantom = _series("2.1", 1, modality=modality, image_type=("DERIVED", "PRIMARY", "AXIAL"), slices=64)
+    original = _series("2.2", 2, modality=modality, slices=40, thickness_mm=3.0)
+
+    alone = choose_series([phantom], rules)
+    assert alone.uid == "2.1" and alone.rule == rules.names[1] and "derived" in alone.rule
+    mixed = choose_series([phantom, original], rules)
+    assert mixed.uid == "2.2" and mixed.rule == rules.names[0]  # the original wins although it has fewer slices
+    assert "2.1" in mixed.skipped
+
+
 def test_mr_bundle_rules_refuse_a_ct_study_with_every_reason() -> None:
     rules = rules_from_bundle(load_bundle(BUNDLES / "mri_brain_tumor").metadata, "mr bundle")
     with pytest.raises(ValueError, match=r"scan: no series satisfies the selection rules \(mr bundle") as err:

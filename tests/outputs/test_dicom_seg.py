@@ -348,11 +348,11 @@ def ct_segmenter(tmp_path_factory: pytest.TempPathFactory):
 
 
 def phantom_series(folder: Path, omit: Sequence[str] = ()) -> Path:
-    """A small CT phantom written as a DICOM series (48 x 40 x 12 voxels), less the attributes ``omit``."""
+    """A small CT phantom DICOM series (48 x 40 x 16 voxels: the CT bundle's rules want >= 16 slices), less ``omit``."""
     from pipelines.data.phantoms.make import make_ct_phantom
     from pipelines.data.phantoms.write import write_dicom_series
 
-    phantom = make_ct_phantom(3, shape=(48, 40, 12), spacing_mm=(2.0, 2.0, 3.0), lesions=False)
+    phantom = make_ct_phantom(3, shape=(48, 40, 16), spacing_mm=(2.0, 2.0, 3.0), lesions=False)
     files = write_dicom_series(phantom, folder)
     strip_attributes(files, omit)
     return folder
@@ -400,7 +400,7 @@ def test_segmenter_keeps_the_other_outputs_when_the_seg_cannot_be_written(
     assert result.dicom_seg == {"written": False, "filled_type2": [], "error": expected}
     assert f"{expected}; the other outputs are kept" in caplog.text
     labels = nib.load(case / "labels.nii.gz")
-    assert labels.shape == (48, 40, 12)
+    assert labels.shape == (48, 40, 16)
     run = json.loads((case / "run.json").read_text())
     assert run["options"]["outputs"] == ["labels", "dicom-seg"]
     assert run["input"]["format"] == "dicom"
