@@ -47,6 +47,10 @@ class BatchOptions:
             included); without it such a manifest is refused before any file is opened.
         series_rules, keep_identifiers: per case, as :class:`pipelines.segment.SegmentOptions`.
         overrides: bundle config id -> value (``--override``), as :class:`pipelines.segment.SegmentOptions`.
+        dataset_dir: for a MONAI Model Zoo datalist (``{"testing": [...]}``) given instead of a
+            manifest, the folder its relative paths are resolved against (``--dataset-dir``); None:
+            an ``overrides`` ``dataset_dir`` when given, else the datalist's folder. Refused with a
+            medseg manifest (see :mod:`pipelines.data.manifests.datalist`).
     """
 
     split: str = "test"
@@ -66,6 +70,8 @@ class BatchOptions:
     overrides: dict[str, Any] = field(default_factory=dict)
     tta: str | None = None  # as pipelines.segment.SegmentOptions: none, flips, full; None: the bundle's default
     channel_grids: str = "refuse"  # as pipelines.segment.SegmentOptions: multi-channel images on several grids
+    mesh_smoothing: int = 0  # as pipelines.segment.SegmentOptions: Taubin iterations of --outputs mesh
+    dataset_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.split not in BATCH_SPLITS:

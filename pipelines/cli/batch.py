@@ -26,7 +26,19 @@ def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
             "run, with or without --resume, is refused while OUTPUT/.medseg-batch.lock is held."
         ),
     )
-    p.add_argument("manifest", type=Path, help="data manifest (JSON, Decathlon dataset.json style)")
+    p.add_argument(
+        "manifest",
+        type=Path,
+        help="data manifest (JSON, Decathlon dataset.json style), or a MONAI Model Zoo datalist "
+        '({"testing": [{"image": ...}]}; its "testing" list is the test split)',
+    )
+    p.add_argument(
+        "--dataset-dir",
+        type=Path,
+        default=None,
+        help="for a Zoo datalist: the folder its relative paths are resolved against and must stay inside, "
+        "as the Zoo configs' dataset_dir (default: --override dataset_dir=DIR when given, else the datalist's folder)",
+    )
     add_bundle_option(p, required=True)
     add_override_option(p)
     p.add_argument("--output", "-o", type=Path, required=True, help="output folder; results go to OUTPUT/<case-id>/")
@@ -93,6 +105,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         overrides=overrides_from_args(args),
         tta=args.tta,
         channel_grids=args.channel_grids,
+        mesh_smoothing=args.mesh_smoothing,
+        dataset_dir=args.dataset_dir,
     )
     run_id = os.environ.get("TORCHELASTIC_RUN_ID") if world_size > 1 else None
     try:
@@ -106,7 +120,17 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         _print_summary(summary)
         if summary.report_error is not None:
             print(f"medseg: error: {summary.report_error}", file=sys.stderr)
+        flagged = _flagged_cases(args) if args.fail_on_flags else []
+        if flagged:  # --fail-on-flags: QC-flagged cases count as failed in the exit status (results are written)
+            print(f"QC: {len(flagged)} case(s) flagged (--fail-on-flags): {', '.join(flagged)}", file=sys.stderr)
+            return 1
     return 1 if summary.has_failures or summary.report_error is not None else 0
+
+
+def _flagged_cases(args: argparse.Namespace) -> list[str]:
+    from pipelines.batch.flags import flagged_cases
+
+    return flagged_cases(args.output)
 
 
 def _print_summary(summary: BatchSummary) -> None:

@@ -291,6 +291,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _weights_file(folder: Path) -> str:
+    return "models/model.pt" if (folder / "models" / "model.pt").is_file() else "models/model.ts (TorchScript)"
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     info = bundle_info(_readable_folder(args.target, args.bundles))
     if args.json:
@@ -304,7 +308,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ("input", f"{info['num_channels']} channel(s), patch {info['spatial_shape']}"),
         ("spacing", f"{info['pixdim']} mm" if info["pixdim"] else None),
         ("sliding window", info["roi_size"]),
-        ("weights", "in models/" if info["weights"] else "none (train or copy models/model.pt)"),
+        ("weights", _weights_file(Path(info["path"])) if info["weights"] else "none (train or copy models/model.pt)"),
         ("configs", ", ".join(info["configs"])),
         ("labels", _format_labels(info["structures"], limit=10_000)),
     ]

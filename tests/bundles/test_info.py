@@ -90,3 +90,52 @@ def test_channel_0_of_a_multi_label_output_is_a_structure(mri_bundle: Path) -> N
     assert info["structures"] == {0: "TC", 1: "WT", 2: "ET"}
     assert structures({0: "Background", 1: "spleen"}) == {1: "spleen"}
     assert bundle_info(BUNDLES / "mri_brain_tumor")["structures"] == {1: "tumor"}
+
+
+def test_info_and_list_evaluate_no_expression(
+    tmp_path: Path, mri_bundle: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A `$` expression that would create a file is shown as text by `bundle info` / `bundle list`, never run."""
+    from pipelines.cli.main import main
+    from tests.helpers import edit_json
+
+    flag = tmp_path / "evaluated"
+    expression = f"$__import__('pathlib').Path(r'{flag}').touch() or [64, 64, 32]"
+
+    def change(config: dict[str, Any]) -> None:
+        config["inferer"]["roi_size"] = expression
+        config["pixdim"] = expression.replace("[64, 64, 32]", "[1.0, 1.0, 1.0]")  # Spacingd's @pixdim
+
+    edit_json(mri_bundle / "configs" / "inference.json", change)
+    info = bundle_info(mri_bundle)
+    assert info["roi_size"] == expression and info["pixdim"].startswith("$__import__")
+    assert info["network"] == "SegResNet"
+    assert [i["roi_size"] for i in list_bundles(tmp_path)] == [expression]
+    monkeypatch.chdir(tmp_path)
+    assert main(["bundle", "info", str(mri_bundle)]) == 0
+    assert expression in capsys.readouterr().out
+    assert main(["bundle", "list", str(tmp_path)]) == 0
+    (row,) = capsys.readouterr().out.splitlines()[1:]
+    assert row.split()[0] == "mri_brain_tumor" and row.split()[-1] == "untrusted"  # changed since trusted
+    assert not flag.exists()
+
+
+def test_a_yaml_bundle_is_described_and_listed(tmp_path: Path, mri_bundle: Path) -> None:
+    """configs/inference.yaml (as 6 Zoo bundles ship) is read as data like JSON; YAML configs are listed."""
+    import json
+
+    import yaml
+
+    configs = mri_bundle / "configs"
+    for name in ("inference", "train"):
+        data = json.loads((configs / f"{name}.json").read_text())
+        (configs / f"{name}.yaml").write_text(yaml.safe_dump(data))
+        (configs / f"{name}.json").unlink()
+    info = bundle_info(mri_bundle)
+    assert {k: info[k] for k in ("network", "pixdim", "roi_size")} == {
+        "network": "SegResNet",
+        "pixdim": [1.25, 1.25, 3.0],
+        "roi_size": [96, 96, 32],
+    }
+    assert {"inference", "train", "evaluate", "metadata"} <= set(info["configs"])
+    assert [Path(i["path"]).name for i in list_bundles(tmp_path)] == ["mri_brain_tumor"]

@@ -122,3 +122,67 @@ def test_bundle_check_is_refused_untrusted(tmp_path: Path, capsys: pytest.Captur
     assert main(["bundle", "check", "--quick", str(bundle)]) == 1
     assert "refusing to parse this bundle" in capsys.readouterr().err
     assert not flag.exists()
+
+
+def _small_bundle(root: Path, index: int) -> Path:
+    """A folder with an inference config unique to ``index`` (so its digest is too); nothing is parsed."""
+    (root / "configs").mkdir(parents=True)
+    (root / "configs" / "inference.json").write_text(f'{{"index": {index}}}')
+    return root
+
+
+def _trust_many(store: str, folders: list[str]) -> None:
+    for folder in folders:
+        trust_bundle(Path(folder), Path(store))
+
+
+def test_a_store_write_waits_for_the_lock_and_loses_no_record(tmp_path: Path) -> None:
+    """Trusting holds flock on <store>.lock for the whole read-change-write: a second writer waits."""
+    import fcntl
+    import threading
+
+    store = tmp_path / "conf" / "trusted.json"
+    first, second = _small_bundle(tmp_path / "a", 1), _small_bundle(tmp_path / "b", 2)
+    trust_bundle(first, store)
+    with open(store.with_name("trusted.json.lock"), "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # as another process in the middle of its write
+        writer = threading.Thread(target=trust_bundle, args=(second, store))
+        writer.start()
+        writer.join(timeout=1.0)
+        assert writer.is_alive()  # blocked on the lock...
+        assert [r.path for r in read_trust_store(store)] == [str(first.resolve())]  # ...before reading the store
+        fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    writer.join(timeout=30)
+    assert not writer.is_alive()
+    assert [r.path for r in read_trust_store(store)] == [str(first.resolve()), str(second.resolve())]
+
+
+@pytest.mark.slow
+def test_concurrent_trust_from_several_processes_keeps_every_record(tmp_path: Path) -> None:
+    import multiprocessing
+
+    store = tmp_path / "trusted.json"
+    groups = [[str(_small_bundle(tmp_path / f"b{g}_{i}", 100 * g + i)) for i in range(8)] for g in range(4)]
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_trust_many, args=(str(store), group)) for group in groups]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    recorded = {r.path for r in read_trust_store(store)}
+    assert recorded == {str(Path(folder).resolve()) for group in groups for folder in group}
+
+
+def test_trust_status_for_bundle_list(tmp_path: Path) -> None:
+    from pipelines.bundles.trust import trust_status
+
+    store = tmp_path / "trusted.json"
+    mine, fetched = _small_bundle(tmp_path / "mine", 1), _small_bundle(tmp_path / "fetched", 2)
+    assert trust_status(BUNDLES / "mri_brain_tumor", store, [BUNDLES]) == "shipped"
+    assert trust_status(mine, store, [BUNDLES]) == "untrusted"
+    trust_bundle(mine, store)
+    trust_bundle(fetched, store, source="download", origin="http://127.0.0.1/x.zip")
+    assert trust_status(mine, store) == "trusted" and trust_status(fetched, store) == "downloaded"
+    (mine / "configs" / "inference.json").write_text('{"index": 3}')
+    assert trust_status(mine, store) == "untrusted"  # changed since it was trusted

@@ -224,17 +224,26 @@ _WITHOUT_PIPELINES = (
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(p.name for p in BUNDLES.iterdir() if (p / "configs").is_dir()))
+@pytest.mark.parametrize(
+    ("configs", "named"),
+    [
+        (["inference.json"], "inference.json"),
+        (["train.json"], "train.json"),
+        (["train.json", "evaluate.json"], "evaluate.json"),  # evaluate.json is layered over train.json
+    ],
+)
 def test_plain_monai_run_without_medseg_fails_with_one_line_naming_package_and_version(
-    name: str, tmp_path: Path
+    name: str, configs: list[str], named: str, tmp_path: Path
 ) -> None:
     import subprocess
     import sys
 
     bundle = BUNDLES / name
     version = json.loads((bundle / "configs" / "metadata.json").read_text())["required_packages_version"]["medseg"]
+    files = [str(bundle / "configs" / c) for c in configs]
     done = subprocess.run(
         [sys.executable, "-W", "ignore", "-c", _WITHOUT_PIPELINES, "run", "--config_file",
-         str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle), "--datalist", "[]",
+         files[0] if len(files) == 1 else repr(files), "--bundle_root", str(bundle), "--datalist", "[]",
          "--output_dir", str(tmp_path / "out")],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -242,8 +251,82 @@ def test_plain_monai_run_without_medseg_fails_with_one_line_naming_package_and_v
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last == (
-        f"{name}: configs/inference.json needs medseg {version} (import name pipelines), listed in "
+        f"{name}: configs/{named} needs medseg {version} (import name pipelines), listed in "
         "configs/metadata.json required_packages_version and not installed; "
         f"install it: pip install 'medseg=={version}'"
     )
     assert not (tmp_path / "out").exists()
+
+
+# -- overrides, YAML configs and a shipped TorchScript model in the checks ----------------------------
+
+
+def test_check_overrides_reach_every_check_and_an_unknown_id_is_refused_first(tmp_path: Path) -> None:
+    bundle = write_zoo_shaped(tmp_path / "spleen_ct_segmentation")
+    with pytest.raises(ValueError, match=r"override 'network_def#out_channel'.*has no such id"):
+        run_checks(bundle, overrides={"network_def#out_channel": 3})
+    assert run_checks(bundle, checks=["net_in_out", "export"]).problems == []
+    result = run_checks(bundle, checks=["net_in_out", "export"], overrides={"network_def#out_channels": 3})
+    (net,) = result.found["net_in_out"]  # the metadata says 2 output channels
+    assert net.startswith(f"{bundle}: configs/inference.json: verify_net_in_out with the metadata's input spec failed")
+    (export,) = result.found["export"]  # models/model.pt has 2 output channels
+    assert export.startswith(f"{bundle}: models/model.pt: weights do not fit 'network_def'")
+
+
+@pytest.mark.slow
+def test_check_overrides_reach_the_plain_monai_run(tmp_path: Path) -> None:
+    """The `run` check passes overrides to `python -m monai.bundle run` (an --args_file): this one breaks SaveImaged."""
+    bundle = write_zoo_shaped(tmp_path / "spleen_ct_segmentation")
+    result = run_checks(bundle, checks=["run"], overrides={"postprocessing#transforms#3#keys": "no_such_key"})
+    (problem,) = result.found["run"]
+    assert problem.startswith(f"{bundle}: configs/inference.json: `python -m monai.bundle run --config_file")
+    assert "failed (exit 1)" in problem
+
+
+def _as_yaml(bundle: Path) -> Path:
+    import yaml
+
+    config = bundle / "configs" / "inference.json"
+    (bundle / "configs" / "inference.yaml").write_text(yaml.safe_dump(json.loads(config.read_text())))
+    config.unlink()
+    return bundle
+
+
+def test_a_yaml_bundle_gets_the_network_checks(tmp_path: Path) -> None:
+    bundle = _as_yaml(write_zoo_shaped(tmp_path / "spleen_ct_segmentation"))
+    result = run_checks(bundle, parts=["zoo"])
+    assert result.problems == [] and result.notes == []
+    assert set(result.seconds) == set(PARTS["zoo"])  # net_in_out and export ran, not skipped
+    broken = run_checks(bundle, checks=["net_in_out"], overrides={"network_def#out_channels": 3})
+    assert broken.found["net_in_out"][0].startswith(f"{bundle}: configs/inference.yaml: verify_net_in_out")
+
+
+def _shipped_torchscript(bundle: Path, out_channels: int = 2) -> Path:
+    from monai.networks.nets import UNet
+
+    network = UNet(**{**{k: v for k, v in NETWORK.items() if k != "_target_"}, "out_channels": out_channels})
+    if out_channels == NETWORK["out_channels"]:
+        network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
+    torch.jit.script(network.eval()).save(str(bundle / "models" / "model.ts"))
+    return bundle / "models" / "model.ts"
+
+
+def test_export_check_loads_a_shipped_torchscript_model(tmp_path: Path) -> None:
+    bundle = write_zoo_shaped(tmp_path / "spleen_ct_segmentation")
+    ts = _shipped_torchscript(bundle)
+    assert run_checks(bundle, checks=["export"]).problems == []
+
+    _shipped_torchscript(bundle, out_channels=3)  # not the network the config builds
+    (problem,) = run_checks(bundle, checks=["export"]).problems
+    assert problem.startswith(
+        f"{bundle}: models/model.ts: the shipped TorchScript model differs from the eager network"
+    )
+
+    ts.write_bytes(b"not a TorchScript archive")
+    (problem,) = run_checks(bundle, checks=["export"]).problems
+    assert problem.startswith(f"{bundle}: models/model.ts: does not load and run with torch.jit.load: ")
+
+    _shipped_torchscript(bundle)  # a TorchScript-only bundle: shape checked against the random-weights network
+    (bundle / "models" / "model.pt").unlink()
+    result = run_checks(bundle, checks=["export"])
+    assert result.problems == [] and any("randomly initialised weights" in n for n in result.notes)

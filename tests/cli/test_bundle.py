@@ -36,18 +36,35 @@ def user_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_cli_check_prints_problems_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bundle = copy_bundle_with_random_weights("mri_brain_tumor", tmp_path)
-    assert cli(["bundle", "check", "--quick", str(bundle)]) == 0
+    assert cli(["bundle", "check", "--quick", "--part", "medseg", str(bundle)]) == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith(f"{bundle}: OK (layout, metadata, configs; ")
-    edit_json(bundle / "configs" / "metadata.json", _drop("numpy_version"))
-    assert cli(["bundle", "check", "--quick", str(bundle)]) == 1
+    edit_json(bundle / "configs" / "metadata.json", _drop("name"))
+    trust = ["--trust-bundle"]  # the bundle changed: its code needs trust again
+    assert cli(["bundle", "check", "--quick", "--part", "medseg", str(bundle), *trust]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out == [f"{bundle}: configs/metadata.json: missing key 'numpy_version'", f"{bundle}: 1 problem(s)"]
+    assert out[0].startswith(f"[medseg] {bundle}: configs/metadata.json: missing key 'name' (")
+    assert out[1:] == [f"{bundle}: medseg: 1 problem(s)"]
+
+
+def test_cli_check_takes_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`bundle check --override KEY=VALUE` applies to the inference config as `segment` does; unknown ids refused."""
+    bundle = copy_bundle_with_random_weights("mri_brain_tumor", tmp_path)
+    quick = ["bundle", "check", "--quick", "--part", "medseg", str(bundle)]
+    assert cli([*quick, "--override", "inferer#overlap=0.25"]) == 0
+    capsys.readouterr()
+    # a medseg-check key the override removes: the configs check sees the overridden config
+    assert cli([*quick, "--override", "postprocessing#transforms=[]"]) == 1
+    assert "key 'postprocessing': no Invertd" in capsys.readouterr().out
+    assert main(["bundle", "check", *quick[2:], "--override", "inferer#overlapp=0.25"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "override 'inferer#overlapp'" in err[0] and "has no such id" in err[0]
 
 
 def test_cli_list_and_info(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(["bundle", "list", str(BUNDLES)]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["folder", "name", "version", "modality", "labels", "network", "weights"]
+    assert table[0].split() == ["folder", "name", "version", "modality", "labels", "network", "weights", "trusted"]
+    assert all(line.split()[-1] == "shipped" for line in table[1:])
     assert any(line.startswith("ct_multiorgan_unetr") and " 13 " in line and "UNETR" in line for line in table)
     assert cli(["bundle", "info", str(BUNDLES / "mri_brain_tumor")]) == 0
     text = capsys.readouterr().out

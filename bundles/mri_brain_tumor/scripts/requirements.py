@@ -3,7 +3,8 @@
 The post-processing in ``configs/inference.json`` uses transforms of the ``medseg`` package
 (import name ``pipelines``) through ``_target_``. Without that package MONAI would fail deep in
 config parsing with a traceback that names a class, not a package. So the ``run`` list of
-``configs/inference.json`` starts with :func:`require_packages`: it reads
+``configs/inference.json`` starts with :func:`require_packages` (and the ``initialize`` lists of
+``configs/train.json`` and ``configs/evaluate.json``, before they create any folder): it reads
 ``required_packages_version`` from ``configs/metadata.json`` and exits with one line naming each
 missing package and the version to install. Standard library only, so it works before anything
 else does. This is the MONAI Model Zoo's convention for bundle code: a ``scripts/`` package that
@@ -38,14 +39,18 @@ def missing_packages(bundle_root: Path) -> list[tuple[str, str, str]]:
     return missing
 
 
-def require_packages() -> None:
-    """Exit (status 1, one line on stderr) unless every package the metadata lists can be imported."""
+def require_packages(config: str = "configs/inference.json") -> None:
+    """Exit (status 1, one line on stderr) unless every package the metadata lists can be imported.
+
+    Args:
+        config: the config whose ``run`` (or ``initialize``) calls this, as the message names it.
+    """
     bundle_root = Path(__file__).resolve().parents[1]
     missing = missing_packages(bundle_root)
     if missing:
         names = ", ".join(f"{d} {v} (import name {m})" for d, v, m in missing)
         pins = " ".join(f"'{d}=={v}'" for d, v, _ in missing)
         sys.exit(
-            f"{bundle_root.name}: configs/inference.json needs {names}, listed in configs/metadata.json "
+            f"{bundle_root.name}: {config} needs {names}, listed in configs/metadata.json "
             f"required_packages_version and not installed; install it: pip install {pins}"
         )
