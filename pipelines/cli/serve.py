@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.bundles.find import bundles_in, source_bundles_folder
-from pipelines.cli.bundle import open_bundle
+from pipelines.cli.bundle import add_override_option, open_bundle, overrides_from_args
 
 __all__ = ["add_serve_parser"]
 
@@ -57,18 +57,21 @@ def add_serve_parser(sub: Any) -> None:
     p.add_argument(
         "--trust-bundle", action="store_true", help="trust the bundles of --bundles (their configs run code)"
     )
+    add_override_option(p)
     p.set_defaults(func=_cmd_serve)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from pipelines.label_app.server import ServeOptions, monailabel_executable, prepare_server
+    from pipelines.label_app.server import ServeOptions, check_overrides, monailabel_executable, prepare_server
 
     monailabel_executable()  # the label environment first: the most likely thing to be missing
+    overrides = overrides_from_args(args)
     bundles = args.bundles or source_bundles_folder()
     if bundles is None:
         raise FileNotFoundError("no bundles folder: give --bundles DIR")
     for root in bundles_in(bundles):
-        open_bundle(root, trust=args.trust_bundle)  # refuse an untrusted bundle before its configs are parsed
+        trusted = open_bundle(root, trust=args.trust_bundle)  # refuse an untrusted bundle before parsing its configs
+        check_overrides(trusted, overrides)  # an id a served bundle lacks is refused now, not at its first request
     options = ServeOptions(
         studies=args.studies,
         bundles=Path(bundles),
@@ -79,6 +82,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         precision=args.precision,
         max_epochs=args.max_epochs,
         limit_concurrency=args.max_connections,
+        overrides=overrides,
     )
     command, env = prepare_server(options, environ=os.environ)
     print(f"MONAI Label on http://{options.host}:{options.port} serving {bundles} over {options.studies}", flush=True)

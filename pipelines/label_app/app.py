@@ -29,7 +29,7 @@ from monailabel.tasks.activelearning.random import Random
 
 from pipelines import __version__
 from pipelines.label_app.catalog import ServedBundle, served_bundles
-from pipelines.label_app.checks import ImageRefused, check_image_id, check_max_epochs
+from pipelines.label_app.checks import ImageRefused, check_image_id, check_max_epochs, overrides_setting
 from pipelines.label_app.dicomweb import MedsegDICOMWebDatastore, SegNaming, open_dicomweb_datastore
 from pipelines.label_app.infer import MedsegInferTask
 from pipelines.label_app.train import MedsegTrainTask
@@ -50,6 +50,7 @@ class MedsegLabelApp(MONAILabelApp):
         self.device = conf.get("device", "auto")
         self.precision = conf.get("precision", "auto")
         self.max_epochs = check_max_epochs(conf.get("max_epochs"), 1)
+        self.overrides = overrides_setting(conf.get("overrides"))
         upload_dir = conf.get("upload_dir")
         self.upload_dir = Path(upload_dir) if upload_dir else None
         super().__init__(
@@ -62,7 +63,7 @@ class MedsegLabelApp(MONAILabelApp):
         )
 
     def init_infers(self) -> dict[str, Any]:
-        return {s.model: MedsegInferTask(s, self.device, self.precision) for s in self.served}
+        return {s.model: MedsegInferTask(s, self.device, self.precision, self.overrides) for s in self.served}
 
     def init_trainers(self) -> dict[str, Any]:
         work_dir = Path(self.app_dir) / "train"

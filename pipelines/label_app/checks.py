@@ -8,11 +8,13 @@ the server itself received as an upload.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["DICOM_UID", "ImageRefused", "check_image_id", "check_max_epochs"]
+__all__ = ["DICOM_UID", "ImageRefused", "check_image_id", "check_max_epochs", "overrides_setting"]
 
 DICOM_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 """A DICOM UID (PS3.5 9.1): digits and dots, the only image ids of a DICOMweb datastore."""
@@ -77,3 +79,22 @@ def check_max_epochs(value: object, default: int) -> int:
     if epochs < 1:
         raise ValueError(f"max_epochs {value!r}: expected a whole number of epochs, at least 1")
     return epochs
+
+
+def overrides_setting(value: object) -> dict[str, Any]:
+    """The ``overrides`` app setting (``medseg serve --override``): a JSON object of config ids and values.
+
+    Raises:
+        ValueError: not a JSON object.
+    """
+    if value is None or value == "":
+        return {}
+    try:
+        overrides = json.loads(str(value))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"overrides setting {value!r}: expected a JSON object of config ids ({err})") from None
+    if not isinstance(overrides, dict):
+        raise ValueError(
+            f"overrides setting {value!r}: expected a JSON object of config ids, not {type(overrides).__name__}"
+        )
+    return overrides

@@ -13,6 +13,7 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,16 @@ class MedsegInferTask(InferTask):
         served: the bundle and its MONAI Label name.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+        overrides: ``medseg serve --override`` config ids and values, applied as ``medseg segment`` does.
     """
 
-    def __init__(self, served: ServedBundle, device: str = "auto", precision: str = "auto") -> None:
+    def __init__(
+        self,
+        served: ServedBundle,
+        device: str = "auto",
+        precision: str = "auto",
+        overrides: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(
             type=InferType.SEGMENTATION,
             labels=served.labels,
@@ -49,7 +57,9 @@ class MedsegInferTask(InferTask):
             config={"device": device, "precision": precision},
         )
         self.served = served
-        self.options = SegmentOptions(device=device, precision=precision, outputs=("labels",))
+        self.options = SegmentOptions(
+            device=device, precision=precision, outputs=("labels",), overrides=dict(overrides or {})
+        )
         self._segmenter: Segmenter | None = None
         self._weights_stamp: tuple[int, int] | None = None
         self._lock = threading.Lock()

@@ -8,12 +8,14 @@ label environment's ``monailabel`` command.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pipelines.io.writers import write_bytes
 from pipelines.label_app.catalog import served_bundles
@@ -24,6 +26,7 @@ __all__ = [
     "LabelEnvironmentMissing",
     "ServeOptions",
     "check_options",
+    "check_overrides",
     "monailabel_executable",
     "prepare_server",
     "server_command",
@@ -56,6 +59,8 @@ class ServeOptions:
         device / precision: as for ``medseg segment``.
         max_epochs: epochs of a train request that does not say.
         limit_concurrency: connections served at once; more are answered 503 at once (uvicorn).
+        overrides: ``--override`` config ids and values, applied to every served bundle's inference
+            config as ``medseg segment --override`` does (checked against each bundle before the start).
     """
 
     studies: str
@@ -67,6 +72,7 @@ class ServeOptions:
     precision: str = "auto"
     max_epochs: int = 1
     limit_concurrency: int = 8
+    overrides: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -119,6 +125,21 @@ def check_options(options: ServeOptions) -> None:
             raise NotADirectoryError(f"{studies}: --studies must be a folder of images or a DICOMweb address")
 
 
+def check_overrides(bundle_root: str | Path, overrides: Mapping[str, Any]) -> None:
+    """Refuse ``--override`` ids the bundle's inference config does not hold (nothing when there are none).
+
+    Call it only on a trusted bundle: parsing the config is what the trust check guards.
+
+    Raises:
+        ValueError: an unknown id (the message names the bundle, the id and close matches).
+    """
+    if not overrides:
+        return
+    from pipelines.bundles.bundle import load_bundle, parse_config
+
+    parse_config(load_bundle(bundle_root), "inference", user_overrides=overrides)
+
+
 def server_command(options: ServeOptions, executable: Path) -> tuple[list[str], dict[str, str]]:
     """The ``monailabel start_server`` command line and the environment additions for it."""
     app_dir = Path(options.app_dir).resolve()
@@ -130,6 +151,8 @@ def server_command(options: ServeOptions, executable: Path) -> tuple[list[str], 
         "max_epochs": str(options.max_epochs),
         "upload_dir": str(app_dir / "tmp"),
     }
+    if options.overrides:
+        conf["overrides"] = json.dumps(dict(options.overrides), sort_keys=True)
     command = [
         str(executable),
         "start_server",

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.label_app.checks import overrides_setting
 from pipelines.label_app.server import (
     LabelEnvironmentMissing,
     ServeOptions,
+    check_overrides,
     monailabel_executable,
     server_command,
     write_app_dir,
@@ -61,3 +63,26 @@ def test_app_folder_holds_a_thin_main(tmp_path: Path) -> None:
 def test_bad_options_are_refused(tmp_path: Path, change: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ServeOptions(studies=str(tmp_path), bundles=BUNDLES, app_dir=tmp_path, **change)
+
+
+def test_overrides_reach_the_app_as_one_json_setting(tmp_path: Path) -> None:
+    overrides = {"inferer#overlap": 0.25, "inferer#sw_batch_size": 2}
+    options = ServeOptions(studies=str(tmp_path), bundles=BUNDLES, app_dir=tmp_path / "app", overrides=overrides)
+    command, _ = server_command(options, Path("/x/monailabel"))
+    confs = {command[i + 1]: command[i + 2] for i, c in enumerate(command) if c == "--conf"}
+    assert overrides_setting(confs["overrides"]) == overrides  # what the app reads back
+    plain, _ = server_command(ServeOptions(studies=str(tmp_path), bundles=BUNDLES, app_dir=tmp_path), Path("/x/m"))
+    assert "overrides" not in plain
+
+
+@pytest.mark.parametrize("value", ["[1, 2]", "{not json", '"text"'])
+def test_an_overrides_setting_that_is_not_a_json_object_is_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="expected a JSON object of config ids"):
+        overrides_setting(value)
+
+
+def test_an_override_id_a_served_bundle_lacks_is_refused_before_the_start() -> None:
+    check_overrides(BUNDLES / "ct_abdomen_unet", {"inferer#overlap": 0.25})  # an id the config holds
+    check_overrides(BUNDLES / "ct_abdomen_unet", {})
+    with pytest.raises(ValueError, match="inferer#overlapp"):
+        check_overrides(BUNDLES / "ct_abdomen_unet", {"inferer#overlapp": 0.25})
