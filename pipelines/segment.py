@@ -87,6 +87,7 @@ class SegmentOptions:
     overrides: dict[str, Any] = field(default_factory=dict)  # --override KEY=VALUE: config id -> value
     tta: str | None = None  # none, flips or full (pipelines.tta); None: the bundle's medseg_tta_default
     channel_grids: str = "refuse"  # multi-channel input on several grids: refuse, or resample (pipelines.io.channels)
+    mesh_smoothing: int = 0  # --outputs mesh: Taubin smoothing iterations (pipelines.outputs.meshes; 0: none)
 
     def __post_init__(self) -> None:
         if self.nan_policy not in NAN_POLICIES:
@@ -341,7 +342,8 @@ class Segmenter:
         if "mesh" in extra:
             from pipelines.outputs.meshes import write_meshes
 
-            written.update(write_meshes(labels, volume.affine, names, staging / "meshes"))
+            passes = self.options.mesh_smoothing  # Taubin iterations, 0: none
+            written.update(write_meshes(labels, volume.affine, names, staging / "meshes", smoothing_iterations=passes))
         if "preview" in extra:
             from pipelines.outputs.preview import write_preview
 

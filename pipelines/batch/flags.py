@@ -16,7 +16,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FILTER_HTML", "case_quality", "flagged_first", "quality_cell"]
+__all__ = ["FILTER_HTML", "case_quality", "flagged_cases", "flagged_first", "quality_cell"]
 
 FILTER_HTML = (
     "<p><label><input type='checkbox' id='flagged-only' onchange=\"for (const row of "
@@ -42,6 +42,18 @@ def case_quality(output: Path, record: Mapping[str, Any]) -> dict[str, Any]:
     return quality if isinstance(quality, dict) else {}
 
 
+def flagged_cases(output: str | Path) -> list[str]:
+    """Case ids whose latest ledger record is ok and whose run.json says QC-flagged (``--fail-on-flags``).
+
+    Every case of the output folder's ledger counts, those done by an earlier run (``--resume``) too.
+    """
+    from pipelines.batch.ledger import latest_records, read_ledger
+
+    output = Path(output)
+    latest = latest_records(read_ledger(output))
+    return [case for case, record in latest.items() if case_quality(output, record).get("flagged")]
+
+
 def flagged_first(
     records: Sequence[Mapping[str, Any]], qualities: Mapping[str, Mapping[str, Any]]
 ) -> list[Mapping[str, Any]]:
@@ -50,10 +62,11 @@ def flagged_first(
 
 
 def quality_cell(quality: Mapping[str, Any]) -> str:
-    """The report's QC cell: FLAGGED and the reasons, or "no flags" (HTML-escaped)."""
+    """The report's QC cell: FLAGGED and the reasons, or "no flags"; then the warnings as notes (HTML-escaped)."""
     if not quality:
         return "&mdash;"
+    notes = "".join(f"<br>note: {html.escape(str(w))}" for w in quality.get("warnings", []))  # truncated organs...
     if not quality.get("flagged"):
-        return "<span class='ok'>no flags</span>"
+        return f"<span class='ok'>no flags</span>{notes}"
     reasons = "<br>".join(html.escape(str(r)) for r in quality.get("reasons", []))
-    return f"<span class='failed'>FLAGGED</span><br>{reasons}"
+    return f"<span class='failed'>FLAGGED</span><br>{reasons}{notes}"

@@ -72,7 +72,7 @@ def write_preview(
         path: destination ``.png``.
         modality: ``"CT"``, ``"MR"``... (chooses the display window).
         title: figure title; default names the modality and the structure count.
-        banner: a warning shown in white on red across the top (the QC flags of a flagged case).
+        banner: a line shown in white across the top: on red for a flagged case, on amber for QC warnings only.
 
     Returns:
         ``path`` and the sha256 of the PNG written there.
@@ -123,9 +123,10 @@ def write_preview(
     FigureCanvasAgg(fig)
     heading = title or f"{modality or 'image'} segmentation: {len(counts)} structures"
     fig.suptitle(heading, color="white", fontsize=12, y=0.975)
-    if banner:  # QC flags (pipelines.outputs.quality.banner): over the title, impossible to miss
+    if banner:  # QC flags (pipelines.outputs.quality.banner): over the title, impossible to miss; red when flagged
         fig.text(0.5, 0.985, banner[:230], color="white", fontsize=10, fontweight="bold", ha="center", va="top",
-                 bbox={"facecolor": "#c00000", "edgecolor": "none", "pad": 4})  # fmt: skip
+                 bbox={"facecolor": "#c00000" if banner.startswith("QC FLAGGED") else "#a35200", "edgecolor": "none",
+                       "pad": 4})  # fmt: skip
     for index, (plane, where, image_plane, label_plane, aspect, letters) in enumerate(panels):
         ax = fig.add_axes((0.005 + index * 0.222, 0.03, 0.215, 0.85))
         ax.set_facecolor("black")

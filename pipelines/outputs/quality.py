@@ -11,13 +11,21 @@ What a bundle declares in its ``configs/metadata.json`` (all optional; README "Q
         "max_high_entropy_fraction": 0.25,                  # share of a structure's voxels above the entropy threshold
         "min_tta_agreement": 0.8,                           # mean pairwise Dice between TTA passes
         "max_removed_fraction": 0.2,                        # share of a structure removed as islands by the clean-up
-        "min_edge_area_fraction": 0.2                       # truncation: cut face vs. largest cross-section
+        "min_edge_area_fraction": 0.2,                      # truncation: cut face vs. largest cross-section
+        "structures": {"liver_tumor": {"min_confidence": 0.5}}  # per-structure overrides of the five above
     }
+
+``structures`` overrides any of the per-structure thresholds (``min_confidence``,
+``max_high_entropy_fraction``, ``min_tta_agreement``, ``max_removed_fraction``,
+``min_edge_area_fraction``) for one structure, e.g. a lower confidence bar for a small lesion, whose
+voxels are mostly boundary; ``scripts/bench/qc_calibrate.py`` chooses them on calibration phantoms.
 
 The input's modality is checked against ``network_data_format.inputs.image.modality`` when the input
 says what it is (DICOM). Flags of severity ``fail`` make the case *flagged* (do not trust the
-result); ``warn`` (an organ cut by the edge of the field of view: its volume is unreliable) is
-reported the same way but does not flag the case.
+result); ``warn`` flags are reported the same way (terminal, stats, run.json ``warnings``, report)
+but do not flag the case: an organ cut by the edge of the field of view (``truncated``: its volume is
+unreliable, its outline may be fine), and a volume outside the plausible range of an organ so cut
+(``volume_range`` with severity ``warn``: a cut organ is expected to be small).
 """
 
 from __future__ import annotations
@@ -52,6 +60,13 @@ _NUMBERS = (
     "min_edge_area_fraction",
     "input_background_at_most",
 )
+_PER_STRUCTURE = (
+    "min_confidence",
+    "max_high_entropy_fraction",
+    "min_tta_agreement",
+    "max_removed_fraction",
+    "min_edge_area_fraction",
+)
 _SAMPLE_VOXELS = 2_000_000
 
 
@@ -70,6 +85,11 @@ class QualitySpec:
     max_removed_fraction: float = 0.2
     min_edge_area_fraction: float = 0.2
     entropy_threshold_nats: float = ENTROPY_THRESHOLD_NATS
+    structures: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def threshold(self, structure: str, key: str) -> float:
+        """Threshold ``key`` (a per-structure key) for ``structure``: its override, else the case-wide value."""
+        return self.structures.get(structure, {}).get(key, getattr(self, key))
 
 
 def _number(value: Any, where: str) -> float:
@@ -110,8 +130,27 @@ def read_quality_spec(metadata: Mapping[str, Any], where: str = "metadata.json")
         expected_structures=tuple(expected),
         volume_ml=volumes,
         input_range=bounds,  # type: ignore[arg-type]
+        structures=_per_structure(raw.get("structures", {}), where),
         **numbers,  # type: ignore[arg-type]
     )
+
+
+def _per_structure(raw: Any, where: str) -> dict[str, dict[str, float]]:
+    """``medseg_qc.structures``: {name: {threshold key: number}}, checked key by key."""
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where}: {QC_KEY}.structures must be an object {{name: {{threshold: number}}}}, got {raw!r}")
+    out: dict[str, dict[str, float]] = {}
+    for name, values in raw.items():
+        if not isinstance(values, Mapping):
+            raise ValueError(f"{where}: {QC_KEY}.structures.{name} must be an object of thresholds, got {values!r}")
+        unknown = sorted(set(values) - set(_PER_STRUCTURE))
+        if unknown:
+            raise ValueError(
+                f"{where}: {QC_KEY}.structures.{name}: unknown threshold(s) {', '.join(unknown)}; "
+                f"expected some of {', '.join(_PER_STRUCTURE)}"
+            )
+        out[str(name)] = {k: _number(v, f"{where}: {QC_KEY}.structures.{name}.{k}") for k, v in values.items()}
+    return out
 
 
 def _flag(code: str, reason: str, structure: str | None = None, severity: str = "fail") -> dict[str, Any]:
@@ -166,8 +205,8 @@ def _bound(value: float | None) -> str:
     return "any" if value is None else f"{value:g}"
 
 
-def _edge_flag(labels: np.ndarray, label: int, box: Sequence[Sequence[int]], spec: QualitySpec) -> str | None:
-    """A reason when the structure is cut by a face of the field of view with a sizeable cut face."""
+def _edge_flag(labels: np.ndarray, label: int, box: Sequence[Sequence[int]], minimum: float) -> str | None:
+    """A reason when the structure is cut by a face of the field of view with a cut face >= ``minimum``."""
     for axis, (lo, hi) in enumerate(box):
         for index, side in ((lo, 0), (hi, labels.shape[axis] - 1)):
             if index != side:
@@ -176,7 +215,7 @@ def _edge_flag(labels: np.ndarray, label: int, box: Sequence[Sequence[int]], spe
             mask = labels[tuple(sub)] == label
             areas = mask.sum(axis=tuple(a for a in range(3) if a != axis))
             face = areas[0] if side == 0 else areas[-1]
-            if areas.max() and face / areas.max() >= spec.min_edge_area_fraction:
+            if areas.max() and face / areas.max() >= minimum:
                 return (
                     f"cut by the edge of the field of view (axis {'ijk'[axis]}, slice {index}: a cut face of "
                     f"{face / areas.max():.0%} of its largest cross-section); its volume is unreliable"
@@ -255,6 +294,7 @@ def assess_case(
             "min_tta_agreement": spec.min_tta_agreement,
             "max_removed_fraction": spec.max_removed_fraction,
             "min_edge_area_fraction": spec.min_edge_area_fraction,
+            "structures": spec.structures,
         },
     }
     if failing:
@@ -270,55 +310,57 @@ def _with_structure(flag: Mapping[str, Any]) -> str:
 
 def _structure_flags(entry: Mapping[str, Any], labels: np.ndarray, spec: QualitySpec) -> list[dict[str, Any]]:
     name, label = str(entry["name"]), int(entry["label"])
+
+    def limit(key: str) -> float:
+        return spec.threshold(name, key)
+
     flags: list[dict[str, Any]] = []
+    cut = _edge_flag(labels, label, entry["bbox_voxels"], limit("min_edge_area_fraction"))
     bounds = spec.volume_ml.get(name)
     volume = float(entry["volume_ml"])
     if bounds is not None and not bounds[0] <= volume <= bounds[1]:
-        flags.append(
-            _flag(
-                "volume_range",
-                f"{volume:.1f} mL is outside the plausible {bounds[0]:g}-{bounds[1]:g} mL the bundle declares",
-                name,
-            )
-        )
+        reason = f"{volume:.1f} mL is outside the plausible {bounds[0]:g}-{bounds[1]:g} mL the bundle declares"
+        if cut and volume < bounds[0]:  # a cut organ is expected to be small: its outline may still be right
+            flags.append(_flag("volume_range", reason + " (it is cut by the field of view)", name, severity="warn"))
+        else:
+            flags.append(_flag("volume_range", reason, name))
     removed = entry.get("removed_fraction")
-    if removed is not None and removed > spec.max_removed_fraction:
+    if removed is not None and removed > limit("max_removed_fraction"):
         flags.append(
             _flag(
                 "fragmented",
                 f"{removed:.0%} of its voxels were scattered islands removed by the clean-up "
-                f"(more than {spec.max_removed_fraction:.0%})",
+                f"(more than {limit('max_removed_fraction'):.0%})",
                 name,
             )
         )
-    cut = _edge_flag(labels, label, entry["bbox_voxels"], spec)
     if cut:
         flags.append(_flag("truncated", cut, name, severity="warn"))
     conf = entry.get("confidence")
-    if conf is not None and conf < spec.min_confidence:
+    if conf is not None and conf < limit("min_confidence"):
         flags.append(
             _flag(
                 "low_confidence",
-                f"mean class probability {conf:.2f} inside it, below {spec.min_confidence:g}",
+                f"mean class probability {conf:.2f} inside it, below {limit('min_confidence'):g}",
                 name,
             )
         )
     uncertain = entry.get("high_entropy_fraction")
-    if uncertain is not None and uncertain > spec.max_high_entropy_fraction:
+    if uncertain is not None and uncertain > limit("max_high_entropy_fraction"):
         flags.append(
             _flag(
                 "low_confidence",
                 f"{uncertain:.0%} of its voxels have an entropy above {spec.entropy_threshold_nats:g} nats "
-                f"(more than {spec.max_high_entropy_fraction:.0%})",
+                f"(more than {limit('max_high_entropy_fraction'):.0%})",
                 name,
             )
         )
     agreement = entry.get("tta_agreement")
-    if agreement is not None and agreement < spec.min_tta_agreement:
+    if agreement is not None and agreement < limit("min_tta_agreement"):
         flags.append(
             _flag(
                 "low_agreement",
-                f"the augmented predictions agree at Dice {agreement:.2f}, below {spec.min_tta_agreement:g}",
+                f"the augmented predictions agree at Dice {agreement:.2f}, below {limit('min_tta_agreement'):g}",
                 name,
             )
         )
@@ -355,9 +397,14 @@ def stats_and_quality(
 
 
 def banner(quality: Mapping[str, Any] | None, limit: int = 3) -> str | None:
-    """One line for the preview: ``FLAGGED: reason; reason (+N more)``, or None when not flagged."""
-    if not quality or not quality.get("flagged"):
+    """One line for the preview: ``QC FLAGGED ...: reason; reason (+N more)`` for a flagged case,
+    ``QC note (not flagged): warning; ...`` for a case with warnings only, else None."""
+    if not quality:
         return None
-    reasons = [str(r) for r in quality.get("reasons", [])]
+    flagged = bool(quality.get("flagged"))
+    reasons = [str(r) for r in quality.get("reasons" if flagged else "warnings", [])]
+    if not reasons:
+        return None
     more = f" (+{len(reasons) - limit} more)" if len(reasons) > limit else ""
-    return "QC FLAGGED - do not trust without review: " + "; ".join(reasons[:limit]) + more
+    head = "QC FLAGGED - do not trust without review: " if flagged else "QC note (not flagged): "
+    return head + "; ".join(reasons[:limit]) + more

@@ -102,7 +102,10 @@ def run_case(segmenter: Any, phantom: Any, name: str, work: Path, labels: dict[i
     for entry in result.stats:
         truth_dice = dice(pred, phantom.label, int(entry["label"]))
         structures.append(
-            {k: entry.get(k) for k in ("name", "confidence", "high_entropy_fraction", "tta_agreement", "flags")}
+            {
+                k: entry.get(k)
+                for k in ("name", "confidence", "high_entropy_fraction", "tta_agreement", "removed_fraction", "flags")
+            }
             | {"dice": truth_dice}
         )
     return {

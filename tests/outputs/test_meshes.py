@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipelines.cli.main import main
-from pipelines.outputs.meshes import mesh_volume_mm3, write_meshes
+from pipelines.outputs.meshes import mesh_volume_mm3, structure_mesh, taubin_smooth, write_meshes
 from tests.helpers import cube_scan, oriented_affine, write_nifti
 
 SHAPE = (48, 40, 24)
@@ -91,3 +91,48 @@ def test_segment_writes_meshes_in_their_folder(tmp_path: Path, zoo_bundle: Path)
     _, vertices, faces = _read_obj(out / "scan" / "meshes" / "1_label_1.obj")
     volume = truth.sum() * abs(np.linalg.det(affine[:3, :3]))
     assert mesh_volume_mm3(vertices, faces) == pytest.approx(volume, rel=0.1)
+
+
+def test_taubin_smoothing_rounds_the_voxel_steps_and_keeps_volume_and_place(tmp_path: Path) -> None:
+    affine = oriented_affine("LPS", SHAPE, spacing=(1.0, 1.2, 2.0))
+    centre_ras = affine[:3, :3] @ (np.array(SHAPE) / 2 - 0.3) + affine[:3, 3]
+    labels = _sphere(affine, centre_ras, 14.0)
+    voxel_volume = labels.sum() * abs(np.linalg.det(affine[:3, :3]))
+    raw, faces = structure_mesh(labels.astype(bool), affine)
+    smooth, same_faces = structure_mesh(labels.astype(bool), affine, smoothing_iterations=10)
+    np.testing.assert_array_equal(faces, same_faces)
+    centre_lps = centre_ras * np.array([-1.0, -1.0, 1.0])
+
+    def roughness(vertices: np.ndarray) -> float:  # spread of the distance to the centre (mm)
+        return float(np.linalg.norm(vertices - centre_lps, axis=1).std())
+
+    assert roughness(smooth) < 0.7 * roughness(raw)  # the staircase is smoothed away (0.33 -> 0.19 mm)
+    assert mesh_volume_mm3(smooth, faces) == pytest.approx(voxel_volume, rel=0.05)  # Taubin: no shrinkage
+    np.testing.assert_allclose(smooth.mean(axis=0), raw.mean(axis=0), atol=0.2)  # nothing moved
+    np.testing.assert_array_equal(taubin_smooth(raw, faces, 0), raw)
+
+    written = write_meshes(labels, affine, {1: "ball"}, tmp_path, smoothing_iterations=10)
+    _, vertices, _ = _read_obj(written["mesh_1_obj"].path)
+    np.testing.assert_allclose(vertices, smooth, atol=1e-3)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="mesh smoothing: expected a whole number of iterations >= 0"):
+            write_meshes(labels, affine, {}, tmp_path, smoothing_iterations=bad)  # type: ignore[arg-type]
+
+
+def test_segment_mesh_smoothing_option(tmp_path: Path, zoo_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image, affine, _ = cube_scan("LPS")
+    path = write_nifti(tmp_path / "scan.nii.gz", image, affine)
+    argv = ["segment", str(path), "--bundle", str(zoo_bundle), "--outputs", "mesh"]
+    assert main([*argv, "-o", str(tmp_path / "raw")]) == 0
+    assert main([*argv, "-o", str(tmp_path / "smooth"), "--mesh-smoothing", "8"]) == 0
+    _, raw, _ = _read_obj(tmp_path / "raw" / "scan" / "meshes" / "1_label_1.obj")
+    _, smooth, _ = _read_obj(tmp_path / "smooth" / "scan" / "meshes" / "1_label_1.obj")
+    assert raw.shape == smooth.shape and np.abs(raw - smooth).max() > 0.1  # the corners of the cube are rounded
+    run = json.loads((tmp_path / "smooth" / "scan" / "run.json").read_text())
+    assert run["options"]["mesh_smoothing"] == 8
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "-o", str(tmp_path / "bad"), "--mesh-smoothing", "-2"])
+    assert stop.value.code == 2
+    assert "expected a whole number of smoothing iterations >= 0, got '-2'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

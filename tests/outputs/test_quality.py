@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipelines.batch.flags import quality_cell
 from pipelines.cli.main import main
 from pipelines.data.phantoms.degrade import degrade_ct, make_head_ct_phantom
 from pipelines.data.phantoms.make import make_ct_phantom, make_mr_phantom
@@ -150,10 +151,44 @@ def test_a_structure_cut_by_the_field_of_view_is_a_warning_not_a_flag() -> None:
         "liver: cut by the edge of the field of view (axis k, slice 0: a cut face of 100% of its largest "
         "cross-section); its volume is unreliable"
     ]
+    assert banner(quality) == "QC note (not flagged): " + quality["warnings"][0]  # amber in the preview
+    assert quality_cell(quality).startswith("<span class='ok'>no flags</span><br>note: liver: cut by the edge")
     labels[5:25, 5:25, 0:5] = 0
     labels[14, 14, 0:5] = 1  # only a thin spike touches the edge: no warning
     _, quality = _assess(labels, image, signals)
     assert quality["warnings"] == []
+
+
+def test_a_cut_organ_below_its_volume_range_is_a_warning_an_uncut_one_a_flag() -> None:
+    labels, image, signals = _clean()
+    labels[labels == 1] = 0
+    labels[5:25, 5:25, 0:2] = 1  # a liver cut by slice 0: 800 voxels = 6.4 mL, under the 10 mL minimum
+    signals.before_cleanup, signals.after_cleanup = labels.copy(), labels.copy()
+    stats, quality = _assess(labels, image, signals)
+    assert quality["flagged"] is False and stats[0]["flags"] == ["volume_range", "truncated"]
+    assert quality["warnings"][0] == (
+        "liver: 6.4 mL is outside the plausible 10-100 mL the bundle declares (it is cut by the field of view)"
+    )
+    assert [f["severity"] for f in quality["flags"]] == ["warn", "warn"]
+    labels[5:25, 5:25, 0:2] = 0
+    labels[5:25, 5:25, 4:6] = 1  # the same slab inside the field of view: a real flag
+    _, quality = _assess(labels, image, signals)
+    assert quality["flagged"] is True and quality["reasons"][0].startswith("liver: 6.4 mL is outside the plausible")
+
+
+def test_per_structure_thresholds_override_the_case_wide_ones() -> None:
+    qc = dict(METADATA["medseg_qc"], structures={"liver": {"min_confidence": 0.5, "max_high_entropy_fraction": 0.9}})
+    spec = read_quality_spec({**METADATA, "medseg_qc": qc})
+    assert spec.threshold("liver", "min_confidence") == 0.5 and spec.threshold("spleen", "min_confidence") == 0.85
+    labels, image, signals = _clean()
+    signals.confidence.max_probability[labels > 0] = 150  # 0.59 in both structures
+    stats, quality = stats_and_quality(labels, image, AFFINE, NAMES, signals, spec, tta="flips")
+    assert stats[0]["flags"] == [] and stats[1]["flags"] == ["low_confidence"]  # liver's bar is 0.5, spleen's 0.85
+    assert quality["reasons"] == ["spleen: mean class probability 0.59 inside it, below 0.85"]
+    assert quality["thresholds"]["structures"] == {"liver": {"min_confidence": 0.5, "max_high_entropy_fraction": 0.9}}
+    signals.confidence.max_probability[labels == 1] = 100  # 0.39: under the liver's own bar as well
+    _, quality = stats_and_quality(labels, image, AFFINE, NAMES, signals, spec)
+    assert "liver: mean class probability 0.39 inside it, below 0.5" in quality["reasons"]
 
 
 def test_without_signals_confidence_columns_are_empty() -> None:
@@ -171,6 +206,10 @@ def test_without_signals_confidence_columns_are_empty() -> None:
         ({"volume_ml": {"liver": [100, 10]}}, r"medseg_qc.volume_ml.liver: expected 0 <= min <= max, got \[100, 10\]"),
         ({"min_confidence": "high"}, "medseg_qc.min_confidence: expected a finite number, got 'high'"),
         ({"input_range": [0]}, r"medseg_qc.input_range: expected \[low, high\]"),
+        ({"structures": []}, "medseg_qc.structures must be an object"),
+        ({"structures": {"liver": 0.5}}, "medseg_qc.structures.liver must be an object of thresholds"),
+        ({"structures": {"liver": {"min_volume": 1}}}, "medseg_qc.structures.liver: unknown threshold.s. min_volume"),
+        ({"structures": {"liver": {"min_confidence": None}}}, "medseg_qc.structures.liver.min_confidence: expected a"),
     ],
 )
 def test_bad_declarations_are_refused_with_the_key(qc: object, message: str) -> None:
@@ -186,6 +225,7 @@ def test_shipped_bundles_declare_plausible_ranges() -> None:
     ct = read_quality_spec(json.loads((BUNDLES / "ct_abdomen_unet" / "configs" / "metadata.json").read_text()))
     assert ct.expected_structures == ("spleen", "kidney_right", "kidney_left", "liver")
     assert ct.volume_ml["liver"][0] <= 1000 <= ct.volume_ml["liver"][1]
+    assert ct.threshold("liver_tumor", "min_confidence") < ct.min_confidence  # calibrated: lesions are mostly boundary
 
 
 def test_degradations_are_graded_and_checked() -> None:
@@ -201,9 +241,9 @@ def test_degradations_are_graded_and_checked() -> None:
         degrade_ct(phantom, "noise", 2)
 
 
-def _segment(path: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> str:
-    code = main(["segment", str(path), "--bundle", str(BUNDLES / "ct_abdomen_unet"), "-o", str(out), "--device", "cpu"])
-    assert code == 0
+def _segment(path: Path, out: Path, capsys: pytest.CaptureFixture[str], *extra: str, code: int = 0) -> str:
+    argv = ["segment", str(path), "--bundle", str(BUNDLES / "ct_abdomen_unet"), "-o", str(out), "--device", "cpu"]
+    assert main([*argv, *extra]) == code
     return capsys.readouterr().out
 
 
@@ -215,11 +255,14 @@ def test_segment_prints_a_flagged_summary_for_a_head_ct_and_an_mr_image(
     labels = {0: "background", 1: "spleen", 2: "kidney_right", 3: "kidney_left", 4: "liver", 5: "liver_tumor"}
     head = make_head_ct_phantom(2, labels, shape=(96, 96, 48), spacing_mm=(2.0, 2.0, 3.0))
     head_path, _ = write_nifti(head, tmp_path / "head")
-    printed = _segment(head_path, tmp_path / "out", capsys)
+    printed = _segment(head_path, tmp_path / "out", capsys, "--fail-on-flags", code=1)  # results written, exit 1
     assert "QC: FLAGGED - do not trust this result without review:" in printed
     assert "expected by the bundle, not found" in printed
     run = json.loads((tmp_path / "out" / "image" / "run.json").read_text())
     assert run["quality"]["flagged"] is True and run["quality"]["reasons"]
+    assert (tmp_path / "out" / "image" / "labels.nii.gz").is_file() and (
+        tmp_path / "out" / "image" / "stats.csv"
+    ).is_file()
 
     mr = make_mr_phantom(2, shape=(112, 96, 40), spacing_mm=(2.5, 2.5, 4.0))
     mr_path, _ = write_nifti(mr, tmp_path / "mr")
