@@ -30,8 +30,8 @@ def test_cli_reports_a_bad_manifest_as_one_error_line(
 
 def test_cli_rejects_unknown_outputs(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        parse(["m.json", "--bundle", "b", "--output", "o", "--outputs", "labels,mesh"])
-    assert "unknown output(s) mesh" in capsys.readouterr().err
+        parse(["m.json", "--bundle", "b", "--output", "o", "--outputs", "labels,surface"])
+    assert "unknown output(s) surface" in capsys.readouterr().err
 
 
 def test_cli_parses_the_batch_options() -> None:
