@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.batch.options import BATCH_SPLITS, DISTRIBUTED_TIMEOUT, BatchOptions, BatchSummary
-from pipelines.cli.bundle import add_bundle_option, add_override_option, overrides_from_args
-from pipelines.cli.common import add_case_options, add_path_policy_option, add_run_options, series_rules_arg
+from pipelines.cli.bundle import add_bundle_option, add_override_option
+from pipelines.cli.common import add_case_options, add_path_policy_option, add_run_options, case_option_values
 
 
 def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -95,18 +95,10 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         device=device,
         precision=args.precision,
-        outputs=args.outputs,
         progress=False if getattr(args, "no_progress", False) else None,
         allow_outside_paths=args.allow_outside_paths,
-        nan_policy=args.nan_policy,
-        allow_gaps=args.allow_gaps,
-        series_rules=series_rules_arg(args.series_rules),
-        keep_identifiers=args.keep_identifiers,
-        overrides=overrides_from_args(args),
-        tta=args.tta,
-        channel_grids=args.channel_grids,
-        mesh_smoothing=args.mesh_smoothing,
         dataset_dir=args.dataset_dir,
+        **case_option_values(args),
     )
     run_id = os.environ.get("TORCHELASTIC_RUN_ID") if world_size > 1 else None
     try:

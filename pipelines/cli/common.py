@@ -9,12 +9,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from pipelines.bundles.overrides import parse_overrides
 from pipelines.keys import OUTPUTS
 
 __all__ = [
     "add_case_options",
     "add_path_policy_option",
     "add_run_options",
+    "case_option_values",
     "mesh_smoothing_arg",
     "outputs_arg",
     "series_rules_arg",
@@ -155,3 +157,21 @@ def series_rules_arg(path: Path | None) -> Any:
     from pipelines.io.series_rules import load_series_rules  # pydicom and jsonschema: only when asked
 
     return load_series_rules(path)
+
+
+def case_option_values(args: argparse.Namespace) -> dict[str, Any]:
+    """What :func:`add_case_options` and ``--override`` parsed, as keywords of ``SegmentOptions`` and ``BatchOptions``.
+
+    One place, so ``medseg segment`` and ``medseg batch`` cannot pass a case option differently.
+    """
+    return {
+        "outputs": args.outputs,
+        "nan_policy": args.nan_policy,
+        "allow_gaps": args.allow_gaps,
+        "series_rules": series_rules_arg(args.series_rules),
+        "keep_identifiers": args.keep_identifiers,
+        "overrides": parse_overrides(getattr(args, "override", None)),
+        "tta": args.tta,
+        "channel_grids": args.channel_grids,
+        "mesh_smoothing": args.mesh_smoothing,
+    }

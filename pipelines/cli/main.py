@@ -22,14 +22,13 @@ from pipelines.cli.bundle import (
     add_bundle_parser,
     add_override_option,
     bundle_search_path,
-    overrides_from_args,
     resolve_bundle_args,
 )
 from pipelines.cli.common import (
     add_case_options,
     add_path_policy_option,
     add_run_options,
-    series_rules_arg,
+    case_option_values,
     setup_logging,
 )
 from pipelines.cli.dicom import (
@@ -156,16 +155,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     options = SegmentOptions(
         device=args.device,
         precision=args.precision,
-        outputs=args.outputs,
         series_uid=args.series_uid,
-        nan_policy=args.nan_policy,
-        allow_gaps=args.allow_gaps,
-        series_rules=series_rules_arg(args.series_rules),
-        keep_identifiers=args.keep_identifiers,
-        overrides=overrides_from_args(args),
-        tta=args.tta,
-        channel_grids=args.channel_grids,
-        mesh_smoothing=args.mesh_smoothing,
+        **case_option_values(args),
     )
     from pipelines.io.series_rules import SeveralPatientsError
 

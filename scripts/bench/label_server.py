@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -30,19 +29,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from machine import cpu_model  # scripts/bench/machine.py, beside this script
+
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "ct_abdomen_unet"
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (what ``lscpu`` shows as Model name)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def free_port() -> int:

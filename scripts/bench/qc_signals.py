@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine import cpu_model  # scripts/bench/machine.py, beside this script
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,16 +38,6 @@ ORGANS = ("spleen", "kidney_right", "kidney_left", "liver")
 LEVELS = (0.2, 0.6)
 SHAPE, SPACING = (176, 144, 96), (1.5, 1.5, 2.0)
 BAD_DICE = 0.7
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def dice(pred: np.ndarray, truth: np.ndarray, label: int) -> float | None:
