@@ -13,8 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import BUNDLES
-from tests.label_app.test_server import CT_ORGANS, START_TIMEOUT_S, _dice, _free_port, _get, _stop
+from tests.label_app.servers import CT_ORGANS, dice, free_port, medseg_serve, stop, wait_until_up
 
 pytestmark = [pytest.mark.label, pytest.mark.slow]
 
@@ -66,21 +64,6 @@ class Server:
         return MONAILabelClient(self.url, tmpdir=str(tmp))
 
 
-def _wait(url: str, process: subprocess.Popen, log: Path, what: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"{what} exited with {process.returncode}: {log.read_text(errors='replace')[-3000:]}")
-        try:
-            if _get(url)[0] == 200:
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not up after {START_TIMEOUT_S} s: {log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.5)
-
-
 def _orthanc_installed() -> None:
     missing = [p for p in (ORTHANC, DICOMWEB_PLUGIN) if not Path(p).is_file()]
     if not missing:
@@ -103,9 +86,9 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
 
     _orthanc_installed()
     root = tmp_path_factory.mktemp("orthanc")
-    http_port, dicom_port = _free_port(), _free_port()
+    http_port, dicom_port = free_port(), free_port()
     while dicom_port == http_port:
-        dicom_port = _free_port()
+        dicom_port = free_port()
     config = {
         "Name": "medseg-test",
         "StorageDirectory": str(root / "storage"),
@@ -125,7 +108,7 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
     with open(log, "wb") as out:
         process = subprocess.Popen([ORTHANC, str(root / "orthanc.json")], stdout=out, stderr=subprocess.STDOUT)
     try:
-        _wait(f"http://127.0.0.1:{http_port}/system", process, log, "Orthanc")
+        wait_until_up(f"http://127.0.0.1:{http_port}/system", process, log, "Orthanc")
         dicomweb = f"http://127.0.0.1:{http_port}/dicom-web"
         datasets = [dcmread(f) for f in files]
         for ds in datasets:  # as a scanner sends it (the phantom writer marks its series DERIVED)
@@ -142,7 +125,7 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
             label_names=dict(label_ids),
         )
     finally:
-        _stop(process)
+        stop(process)
     assert process.poll() is not None
 
 
@@ -155,33 +138,8 @@ def server(pacs: Pacs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
         bundles / "ct_abdomen_unet",
         ignore=shutil.ignore_patterns("last_checkpoint_*", "eval"),
     )
-    port = _free_port()
-    log = root / "server.log"
-    env = {**os.environ, "MEDSEG_TRUST_FILE": str(root / "trusted.json"), "XDG_CACHE_HOME": str(root / "cache")}
-    command = [
-        str(Path(sys.executable).with_name("medseg")),
-        "serve",
-        "--studies",
-        pacs.dicomweb,
-        "--bundles",
-        str(bundles),
-        "--port",
-        str(port),
-        "--device",
-        "cpu",
-        "--trust-bundle",
-        "--app-dir",
-        str(root / "app"),
-    ]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait(f"{url}/info/", process, log, "MONAI Label")
-        yield Server(url, process, log)
-    finally:
-        _stop(process)
-    assert process.poll() is not None
+    with medseg_serve(root, pacs.dicomweb, bundles) as served:
+        yield Server(served.url, served.process, served.log)
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +162,7 @@ def test_inference_by_series_uid_matches_the_phantom_on_its_grid(pacs: Pacs, inf
     predicted = np.asarray(label.dataobj)
     assert params["label_names"] == {k: v for k, v in pacs.label_names.items() if v != 0}
     for organ in CT_ORGANS:
-        assert _dice(predicted == pacs.label_names[organ], pacs.truth == pacs.label_names[organ]) >= 0.9, organ
+        assert dice(predicted == pacs.label_names[organ], pacs.truth == pacs.label_names[organ]) >= 0.9, organ
     assert params["medseg"]["bundle"]["version"] == "0.1.0"
 
 

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -27,11 +24,10 @@ import numpy as np
 import pytest
 
 from tests.helpers import BUNDLES
+from tests.label_app.servers import CT_ORGANS, dice, http_get, medseg_serve
 
 pytestmark = [pytest.mark.label, pytest.mark.slow]
 
-CT_ORGANS = ("spleen", "kidney_right", "kidney_left", "liver")
-START_TIMEOUT_S = 180
 MR_SMALL = {"shape": (72, 72, 24), "spacing_mm": (1.6, 1.6, 4.0)}
 
 
@@ -52,12 +48,6 @@ class Server:
         return MONAILabelClient(self.url, tmpdir=str(tmp))
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _write_studies(studies: Path, truth: Path) -> None:
     from pipelines.bundles.bundle import load_bundle
     from pipelines.data.datasets import SEEDS, bundle_label_ids
@@ -74,26 +64,6 @@ def _write_studies(studies: Path, truth: Path) -> None:
         nib.save(nib.Nifti1Image(mr.label, mr.affine), truth / f"mr_{i}.nii.gz")
 
 
-def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as answer:
-            return answer.status, answer.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """Stop the server by its PID: SIGTERM, then SIGKILL if it has not exited after 30 s."""
-    if process.poll() is not None:
-        return
-    os.kill(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("label")
@@ -101,50 +71,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     _write_studies(studies, truth)
     for name in ("ct_abdomen_unet", "mri_brain_tumor"):  # copies: the train test rewrites their weights
         shutil.copytree(BUNDLES / name, bundles / name, ignore=shutil.ignore_patterns("last_checkpoint_*", "eval"))
-    port = _free_port()
-    log = root / "server.log"
-    env = {**os.environ, "MEDSEG_TRUST_FILE": str(root / "trusted.json"), "XDG_CACHE_HOME": str(root / "cache")}
-    command = [
-        str(Path(sys.executable).with_name("medseg")),
-        "serve",
-        "--studies",
-        str(studies),
-        "--bundles",
-        str(bundles),
-        "--port",
-        str(port),
-        "--device",
-        "cpu",
-        "--max-connections",
-        "4",
-        "--trust-bundle",
-        "--app-dir",
-        str(root / "app"),
-    ]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited with {process.returncode}: {log.read_text()[-3000:]}")
-            try:
-                if _get(f"{url}/info/")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not up after {START_TIMEOUT_S} s: {log.read_text()[-3000:]}")
-            time.sleep(1)
-        yield Server(url, port, process, studies, truth, bundles, log)
-    finally:
-        _stop(process)
-    assert process.poll() is not None
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1))
+    with medseg_serve(root, str(studies), bundles, ["--max-connections", "4"]) as served:
+        yield Server(served.url, served.port, served.process, studies, truth, bundles, served.log)
 
 
 def _sha256(path: Path) -> str:
@@ -174,7 +102,7 @@ def test_ct_inference_matches_the_phantom_on_its_grid(server: Server, tmp_path: 
     predicted = np.asarray(label.dataobj)
     names = params["label_names"]
     for organ in CT_ORGANS:
-        assert _dice(predicted == names[organ], truth == names[organ]) >= 0.9, organ
+        assert dice(predicted == names[organ], truth == names[organ]) >= 0.9, organ
     bundle = params["medseg"]["bundle"]
     assert bundle["version"] == "0.1.0"
     assert bundle["model_sha256"] == _sha256(server.bundles / "ct_abdomen_unet" / "models" / "model.pt")
@@ -236,7 +164,7 @@ def test_concurrent_requests_are_all_answered_in_bounded_time(server: Server, tm
     assert set(statuses) <= {200, 503}, statuses
     assert statuses.count(200) >= 1
     assert time.monotonic() - start < 320
-    assert _get(f"{server.url}/info/")[0] == 200  # still serving afterwards
+    assert http_get(f"{server.url}/info/")[0] == 200  # still serving afterwards
 
 
 def test_server_listens_on_loopback_only(server: Server) -> None:
