@@ -126,3 +126,53 @@ def test_fp32_precision_leaves_the_network_alone() -> None:
     assert not any(isinstance(m, InputLayersFP32) for m in predictor.network.modules())
     predictor(torch.rand(1, 1, 32, 32, 32))
     assert predictor.fp32_layers == []
+
+
+class _ShapeRecorder(torch.nn.Module):
+    """A 1x1x1 convolution that records the spatial shape of every window it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 2, 1)
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(x.shape[2:]))
+        return self.conv(x)
+
+
+def test_fitted_window_shrinks_to_small_images_and_stays_for_large_ones() -> None:
+    from pipelines.inference import FittedSlidingWindowInferer, fitted_roi_size
+
+    assert fitted_roi_size((160, 160, 160), (40, 200, 160), 16) == (48, 160, 160)
+    assert fitted_roi_size((96, 96, 96), (97, 96, 1), 16) == (96, 96, 16)
+    inferer = FittedSlidingWindowInferer((64, 64, 64), overlap=0.25, divisor=16)
+    net = _ShapeRecorder().eval()
+    small = torch.rand(1, 1, 20, 33, 64)
+    with torch.inference_mode():
+        out = inferer(small, net)
+    assert net.shapes == [(32, 48, 64)]  # one window, the image rounded up to 16, not padded to 64^3
+    assert out.shape == (1, 2, 20, 33, 64)
+    # a 1x1x1 network is position-independent: the fitted window gives the plain forward exactly
+    torch.testing.assert_close(out, net.conv(small))
+    assert tuple(inferer.roi_size) == (64, 64, 64)  # the configured window is unchanged for the next image
+    net.shapes.clear()
+    large = torch.rand(1, 1, 100, 64, 70)
+    with torch.inference_mode():
+        expected = SlidingWindowInferer((64, 64, 64), overlap=0.25)(large, net)
+        windows = len(net.shapes)
+        net.shapes.clear()
+        out = inferer(large, net)
+    assert set(net.shapes) == {(64, 64, 64)} and len(net.shapes) == windows  # as MONAI's own inferer
+    torch.testing.assert_close(out, expected)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        FittedSlidingWindowInferer((96, 96, 40))
+
+
+def test_shipped_ct_bundle_inferer_is_the_fitted_one() -> None:
+    from pipelines.inference import FittedSlidingWindowInferer
+
+    parser = parse_config(load_bundle(BUNDLES / "ct_abdomen_unet"), overrides={"device": "cpu"})
+    inferer = parser.get_parsed_content("inferer")
+    assert isinstance(inferer, FittedSlidingWindowInferer) and isinstance(inferer, SlidingWindowInferer)
+    assert inferer.divisor == 16

@@ -76,7 +76,8 @@ def _make_data(
 def _manifest(path: Path, images: list[Path]) -> Path:
     from pipelines.data.manifests.model import write_manifest
 
-    entries = [{"image": str(p), "case_id": p.parent.name} for p in images]
+    # paths relative to the manifest's folder: absolute ones are refused without --allow-outside-paths
+    entries = [{"image": str(p.relative_to(path.parent)), "case_id": p.parent.name} for p in images]
     return write_manifest({"name": "bench", "modality": "CT", "labels": {"0": "background"}, "test": entries}, path)
 
 
@@ -111,7 +112,7 @@ def _segment_one_by_one(images: list[Path], bundle: Path, out: Path, args: argpa
     start = time.perf_counter()
     for image in images:
         command = [sys.executable, "-m", "pipelines", "-q", "segment", str(image), "--bundle", str(bundle),
-                   "--output", str(out), "--case-id", image.parent.name,
+                   "--trust-bundle", "--output", str(out), "--case-id", image.parent.name,
                    "--device", args.device, "--precision", args.precision]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:

@@ -27,15 +27,23 @@ class _WindowCounter:
 
     def __init__(self) -> None:
         self.windows = 0
+        self.voxels = 0
 
     def __call__(self, module, inputs):
         self.windows += int(inputs[0].shape[0])
+        self.voxels += int(inputs[0].shape[0]) * int(inputs[0][0, 0].numel())
 
 
 def run_ours(args: argparse.Namespace) -> dict:
+    from pipelines.bundles.overrides import parse_overrides
     from pipelines.segment import Segmenter, SegmentOptions
 
-    options = SegmentOptions(device=args.device, precision=args.precision, outputs=tuple(args.outputs.split(",")))
+    options = SegmentOptions(
+        device=args.device,
+        precision=args.precision,
+        outputs=tuple(args.outputs.split(",")),
+        overrides=parse_overrides(args.override),
+    )
     segmenter = Segmenter(args.bundle, options)
     counter = _WindowCounter()
     segmenter.predictor.network.register_forward_pre_hook(counter)
@@ -47,6 +55,7 @@ def run_ours(args: argparse.Namespace) -> dict:
         "labels": str(result.files["labels"]),
         "precision": segmenter.precision,
         "windows": counter.windows,
+        "window_voxels": counter.voxels,
     }
 
 
@@ -106,7 +115,13 @@ def run_reference(args: argparse.Namespace) -> dict:
     }
     stem = Path(args.input).name.split(".")[0] if Path(args.input).is_file() else Path(args.input).name
     saved = next(Path(args.output).glob(f"{stem}*_seg.nii.gz"), None) or next(Path(args.output).rglob("*_seg.nii.gz"))
-    return {"seconds": seconds, "labels": str(saved), "precision": "fp32", "windows": counter.windows}
+    return {
+        "seconds": seconds,
+        "labels": str(saved),
+        "precision": "fp32",
+        "windows": counter.windows,
+        "window_voxels": counter.voxels,
+    }
 
 
 def main() -> int:
@@ -118,6 +133,7 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--outputs", default="labels")
+    parser.add_argument("--override", action="append", default=[], help="KEY=VALUE for our pipeline's bundle config")
     args = parser.parse_args()
     import logging
     import warnings

@@ -163,7 +163,10 @@ def test_inference_by_series_uid_matches_the_phantom_on_its_grid(pacs: Pacs, inf
     assert params["label_names"] == {k: v for k, v in pacs.label_names.items() if v != 0}
     for organ in CT_ORGANS:
         assert dice(predicted == pacs.label_names[organ], pacs.truth == pacs.label_names[organ]) >= 0.9, organ
-    assert params["medseg"]["bundle"]["version"] == "0.1.0"
+    assert (
+        params["medseg"]["bundle"]["version"]
+        == json.loads((BUNDLES / "ct_abdomen_unet/configs/metadata.json").read_text())["version"]
+    )
 
 
 @pytest.mark.parametrize(
