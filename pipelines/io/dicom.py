@@ -35,6 +35,7 @@ __all__ = [
     "find_dicom_series",
     "group_series",
     "plane_geometry",
+    "read_file_bytes",
     "scan_dicom_folder",
     "select_series",
     "stack_series",
@@ -107,11 +108,17 @@ def _parse(path: Path, data: bytes | None = None) -> pydicom.Dataset | None:
     return ds if _is_image(ds) else None
 
 
-def _read_bytes(path: Path) -> bytes:
+def read_file_bytes(path: Path) -> bytes:
+    """The bytes of one file of a DICOM input, with errors that name it.
+
+    Raises:
+        PermissionError: the file cannot be read by this user.
+        ValueError: any other read error (named, with its reason).
+    """
     try:
         return path.read_bytes()
     except PermissionError as err:
-        raise PermissionError(f"{path}: permission denied (cannot read this file of the DICOM folder)") from err
+        raise PermissionError(f"{path}: permission denied (cannot read this file of the DICOM input)") from err
     except OSError as err:
         raise ValueError(f"{path}: could not be read ({err.strerror or err})") from err
 
@@ -193,7 +200,7 @@ def scan_dicom_folder(folder: str | Path) -> tuple[list[DicomSeries], str]:
     digest = hashlib.sha256()
     parsed = []
     for path in folder_members(folder):
-        data = _read_bytes(path)
+        data = read_file_bytes(path)
         add_member(digest, path.relative_to(folder).as_posix(), hashlib.sha256(data).digest())
         if path.parent == folder:
             ds = _parse(path, data)

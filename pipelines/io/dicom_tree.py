@@ -29,7 +29,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from pipelines.io.dicom import DicomSeries, group_series
+from pipelines.io.dicom import DicomSeries, group_series, read_file_bytes
 from pipelines.io.hashing import add_member, folder_members
 
 logger = logging.getLogger(__name__)
@@ -229,19 +229,10 @@ def _header(source: str | Path | BinaryIO, name: str) -> tuple[pydicom.Dataset |
     return (None, reason) if reason else (ds, None)
 
 
-def _read_file_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except PermissionError as err:
-        raise PermissionError(f"{path}: permission denied (cannot read this file of the DICOM input)") from err
-    except OSError as err:
-        raise ValueError(f"{path}: could not be read ({err.strerror or err})") from err
-
-
 def _folder_files(root: Path, checksum: bool) -> Iterator[tuple[Path, Any]]:
     """``(path, source)`` of every file under ``root``; the source is the bytes when hashing."""
     for path in folder_members(root):
-        yield path, (_read_file_bytes(path) if checksum else path)
+        yield path, (read_file_bytes(path) if checksum else path)
 
 
 def _dicomdir_files(dicomdir: Path) -> list[Path]:
