@@ -63,7 +63,10 @@ TRUST_FILE_ENV = "MEDSEG_TRUST_FILE"
 DATA_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".safetensors")
 """Weights files left out of :func:`bundle_digest`: read as data only (``weights_only=True``)."""
 
-_SKIPPED_DIRS = ("__pycache__", ".git")
+# Compiled Python (``__pycache__/*.pyc``) is hashed like any code: Python may run a ``.pyc`` instead of the
+# hashed source (an unchecked hash-based one always, a timestamp one whose header matches the source's), so a
+# planted one must void trust. A bundle run with plain ``monai.bundle run`` after trusting it needs trusting again.
+_SKIPPED_DIRS = (".git",)
 _STORE_VERSION = 1
 
 
@@ -121,7 +124,7 @@ def _bundle_files(root: Path) -> Iterable[tuple[str, Path | None, str]]:
         for name in files:
             path = base / name
             rel = path.relative_to(root).as_posix()
-            if path.suffix.lower() in DATA_SUFFIXES or name.endswith(".pyc"):
+            if path.suffix.lower() in DATA_SUFFIXES:
                 continue
             entries.append((rel, path, os.readlink(path) if path.is_symlink() else ""))
     return sorted(entries)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,20 @@ def test_digest_covers_configs_and_torchscript_not_weights_data(tmp_path: Path) 
     assert second != first
     edit_json(bundle / "configs" / "metadata.json", lambda m: m.update(version="0.0.2"))
     assert bundle_digest(bundle) not in (first, second)
+
+
+def test_a_planted_pyc_voids_trust(tmp_path: Path) -> None:
+    """Python may run ``scripts/__pycache__/*.pyc`` instead of the hashed source: compiled code is code."""
+    store = tmp_path / "store.json"
+    bundle = write_threshold_bundle(tmp_path / "b")
+    (bundle / "scripts").mkdir(exist_ok=True)
+    (bundle / "scripts" / "helper.py").write_text("VALUE = 1\n")
+    trust_bundle(bundle, store)
+    cache = bundle / "scripts" / "__pycache__"
+    cache.mkdir()
+    (cache / f"helper.cpython-{sys.version_info.major}{sys.version_info.minor}.pyc").write_bytes(b"planted code")
+    with pytest.raises(UntrustedBundleError, match="it changed since it was trusted"):
+        require_trusted(bundle, store)
 
 
 def test_project_bundles_are_trusted_by_location(tmp_path: Path) -> None:
