@@ -8,6 +8,7 @@ and layering ``multi_gpu_train.json`` when started by ``torchrun``.
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 from dataclasses import dataclass, field
@@ -30,8 +31,16 @@ __all__ = [
     "datalist",
     "latest_checkpoint",
     "run_recipe",
+    "store_weights",
     "train",
 ]
+
+WEIGHTS_DTYPE_KEY = "medseg_weights_dtype"
+"""metadata.json key: the floating-point type ``models/model.pt`` is stored in after training
+(``float32``, the default, ``float16`` or ``bfloat16``). Loading needs nothing special:
+``load_state_dict`` copies each tensor into the network's own (float32) parameters."""
+
+_STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 _LAST = re.compile(r"last_checkpoint_(?:epoch=)?(\d+)\.pt$")
 
@@ -201,6 +210,8 @@ def train(bundle_dir: str | Path, manifest: str | Path, options: TrainOptions | 
         )
     finally:
         workflow.finalize()
+    if bundle.weights.is_file():
+        store_weights(bundle)
     logger.info(
         "best validation mean Dice %.4f at epoch %d; weights in %s",
         result.best_metric,
@@ -274,6 +285,40 @@ def evaluate(
         per_case[case.case_id] = metrics_for_files(prediction, case.label, labels=names)
     write_metrics(per_case, output)
     return {"cases": per_case, "mean": summarize(per_case)}
+
+
+def store_weights(bundle: Bundle) -> Path:
+    """Rewrite ``models/model.pt`` in the floating-point type the bundle's metadata asks for.
+
+    A bundle whose weights must stay small in git (``"medseg_weights_dtype": "float16"``) keeps
+    a half-precision state dict; integer tensors (counters, BatchNorm's ``num_batches_tracked``)
+    are left as they are. float32 (the default) leaves the file untouched.
+
+    Raises:
+        ValueError: an unknown dtype in the metadata, or weights that are not a state dict.
+    """
+    from pipelines.io.writers import write_bytes
+
+    name = str(bundle.metadata.get(WEIGHTS_DTYPE_KEY, "float32"))
+    if name not in _STORAGE_DTYPES:
+        raise ValueError(
+            f"{bundle.root / 'configs' / 'metadata.json'}: {WEIGHTS_DTYPE_KEY} {name!r} is not one of "
+            f"{', '.join(_STORAGE_DTYPES)}"
+        )
+    if name == "float32":
+        return bundle.weights
+    state = torch.load(bundle.weights, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{bundle.weights}: expected a state dict of tensors to store as {name}")
+    dtype = _STORAGE_DTYPES[name]
+    stored = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    buffer = io.BytesIO()
+    torch.save(stored, buffer)
+    written = write_bytes(buffer.getvalue(), bundle.weights)
+    logger.info(
+        "stored %s as %s (%.1f MB, sha256 %s)", bundle.weights, name, len(buffer.getvalue()) / 1e6, written.sha256
+    )
+    return bundle.weights
 
 
 class BatchNormRecalibration:

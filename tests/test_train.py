@@ -140,3 +140,39 @@ def test_two_process_torchrun_training_on_cpu(tmp_path: Path, bundle_copy: Path)
     assert sorted(p.name for p in (bundle_copy / "models").glob("*.pt")) == ["last_checkpoint_epoch=1.pt", "model.pt"]
     state = torch.load(bundle_copy / "models" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state), "the DDP wrapper must not leak into saved weights"
+
+
+def test_weights_are_stored_in_the_dtype_the_metadata_names(tmp_path: Path) -> None:
+    """A half-precision model.pt halves the file and loads into the float32 network unchanged
+    (to fp16 rounding); integer buffers keep their type; an unknown dtype is refused."""
+    import shutil
+
+    from pipelines.train import WEIGHTS_DTYPE_KEY, store_weights
+
+    target = tmp_path / "bundle"
+    shutil.copytree(BUNDLES / "ct_abdomen_unet", target, ignore=shutil.ignore_patterns("*.pt", "eval"))
+    network = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3), torch.nn.BatchNorm3d(4))
+    (target / "models").mkdir(exist_ok=True)
+    torch.save(network.state_dict(), target / "models" / "model.pt")
+    size32 = (target / "models" / "model.pt").stat().st_size
+
+    meta_path = target / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    store_weights(load_bundle(target))  # no key: float32, untouched
+    assert (target / "models" / "model.pt").stat().st_size == size32
+
+    meta[WEIGHTS_DTYPE_KEY] = "float16"
+    meta_path.write_text(json.dumps(meta))
+    store_weights(load_bundle(target))
+    stored = torch.load(target / "models" / "model.pt", weights_only=True)
+    assert stored["0.weight"].dtype == torch.float16
+    assert stored["1.num_batches_tracked"].dtype == torch.int64
+    fresh = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3), torch.nn.BatchNorm3d(4))
+    fresh.load_state_dict(stored)
+    assert fresh[0].weight.dtype == torch.float32
+    torch.testing.assert_close(fresh[0].weight, network[0].weight, atol=1e-3, rtol=1e-3)
+
+    meta[WEIGHTS_DTYPE_KEY] = "int8"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="medseg_weights_dtype 'int8'"):
+        store_weights(load_bundle(target))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import re
 from pathlib import Path
 
 
@@ -15,3 +17,20 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_kind() -> str:
+    """A short file-name-safe label of this machine's CPU kind, as the result files use:
+    ``intel-xeon-avx512bf16-2core``, ``amd-epyc-amx-2core`` (vendor, bf16 matrix unit, cores)."""
+    name, flags = cpu_model(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    other = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:24] or "cpu"
+    vendor = "intel-xeon" if "Xeon" in name else "amd-epyc" if "EPYC" in name else other
+    unit = "amx" if "amx_bf16" in flags else "avx512bf16" if "avx512_bf16" in flags else "fp32only"
+    return f"{vendor}-{unit}-{os.cpu_count() or 1}core"

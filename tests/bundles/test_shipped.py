@@ -241,7 +241,7 @@ def test_unetr_bundle_segments_a_small_phantom_on_its_grid(tmp_path: Path) -> No
 
 
 def test_unetr_training_patches_are_class_balanced_96_cubes(tmp_path: Path) -> None:
-    """train.json's sampling: 4 patches of 96³ per case, indices precomputed and not carried along."""
+    """train.json's sampling: 2 patches of 96³ per case, indices precomputed and not carried along."""
     from pipelines.data.phantoms.make import make_ct_phantom
     from pipelines.data.phantoms.tissues import CT_STRUCTURES
     from pipelines.data.phantoms.write import write_nifti
@@ -251,7 +251,7 @@ def test_unetr_training_patches_are_class_balanced_96_cubes(tmp_path: Path) -> N
     image, label = write_nifti(phantom, tmp_path / "case")
     parser = parse_config(load_bundle(BUNDLES / "ct_multiorgan_unetr"), "train", {"manifest": "unused"})
     patches = parser.get_parsed_content("train#preprocessing")({"image": str(image), "label": str(label)})
-    assert len(patches) == parser["samples_per_case"] == 4
+    assert len(patches) == parser["samples_per_case"] == 2
     for patch in patches:
         assert tuple(patch["image"].shape) == (1, 96, 96, 96) and tuple(patch["label"].shape) == (1, 96, 96, 96)
         assert patch["label"].dtype == torch.long and "label_cls_indices" not in patch

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from pipelines.bundles.conformance import PARTS, QUICK_CHECKS, run_checks
 from pipelines.bundles.zoo import SCHEMA_REQUIREMENTS
 from pipelines.cli.main import main
 from tests.helpers import BUNDLES, write_zoo_bundle, zoo_inference_config
+from tests.label_app.servers import free_port
 
 NETWORK = {
     "_target_": "UNet",
@@ -222,6 +224,17 @@ _WITHOUT_PIPELINES = (
 )
 
 
+# One process of a one-process torchrun (multi_gpu_train.json joins the process group in `initialize`).
+_TORCHRUN_ENV = {
+    **os.environ,
+    "RANK": "0",
+    "LOCAL_RANK": "0",
+    "WORLD_SIZE": "1",
+    "MASTER_ADDR": "127.0.0.1",
+    "MASTER_PORT": str(free_port()),
+}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(p.name for p in BUNDLES.iterdir() if (p / "configs").is_dir()))
 @pytest.mark.parametrize(
@@ -230,6 +243,7 @@ _WITHOUT_PIPELINES = (
         (["inference.json"], "inference.json"),
         (["train.json"], "train.json"),
         (["train.json", "evaluate.json"], "evaluate.json"),  # evaluate.json is layered over train.json
+        (["train.json", "multi_gpu_train.json"], "multi_gpu_train.json"),  # as torchrun starts it (env below)
     ],
 )
 def test_plain_monai_run_without_medseg_fails_with_one_line_naming_package_and_version(
@@ -245,7 +259,7 @@ def test_plain_monai_run_without_medseg_fails_with_one_line_naming_package_and_v
         [sys.executable, "-W", "ignore", "-c", _WITHOUT_PIPELINES, "run", "--config_file",
          files[0] if len(files) == 1 else repr(files), "--bundle_root", str(bundle), "--datalist", "[]",
          "--output_dir", str(tmp_path / "out")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=_TORCHRUN_ENV,
     )  # fmt: skip
     assert done.returncode == 1, done.stderr[-2000:]
     assert "Traceback" not in done.stderr

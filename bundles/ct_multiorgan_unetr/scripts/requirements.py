@@ -3,8 +3,8 @@
 The post-processing in ``configs/inference.json`` uses transforms of the ``medseg`` package
 (import name ``pipelines``) through ``_target_``. Without that package MONAI would fail deep in
 config parsing with a traceback that names a class, not a package. So the ``run`` list of
-``configs/inference.json`` starts with :func:`require_packages` (and the ``initialize`` lists of
-``configs/train.json`` and ``configs/evaluate.json``, before they create any folder): it reads
+``configs/inference.json`` starts with :func:`require_packages` (and so do those of
+``configs/train.json``, ``configs/evaluate.json`` and ``configs/multi_gpu_train.json``): it reads
 ``required_packages_version`` from ``configs/metadata.json`` and exits with one line naming each
 missing package and the version to install. Standard library only, so it works before anything
 else does. This is the MONAI Model Zoo's convention for bundle code: a ``scripts/`` package that

@@ -1,0 +1,124 @@
+#!/usr/bin/env python
+"""UNETR sizes for the CT multi-organ bundle: parameters, weights file, CPU seconds per window and per training patch.
+
+MONAI's ``UNETR`` exposes the encoder width (``hidden_size``), the MLP width (``mlp_dim``), the
+heads (``num_heads``) and the decoder width (``feature_size``); the number of transformer layers
+is fixed at 12 (the decoder taps layers 3, 6 and 9), so depth is not a choice here. Each size is
+built at the bundle's 96³ input with 14 outputs and timed in this process, one after the other:
+
+* parameters, and the ``models/model.pt`` size as float32 and as float16 (what the bundle stores);
+* inference: median seconds per 96³ window (batch of 4 windows, no gradient) in float32 and bf16;
+* training: median seconds per 96³ patch (batch of 2, forward + backward + AdamW step).
+
+Held-out Dice needs a training run per size and is in the bundle docs for the sizes trained.
+
+    python scripts/bench/unetr_sizes.py                   # all sizes, 3 timed repeats each
+    python scripts/bench/unetr_sizes.py --repeats 5 --json bench_out/unetr_sizes.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import cpu_model
+
+SIZES = {
+    "ViT-B (0.1.x)": {"hidden_size": 768, "mlp_dim": 3072, "num_heads": 12, "feature_size": 16},
+    "width 384, features 12": {"hidden_size": 384, "mlp_dim": 1536, "num_heads": 6, "feature_size": 12},
+    "width 256, features 16": {"hidden_size": 256, "mlp_dim": 1024, "num_heads": 8, "feature_size": 16},
+    "width 256, features 8 (0.2.0)": {"hidden_size": 256, "mlp_dim": 1024, "num_heads": 8, "feature_size": 8},
+}
+
+
+def _median_seconds(step, repeats: int) -> float:
+    step()  # warm-up: oneDNN picks its kernels on the first call
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(name: str, shape: dict[str, int], repeats: int) -> dict:
+    import torch
+    from monai.networks.nets import UNETR
+
+    torch.manual_seed(0)
+    net = UNETR(
+        in_channels=1, out_channels=14, img_size=96, proj_type="conv", norm_name="instance", res_block=True, **shape
+    )
+    state = net.state_dict()
+    sizes = {}
+    for label, dtype in (("float32", torch.float32), ("float16", torch.float16)):
+        buffer = io.BytesIO()
+        torch.save({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, buffer)
+        sizes[label] = round(len(buffer.getvalue()) / 1e6, 1)
+    row = {
+        "size": name,
+        **shape,
+        "parameters_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 2),
+        "file_mb": sizes,
+    }
+    windows = torch.rand(4, 1, 96, 96, 96)
+    net.eval()
+    for precision in ("fp32", "bf16"):
+
+        def infer(bf16: bool = precision == "bf16") -> None:
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                net(windows)
+
+        row[f"infer_s_per_window_{precision}"] = round(_median_seconds(infer, repeats) / len(windows), 3)
+    net.train()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    patches = torch.rand(2, 1, 96, 96, 96)
+    for precision in ("fp32", "bf16"):
+
+        def step(bf16: bool = precision == "bf16") -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = net(patches).float().mean()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+        row[f"train_s_per_patch_{precision}"] = round(_median_seconds(step, repeats) / len(patches), 3)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=Path("bench_out/unetr_sizes.json"))
+    args = parser.parse_args()
+    import torch
+
+    rows = [measure(name, shape, args.repeats) for name, shape in SIZES.items()]
+    result = {
+        "benchmark": "unetr_sizes",
+        "date": datetime.date.today().isoformat(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "repeats": args.repeats,
+        "sizes": rows,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"CPU: {result['cpu_model']} ({result['cpu_count']} cores); written {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
