@@ -14,6 +14,11 @@ Modules (import names from the one that defines them):
 - :mod:`~pipelines.data.phantoms.abdomen` and :mod:`~pipelines.data.phantoms.brain`: the anatomy;
 - :mod:`~pipelines.data.phantoms.shapes`: canonical grid, ellipsoids, tubes, smooth warps;
 - :mod:`~pipelines.data.phantoms.render`: painting shapes into tissue/label maps, blur and noise.
+- ``anatomy="body"`` (opt-in; the default "classic" phantoms are unchanged, bit for bit):
+  :mod:`~pipelines.data.phantoms.body` and :mod:`~pipelines.data.phantoms.body_paint` (a real-size adult
+  trunk, chest to pelvis, with a field of view placed on a region and cut at its edge, patient sizes),
+  :mod:`~pipelines.data.phantoms.head` (real-size head, tumour anywhere in the hemispheres) and
+  :mod:`~pipelines.data.phantoms.anatomy_facts` (the literature sizes they draw from, with sources).
 
 How a phantom is built:
 

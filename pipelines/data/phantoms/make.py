@@ -15,15 +15,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipelines.data.phantoms.abdomen import abdomen_anatomy, render_abdomen
+from pipelines.data.phantoms.body import body_anatomy, check_body_options
+from pipelines.data.phantoms.body_paint import render_body
 from pipelines.data.phantoms.brain import brain_tissue
+from pipelines.data.phantoms.head import head_tissue
 from pipelines.data.phantoms.render import blur, correlated_noise, lookup, rician
 from pipelines.data.phantoms.shapes import CanonicalGrid, canonical_grid, reorient, smooth_field
 from pipelines.data.phantoms.tissues import (
+    BODY_TISSUES,
     BRAIN_SIGNAL,
     BRAIN_TISSUES,
     CT_CLIP_HU,
     CT_HU,
     CT_STRUCTURES,
+    HEAD_TISSUES,
     MR_CONTRASTS,
     MR_T1,
     TISSUES,
@@ -31,9 +36,14 @@ from pipelines.data.phantoms.tissues import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Phantom", "make_brain_tumor_phantom", "make_ct_phantom", "make_mr_phantom"]
+__all__ = ["ANATOMIES", "Phantom", "make_brain_tumor_phantom", "make_ct_phantom", "make_mr_phantom"]
 
 _MIN_VOXELS = 8
+ANATOMIES = ("classic", "body")
+"""``anatomy`` of the factories: "classic" (the default, unchanged: anatomy shrunk to fit the field of view)
+or "body" (real-size adult anatomy, literature organ sizes, patient size, field of view placed on a region of
+the trunk and truncated at its edge; see :mod:`pipelines.data.phantoms.body` and
+:mod:`pipelines.data.phantoms.head`)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,6 +148,14 @@ def _validated_common(
     return seed, shape, spacing, codes
 
 
+def _check_anatomy(anatomy: str, region: str | None = None, patient_size: str | float | None = None) -> None:
+    if anatomy not in ANATOMIES:
+        raise ValueError(f"anatomy: expected one of {', '.join(ANATOMIES)}, got {anatomy!r}")
+    if anatomy == "classic" and (region is not None or patient_size is not None):
+        raise ValueError('region and patient_size need anatomy="body"; the classic anatomy has neither')
+    check_body_options(region, patient_size)
+
+
 def _labels_dict(label_ids: Mapping[str, int]) -> dict[int, str]:
     return {0: "background", **{i: name for name, i in sorted(label_ids.items(), key=lambda t: t[1])}}
 
@@ -157,6 +175,9 @@ def make_ct_phantom(
     lesions: bool = True,
     blur_sigma_mm: float = 0.8,
     noise_hu: float | None = None,
+    anatomy: str = "classic",
+    region: str | None = None,
+    patient_size: str | float | None = None,
 ) -> Phantom:
     """A contrast-enhanced abdominal CT phantom with its organ labels.
 
@@ -171,6 +192,12 @@ def make_ct_phantom(
         lesions: Draw 1-3 hypodense liver lesions (10-30 mm, ~40 HU below liver).
         blur_sigma_mm: Gaussian partial-volume blur (mm, 0 for none).
         noise_hu: Noise standard deviation (HU); None draws 10-20 HU per case.
+        anatomy: "classic" (default, bit-for-bit unchanged) or "body" (see :data:`ANATOMIES`): the
+            tissue map then uses :data:`BODY_TISSUES`.
+        region: With "body": where the field of view lies ("chest", "abdomen", "pelvis", "trunk");
+            None draws it from the seed.
+        patient_size: With "body": "slim", "average", "overweight", "obese" or an index 0..1 (fat
+            thickness); None draws it from the seed.
 
     Returns:
         A :class:`Phantom` with an int16 HU image in [-1024, 3071], uint8 labels, its RAS affine
@@ -181,13 +208,16 @@ def make_ct_phantom(
     """
     seed, shape, spacing, codes = _validated_common(seed, shape, spacing_mm, orientation)
     ids = _check_label_ids(label_ids, CT_STRUCTURES)
-    tissue, label, grid, transform, streams = _abdomen_maps(seed, shape, spacing, codes, ids, lesions)
+    _check_anatomy(anatomy, region, patient_size)
+    body = (region, patient_size) if anatomy == "body" else None
+    tissue, label, grid, transform, streams = _abdomen_maps(seed, shape, spacing, codes, ids, lesions, body)
     intensity_rng, noise_rng = streams
-    hu = lookup(intensity_rng, CT_HU)
+    names = TISSUES if body is None else BODY_TISSUES
+    hu = lookup(intensity_rng, CT_HU, names)
     hu["liver_lesion"] = hu["liver"] - intensity_rng.uniform(30.0, 50.0)
     hu["kidney_medulla"] = hu["kidney_cortex"] - intensity_rng.uniform(40.0, 80.0)
     hu["hepatic_vein"] = hu["vein"] + intensity_rng.uniform(-10.0, 20.0)
-    lut = np.array([hu[name] for name in TISSUES], dtype=np.float32)
+    lut = np.array([hu[name] for name in names], dtype=np.float32)
     sigma = float(noise_rng.uniform(10.0, 20.0)) if noise_hu is None else float(noise_hu)
     if sigma < 0:
         raise ValueError(f"noise_hu: expected a non-negative number, got {noise_hu}")
@@ -197,7 +227,7 @@ def make_ct_phantom(
     np.clip(image, *CT_CLIP_HU, out=image)
     affine, image, label, tissue = reorient(grid, transform, image.astype(np.int16), label, tissue)
     logger.debug("CT phantom seed=%d shape=%s spacing=%s orientation=%s", seed, shape, spacing, "".join(codes))
-    return Phantom(image, label, affine, _labels_dict(ids), "CT", tissue, {i: n for n, i in TISSUES.items()})
+    return Phantom(image, label, affine, _labels_dict(ids), "CT", tissue, {i: n for n, i in names.items()})
 
 
 def _abdomen_maps(
@@ -207,13 +237,22 @@ def _abdomen_maps(
     codes: tuple[str, str, str],
     ids: Mapping[str, int],
     lesions: bool,
+    body: tuple[str | None, str | float | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, CanonicalGrid, np.ndarray, tuple[np.random.Generator, np.random.Generator]]:
     """Tissue and label maps of a seed's abdomen (canonical grid), the grid, its reorientation
-    and the intensity and noise random streams, in that order."""
+    and the intensity and noise random streams, in that order. ``body``: (region, patient_size) for
+    the "body" anatomy, None for the classic one."""
     grid, transform = canonical_grid(shape, spacing, codes)
     anatomy_ss, lesion_ss, intensity_ss, noise_ss = np.random.SeedSequence(seed).spawn(4)
-    anatomy = abdomen_anatomy(np.random.default_rng(anatomy_ss), np.random.default_rng(lesion_ss), grid)
-    tissue, label = render_abdomen(anatomy, grid, ids, lesions)
+    if body is None:
+        anatomy = abdomen_anatomy(np.random.default_rng(anatomy_ss), np.random.default_rng(lesion_ss), grid)
+        tissue, label = render_abdomen(anatomy, grid, ids, lesions)
+    else:
+        placement_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(5)[4])
+        trunk = body_anatomy(
+            np.random.default_rng(anatomy_ss), np.random.default_rng(lesion_ss), placement_rng, grid, *body
+        )
+        tissue, label = render_body(trunk, grid, ids, lesions)
     streams = (np.random.default_rng(intensity_ss), np.random.default_rng(noise_ss))
     return tissue, label, grid, transform, streams
 
@@ -227,6 +266,9 @@ def make_mr_phantom(
     label_ids: Mapping[str, int] | None = None,
     lesions: bool = False,
     blur_sigma_mm: float = 1.0,
+    anatomy: str = "classic",
+    region: str | None = None,
+    patient_size: str | float | None = None,
 ) -> Phantom:
     """A T1-weighted-like abdominal MR phantom: the anatomy of :func:`make_ct_phantom` for the
     same seed, with MR signal (fat bright, fluid and flowing blood dark), a smooth multiplicative
@@ -241,6 +283,7 @@ def make_mr_phantom(
             "liver_tumor" unless ``lesions``.
         lesions: Draw T1-hypointense liver lesions.
         blur_sigma_mm: Gaussian partial-volume blur (mm).
+        anatomy, region, patient_size: As for :func:`make_ct_phantom`.
 
     Returns:
         A :class:`Phantom` with an int16 image (signal >= 0), uint8 labels and its RAS affine.
@@ -253,11 +296,14 @@ def make_mr_phantom(
     if not lesions:
         default.pop("liver_tumor")
     ids = _check_label_ids(label_ids, default)
-    tissue, label, grid, transform, streams = _abdomen_maps(seed, shape, spacing, codes, ids, lesions)
+    _check_anatomy(anatomy, region, patient_size)
+    body = (region, patient_size) if anatomy == "body" else None
+    tissue, label, grid, transform, streams = _abdomen_maps(seed, shape, spacing, codes, ids, lesions, body)
     intensity_rng, noise_rng = streams
-    signal = lookup(intensity_rng, MR_T1)
+    names = TISSUES if body is None else BODY_TISSUES
+    signal = lookup(intensity_rng, MR_T1, names)
     signal["liver_lesion"] = signal["liver"] * intensity_rng.uniform(0.55, 0.7)
-    lut = np.array([signal[name] for name in TISSUES], dtype=np.float32)
+    lut = np.array([signal[name] for name in names], dtype=np.float32)
     image = blur(lut[tissue], grid.spacing, blur_sigma_mm)
     bias = smooth_field(intensity_rng, grid, intensity_rng.uniform(0.15, 0.3))
     image *= np.exp(bias)
@@ -267,7 +313,7 @@ def make_mr_phantom(
     np.rint(image, out=image)
     np.clip(image, 0, np.iinfo(np.int16).max, out=image)
     affine, image, label, tissue = reorient(grid, transform, image.astype(np.int16), label, tissue)
-    return Phantom(image, label, affine, _labels_dict(ids), "MR", tissue, {i: n for n, i in TISSUES.items()})
+    return Phantom(image, label, affine, _labels_dict(ids), "MR", tissue, {i: n for n, i in names.items()})
 
 
 def make_brain_tumor_phantom(
@@ -278,6 +324,7 @@ def make_brain_tumor_phantom(
     orientation: str = "RAS",
     channels: int = 1,
     blur_sigma_mm: float = 0.8,
+    anatomy: str = "classic",
 ) -> Phantom:
     """A head MR phantom with one glioma-like tumour (enhancing rim, necrotic core, edema).
 
@@ -292,6 +339,9 @@ def make_brain_tumor_phantom(
         orientation: nibabel axis codes of the array axes.
         channels: Number of contrasts, 1 to 4.
         blur_sigma_mm: Gaussian partial-volume blur (mm).
+        anatomy: "classic" (default, unchanged) or "body": an adult head at real size (truncated by a
+            small field of view) with literature-sized brain, ventricles and skull, deep grey nuclei, and
+            a tumour anywhere in the hemispheres with mass effect (tissue map: :data:`HEAD_TISSUES`).
 
     Returns:
         A :class:`Phantom` with a float32 image (i, j, k) for one channel or channel-first
@@ -307,9 +357,12 @@ def make_brain_tumor_phantom(
         or not (1 <= channels <= len(MR_CONTRASTS))
     ):
         raise ValueError(f"channels: expected an int in 1..{len(MR_CONTRASTS)}, got {channels!r}")
+    _check_anatomy(anatomy)
     grid, transform = canonical_grid(shape, spacing, codes)
     anatomy_ss, intensity_ss, noise_ss = np.random.SeedSequence(seed).spawn(3)
-    tissue = brain_tissue(np.random.default_rng(anatomy_ss), grid)
+    names = BRAIN_TISSUES if anatomy == "classic" else HEAD_TISSUES
+    draw = brain_tissue if anatomy == "classic" else head_tissue
+    tissue = draw(np.random.default_rng(anatomy_ss), grid)
     label = np.isin(tissue, [BRAIN_TISSUES["tumor_core"], BRAIN_TISSUES["tumor_rim"]]).astype(np.uint8)
     intensity_rng = np.random.default_rng(intensity_ss)
     noise_rng = np.random.default_rng(noise_ss)
@@ -318,7 +371,7 @@ def make_brain_tumor_phantom(
     for contrast in MR_CONTRASTS[:channels]:
         table = BRAIN_SIGNAL[contrast]
         lut = np.array(
-            [table[name] * intensity_rng.uniform(0.93, 1.07) for name in BRAIN_TISSUES],
+            [table[name] * intensity_rng.uniform(0.93, 1.07) for name in names],
             dtype=np.float32,
         )
         image = blur(lut[tissue], grid.spacing, blur_sigma_mm) * bias
@@ -326,6 +379,4 @@ def make_brain_tumor_phantom(
         images.append(image.astype(np.float32))
     image = images[0] if channels == 1 else np.stack(images)
     affine, image, label, tissue = reorient(grid, transform, image, label, tissue)
-    return Phantom(
-        image, label, affine, {0: "background", 1: "tumor"}, "MR", tissue, {i: n for n, i in BRAIN_TISSUES.items()}
-    )
+    return Phantom(image, label, affine, {0: "background", 1: "tumor"}, "MR", tissue, {i: n for n, i in names.items()})

@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from pipelines.data.phantoms.shapes import Ellipsoid, Tube
-from pipelines.data.phantoms.tissues import TISSUES
+from pipelines.data.phantoms.tissues import BODY_TISSUES, TISSUES
 
 __all__ = ["Canvas", "Op", "blur", "correlated_noise", "lookup", "paint", "rician"]
 
@@ -91,7 +91,7 @@ def paint(canvas: Canvas, op: Op, label_of: Mapping[str | None, int], margin_mm:
     if op.clip is not None:
         allowed &= canvas.masks[op.clip][sub]
     if op.only_in is not None:
-        allowed &= np.isin(tissue, [TISSUES[name] for name in op.only_in])
+        allowed &= np.isin(tissue, [BODY_TISSUES[name] for name in op.only_in])
     outer = np.broadcast_to(level <= op.layers[0][0], tissue.shape) & allowed
     if not outer.any():
         return
@@ -100,10 +100,10 @@ def paint(canvas: Canvas, op: Op, label_of: Mapping[str | None, int], margin_mm:
         if op.gas is not None and tissue_name == op.gas[0]:
             center_y = op.shape.center_y(x, y, z)
             gas = np.broadcast_to((y - center_y) > np.float32(op.gas[1]), tissue.shape) & mask
-            tissue[gas] = TISSUES["gas"]
+            tissue[gas] = BODY_TISSUES["gas"]
             label[gas] = label_of[structure]
             mask &= ~gas
-        tissue[mask] = TISSUES[tissue_name]
+        tissue[mask] = BODY_TISSUES[tissue_name]  # a superset of TISSUES, same ids
         label[mask] = label_of[structure]
 
 
@@ -138,9 +138,13 @@ def correlated_noise(
     return noise
 
 
-def lookup(rng: np.random.Generator, table: Mapping[str, tuple[float, float]]) -> dict[str, float]:
-    """One intensity per abdominal tissue, drawn uniformly from its range in ``table`` (0 when absent)."""
-    return {name: float(rng.uniform(*table[name])) if name in table else 0.0 for name in TISSUES}
+def lookup(
+    rng: np.random.Generator, table: Mapping[str, tuple[float, float]], names: Sequence[str] | None = None
+) -> dict[str, float]:
+    """One intensity per tissue of ``names`` (default: :data:`TISSUES`), drawn uniformly from its range
+    in ``table``, in the order of ``names`` (0 when absent)."""
+    names = TISSUES if names is None else names
+    return {name: float(rng.uniform(*table[name])) if name in table else 0.0 for name in names}
 
 
 def rician(rng: np.random.Generator, image: np.ndarray, sigma: float) -> np.ndarray:

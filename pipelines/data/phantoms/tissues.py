@@ -9,12 +9,14 @@ signal) or its mean signal per brain MR contrast.
 from __future__ import annotations
 
 __all__ = [
+    "BODY_TISSUES",
     "BRAIN_SIGNAL",
     "BRAIN_STRUCTURES",
     "BRAIN_TISSUES",
     "CT_CLIP_HU",
     "CT_HU",
     "CT_STRUCTURES",
+    "HEAD_TISSUES",
     "MR_CONTRASTS",
     "MR_T1",
     "TISSUES",
@@ -86,6 +88,16 @@ TISSUES: dict[str, int] = {
 }
 """Tissue classes of the abdominal phantoms (the ``tissue`` map of a :class:`Phantom`)."""
 
+BODY_TISSUES: dict[str, int] = {
+    **TISSUES,
+    **{
+        name: len(TISSUES) + index
+        for index, name in enumerate(("diaphragm", "cartilage", "bladder_wall", "urine", "mediastinal_fat"))
+    },
+}
+"""Tissue classes of the ``anatomy="body"`` abdominal phantoms: :data:`TISSUES` (same ids) and the
+classes only that anatomy draws, appended (the classic phantoms never use them)."""
+
 BRAIN_TISSUES: dict[str, int] = {
     name: index
     for index, name in enumerate(
@@ -104,6 +116,10 @@ BRAIN_TISSUES: dict[str, int] = {
     )
 }
 """Tissue classes of the brain tumour phantom."""
+
+HEAD_TISSUES: dict[str, int] = {**BRAIN_TISSUES, "deep_grey_matter": len(BRAIN_TISSUES)}
+"""Tissue classes of the ``anatomy="body"`` brain tumour phantom: :data:`BRAIN_TISSUES` (same ids) and
+the deep grey nuclei (thalami, basal ganglia)."""
 
 CT_CLIP_HU: tuple[int, int] = (-1024, 3071)
 """HU range a CT series stores as uint16 with intercept -1024; CT phantoms are clipped to it."""
@@ -140,6 +156,12 @@ CT_HU: dict[str, tuple[float, float]] = {
     "myocardium": (80, 120),
     "blood": (140, 220),
     "rib": (350, 600),
+    # classes of the "body" anatomy only
+    "diaphragm": (40, 60),
+    "cartilage": (80, 200),
+    "bladder_wall": (40, 70),
+    "urine": (0, 15),
+    "mediastinal_fat": (-110, -80),
 }
 # T1-weighted-like MR signal (arbitrary units): fat bright, fluid dark, flowing blood dark.
 MR_T1: dict[str, tuple[float, float]] = {
@@ -173,6 +195,12 @@ MR_T1: dict[str, tuple[float, float]] = {
     "myocardium": (280, 330),
     "blood": (80, 150),
     "rib": (60, 120),
+    # classes of the "body" anatomy only
+    "diaphragm": (250, 320),
+    "cartilage": (150, 250),
+    "bladder_wall": (280, 340),
+    "urine": (40, 90),
+    "mediastinal_fat": (800, 900),
 }
 # Brain contrasts (arbitrary units): mean value per tissue, jittered per case.
 BRAIN_SIGNAL: dict[str, dict[str, float]] = {
@@ -187,6 +215,7 @@ BRAIN_SIGNAL: dict[str, dict[str, float]] = {
         "tumor_core": 220,
         "tumor_rim": 900,
         "edema": 420,
+        "deep_grey_matter": 540,
     },
     "T1": {
         "air": 0,
@@ -199,6 +228,7 @@ BRAIN_SIGNAL: dict[str, dict[str, float]] = {
         "tumor_core": 210,
         "tumor_rim": 430,
         "edema": 410,
+        "deep_grey_matter": 530,
     },
     "T2": {
         "air": 0,
@@ -211,6 +241,7 @@ BRAIN_SIGNAL: dict[str, dict[str, float]] = {
         "tumor_core": 900,
         "tumor_rim": 620,
         "edema": 780,
+        "deep_grey_matter": 480,
     },
     "FLAIR": {
         "air": 0,
@@ -223,5 +254,6 @@ BRAIN_SIGNAL: dict[str, dict[str, float]] = {
         "tumor_core": 450,
         "tumor_rim": 700,
         "edema": 850,
+        "deep_grey_matter": 520,
     },
 }

@@ -1,0 +1,147 @@
+"""Tests of the ``anatomy="body"`` trunk (pipelines.data.phantoms.body, body_paint, anatomy_facts):
+organs present and sized per the literature, sides in RAS world space, regions, truncation, patient size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.data.phantoms.anatomy_facts import FACTS
+from pipelines.data.phantoms.make import Phantom, make_ct_phantom, make_mr_phantom
+from pipelines.data.phantoms.tissues import BODY_TISSUES, CT_HU, CT_STRUCTURES, MR_T1
+
+# a realistic 5 mm grid: 400 x 320 mm in-plane, 300 mm long (an abdominal CT field of view)
+GRID = {"shape": (80, 64, 60), "spacing_mm": (5.0, 5.0, 5.0)}
+VOLUME_FACTS = {
+    "liver": "liver_volume",
+    "spleen": "spleen_volume",
+    "kidney_right": "kidney_volume",
+    "kidney_left": "kidney_volume",
+    "pancreas": "pancreas_volume",
+    "gallbladder": "gallbladder_volume",
+}
+
+
+def _ml(phantom: Phantom, mask: np.ndarray) -> float:
+    return float(mask.sum()) * abs(float(np.linalg.det(phantom.affine[:3, :3]))) / 1000.0
+
+
+def _world(phantom: Phantom, mask: np.ndarray) -> np.ndarray:
+    ijk = np.argwhere(mask)
+    return (phantom.affine @ np.c_[ijk, np.ones(len(ijk))].T)[:3].T
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_abdomen_has_every_organ_with_a_literature_volume(seed: int) -> None:
+    p = make_ct_phantom(seed, anatomy="body", region="abdomen", lesions=False, **GRID)
+    for name, structure_id in CT_STRUCTURES.items():
+        if name != "liver_tumor":
+            assert (p.label == structure_id).sum() > 0, f"{name} missing"
+    for name, fact_name in VOLUME_FACTS.items():
+        fact = FACTS[fact_name]
+        volume = _ml(p, p.label == CT_STRUCTURES[name])
+        assert fact.low <= volume <= fact.high, (
+            f"{name}: {volume:.0f} mL outside {fact.low}-{fact.high} ({fact.source})"
+        )
+    lungs = _ml(p, p.tissue == BODY_TISSUES["lung"])
+    assert lungs > 50  # the lung bases are in an abdominal field
+
+
+@pytest.mark.parametrize("orientation", ["RAS", "LPS", "PIR"])
+def test_left_and_right_organs_are_on_their_side_in_world_space(orientation: str) -> None:
+    p = make_ct_phantom(4, anatomy="body", region="abdomen", orientation=orientation, **GRID)
+    for name, sign in (
+        ("liver", 1),
+        ("kidney_right", 1),
+        ("adrenal_gland_right", 1),
+        ("gallbladder", 1),
+        ("spleen", -1),
+        ("kidney_left", -1),
+        ("adrenal_gland_left", -1),
+    ):
+        x = _world(p, p.label == CT_STRUCTURES[name])[:, 0].mean()
+        assert np.sign(x) == sign, f"{name} at x = {x:.0f} mm (RAS: +x is the patient's right)"
+    z_right = _world(p, p.label == CT_STRUCTURES["kidney_right"])[:, 2].mean()
+    z_liver = _world(p, p.label == CT_STRUCTURES["liver"])[:, 2].mean()
+    assert z_liver > z_right  # the liver sits above the right kidney
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_chest_field_has_lungs_and_no_kidneys_pelvis_field_no_lungs(seed: int) -> None:
+    grid = {"shape": (80, 64, 50), "spacing_mm": (5.0, 5.0, 5.0)}  # 250 mm long
+    chest = make_ct_phantom(seed, anatomy="body", region="chest", **grid)
+    assert _ml(chest, chest.tissue == BODY_TISSUES["lung"]) > 2500
+    assert (chest.tissue == BODY_TISSUES["myocardium"]).any()
+    for name in ("kidney_right", "kidney_left", "pancreas", "gallbladder"):
+        assert not (chest.label == CT_STRUCTURES[name]).any(), name
+    pelvis = make_ct_phantom(seed, anatomy="body", region="pelvis", shape=(80, 64, 40), spacing_mm=(5.0, 5.0, 5.0))
+    assert not (pelvis.tissue == BODY_TISSUES["lung"]).any()
+    assert not (pelvis.label == CT_STRUCTURES["liver"]).any()
+    assert (pelvis.tissue == BODY_TISSUES["urine"]).any()  # the bladder
+    assert (pelvis.tissue == BODY_TISSUES["bone_marrow"]).sum() > 100  # pelvic bones
+
+
+def test_obese_patient_is_truncated_by_a_narrow_field_slim_one_is_not() -> None:
+    grid = {"shape": (72, 60, 16), "spacing_mm": (5.0, 5.0, 10.0)}  # 360 x 300 mm in-plane
+    obese = make_ct_phantom(1, anatomy="body", region="abdomen", patient_size=1.0, **grid)
+    slim = make_ct_phantom(1, anatomy="body", region="abdomen", patient_size=0.0, **grid)
+    air = BODY_TISSUES["air"]
+    for face in (obese.tissue[0], obese.tissue[-1]):
+        assert (face != air).mean() > 0.2  # the body is cut at the right and left edges of the field
+    for face in (slim.tissue[0], slim.tissue[-1], slim.tissue[:, 0], slim.tissue[:, -1]):
+        assert (face == air).all()
+
+
+def _anterior_fat_mm(p: Phantom) -> float:
+    """Subcutaneous fat thickness (mm) in front of the midline, median over the slices."""
+    mid = p.tissue[p.tissue.shape[0] // 2]  # (y, z), RAS grid
+    fat = (mid == BODY_TISSUES["fat"]) & (np.arange(mid.shape[0])[:, None] > mid.shape[0] // 2)
+    return float(np.median(fat.sum(axis=0))) * float(p.affine[1, 1])
+
+
+def test_fat_thickness_grows_with_patient_size() -> None:
+    grid = {"shape": (96, 80, 12), "spacing_mm": (5.0, 5.0, 10.0)}
+    thickness = [
+        _anterior_fat_mm(make_ct_phantom(2, anatomy="body", region="abdomen", patient_size=size, **grid))
+        for size in ("slim", "average", "overweight", "obese")
+    ]
+    assert thickness == sorted(thickness) and thickness[0] < thickness[-1] - 25, thickness
+    fact = FACTS["subcutaneous_fat_thickness"]
+    assert fact.low <= thickness[0] <= 15 and 40 <= thickness[-1] <= fact.high, thickness
+
+
+def test_tissue_map_names_and_intensity_tables_cover_the_body_tissues() -> None:
+    p = make_mr_phantom(3, anatomy="body", **GRID)
+    assert p.tissue_names == {i: n for n, i in BODY_TISSUES.items()}
+    assert set(np.unique(p.tissue)) <= set(p.tissue_names)
+    for name in BODY_TISSUES:
+        if name == "liver_lesion":  # drawn relative to the liver by the factories
+            continue
+        assert name in CT_HU and name in MR_T1, name
+    assert p.image.dtype == np.int16 and p.image.min() >= 0
+    for name in ("diaphragm", "rib", "cartilage", "bone_marrow", "disc", "muscle", "visceral_fat"):
+        assert (p.tissue == BODY_TISSUES[name]).any(), name
+
+
+def test_same_seed_same_anatomy_in_any_field_of_view() -> None:
+    a = make_ct_phantom(6, anatomy="body", region="trunk", patient_size=0.5, shape=(64, 56, 80), spacing_mm=(6, 6, 8))
+    b = make_ct_phantom(6, anatomy="body", region="trunk", patient_size=0.5, shape=(64, 56, 80), spacing_mm=(6, 6, 8))
+    np.testing.assert_array_equal(a.image, b.image)
+    liver_a = _ml(a, a.label == CT_STRUCTURES["liver"])
+    c = make_ct_phantom(6, anatomy="body", region="abdomen", patient_size=0.5, **GRID)
+    assert liver_a == pytest.approx(_ml(c, c.label == CT_STRUCTURES["liver"]), rel=0.1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"anatomy": "realistic"}, "anatomy"),
+        ({"anatomy": "body", "region": "neck"}, "region"),
+        ({"anatomy": "body", "patient_size": 1.5}, "patient_size"),
+        ({"anatomy": "body", "patient_size": "huge"}, "patient_size"),
+        ({"region": "chest"}, 'anatomy="body"'),
+    ],
+)
+def test_bad_body_options_raise_value_error_naming_them(kwargs, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        make_ct_phantom(0, shape=(16, 16, 16), **kwargs)
