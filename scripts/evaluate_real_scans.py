@@ -113,12 +113,24 @@ def main(argv: list[str] | None = None) -> int:
                 case.pop("prediction", None)  # the temporary folder is gone
     args.results.mkdir(parents=True, exist_ok=True)
     path = result_path(args.results, cpu_kind(), started.date())
-    write_json(document, path)
+    write_json(_relative_paths(document, {data_dir: "$MEDSEG_SHARED_DATA", REPO: "."}), path)
     print(f"\nwrote {path}")
     failed = [f"{b['bundle']} on {c['case']}" for b in report["bundles"] for c in b["cases"] if c["status"] == "failed"]
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _relative_paths(value, roots: dict[Path, str]):
+    """The results with every path under a root written from that root: a committed result names no machine."""
+    if isinstance(value, dict):
+        return {key: _relative_paths(item, roots) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_relative_paths(item, roots) for item in value]
+    if isinstance(value, str):
+        for root, name in roots.items():
+            value = value.replace(str(root.resolve()), name).replace(str(root), name)
+    return value
 
 
 if __name__ == "__main__":

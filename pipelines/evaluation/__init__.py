@@ -1,0 +1,1 @@
+"""Evaluation of shipped bundles on the real scans beside the project, scored in physical space."""
