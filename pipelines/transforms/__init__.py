@@ -11,6 +11,11 @@ Post-processing of integer label maps (after argmax and a cast to uint8 / uint16
   nearest neighbour, without the float copies and dense grids ``Invertd`` builds;
 - :class:`ResampleScoresToGrid` / :class:`ResampleScoresToOriginald`: class scores back to the
   input's grid with trilinear interpolation and a fused argmax, one slab at a time.
+
+Randomised appearance for synthetic training (:mod:`pipelines.transforms.randomise`,
+:mod:`pipelines.transforms.randomise_artefacts`; chained by :mod:`pipelines.data.synthetic`):
+:class:`RandTissueIntensity`, :class:`RandPartialVolume`, :class:`RandSliceThickness`,
+:class:`RandStreaks`, :class:`RandRings`, :class:`RandMetal` and their ``d`` wrappers.
 """
 
 from __future__ import annotations
@@ -29,12 +34,40 @@ from pipelines.transforms.islands import (
     RemoveSmallIslands,
     RemoveSmallIslandsd,
 )
+from pipelines.transforms.randomise import (
+    RandPartialVolume,
+    RandPartialVolumed,
+    RandSliceThickness,
+    RandSliceThicknessd,
+    RandTissueIntensity,
+    RandTissueIntensityd,
+)
+from pipelines.transforms.randomise_artefacts import (
+    RandMetal,
+    RandMetald,
+    RandRings,
+    RandRingsd,
+    RandStreaks,
+    RandStreaksd,
+)
 
 __all__ = [
     "FillHoles",
     "FillHolesd",
     "KeepLargestComponent",
     "KeepLargestComponentd",
+    "RandMetal",
+    "RandMetald",
+    "RandPartialVolume",
+    "RandPartialVolumed",
+    "RandRings",
+    "RandRingsd",
+    "RandSliceThickness",
+    "RandSliceThicknessd",
+    "RandStreaks",
+    "RandStreaksd",
+    "RandTissueIntensity",
+    "RandTissueIntensityd",
     "RemoveSmallIslands",
     "RemoveSmallIslandsd",
     "ResampleLabelsToGrid",
