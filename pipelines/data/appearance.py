@@ -122,8 +122,22 @@ _NON_CONTRAST: dict[str, Range] = {
     "edema": (15, 28),
 }
 
-_ARTERIAL: dict[str, Range] = {
+_ENHANCED: dict[str, Range] = {
     **_NON_CONTRAST,
+    # after contrast, alike in the arterial and the portal-venous phase
+    "adrenal": (50, 90),
+    "muscle": (40, 65),
+    "diaphragm": (40, 65),
+    "bladder_wall": (45, 80),
+    "bone_marrow": (110, 320),
+    "scalp": (20, 70),
+    "grey_matter": (38, 50),
+    "white_matter": (22, 35),
+    "tumor_rim": (60, 130),  # enhancing rim (blood-brain barrier breakdown)
+}
+
+_ARTERIAL: dict[str, Range] = {
+    **_ENHANCED,
     # late arterial / pancreatic phase, ~35-45 s after injection [Bae2010]
     "artery": (250, 450),
     "blood": (200, 420),  # heart chambers and aortic root
@@ -136,23 +150,14 @@ _ARTERIAL: dict[str, Range] = {
     "kidney_cortex": (160, 260),  # corticomedullary phase [Yuh1999]
     "kidney_medulla": (60, 110),
     "pancreas": (100, 150),  # pancreatic-phase peak
-    "adrenal": (50, 90),
     "myocardium": (90, 150),
-    "muscle": (40, 65),
-    "diaphragm": (40, 65),
-    "bladder_wall": (45, 80),
     "esophagus": (50, 90),
     "stomach_wall": (70, 120),  # mucosal enhancement
     "bowel_wall": (70, 120),
-    "bone_marrow": (110, 320),
-    "scalp": (20, 70),
-    "grey_matter": (38, 50),
-    "white_matter": (22, 35),
-    "tumor_rim": (60, 130),  # enhancing rim (blood-brain barrier breakdown)
 }
 
 _PORTAL_VENOUS: dict[str, Range] = {
-    **_NON_CONTRAST,
+    **_ENHANCED,
     # portal-venous phase, ~60-80 s [Bae2010], [Heiken1995]
     "artery": (150, 230),
     "blood": (140, 210),
@@ -165,19 +170,10 @@ _PORTAL_VENOUS: dict[str, Range] = {
     "kidney_cortex": (150, 220),
     "kidney_medulla": (110, 190),  # entering the nephrographic phase [Yuh1999]
     "pancreas": (80, 125),
-    "adrenal": (50, 90),
     "myocardium": (80, 125),
-    "muscle": (40, 65),
-    "diaphragm": (40, 65),
-    "bladder_wall": (45, 80),
     "esophagus": (45, 80),
     "stomach_wall": (60, 100),
     "bowel_wall": (60, 100),
-    "bone_marrow": (110, 320),
-    "scalp": (20, 70),
-    "grey_matter": (38, 50),
-    "white_matter": (22, 35),
-    "tumor_rim": (60, 130),
 }
 
 CT_HU_BY_PHASE: dict[str, dict[str, Range]] = {

@@ -24,14 +24,12 @@ from typing import Any
 
 import numpy as np
 from monai.config import KeysCollection, NdarrayOrTensor
-from monai.transforms import RandomizableTransform
-from monai.utils import TransformBackends
 
 from pipelines.transforms.randomise_common import (
     RandDictBase,
+    RandImageTransform,
     as_volume,
     check_range,
-    like_input,
     slice_axis,
     voxel_spacing,
 )
@@ -72,7 +70,33 @@ def _signed(rng: np.random.RandomState, low: float, high: float, count: int, dar
     return np.where(rng.uniform(size=count) < dark_fraction, -magnitude, magnitude)
 
 
-class RandStreaks(RandomizableTransform):
+class _RandInPlane(RandImageTransform):
+    """Shared body of :class:`RandStreaks` and :class:`RandRings`: ``count`` features of ``amplitude_hu``
+    and ``width_vox`` in the slices along ``axis``."""
+
+    def __init__(
+        self,
+        count: Sequence[int],
+        amplitude_hu: Sequence[float],
+        width_vox: Sequence[float],
+        axis: int | None,
+        prob: float,
+    ) -> None:
+        super().__init__(prob, axis)
+        who = type(self).__name__
+        self.count = tuple(int(c) for c in check_range(count, "count", who, minimum=1))
+        self.amplitude_hu = check_range(amplitude_hu, "amplitude_hu", who, minimum=0.0)
+        self.width_vox = check_range(width_vox, "width_vox", who, minimum=1e-3)
+
+    def _draw_layout(self, data: NdarrayOrTensor) -> tuple[int, Sequence[int], int, int, int]:
+        """Slice axis, spatial shape, in-plane axes and the drawn number of features."""
+        axis = slice_axis(data, self.axis_arg, type(self).__name__)
+        shape = data.shape[1:]
+        p, q = _plane(shape, axis)
+        return axis, shape, p, q, int(self.R.randint(self.count[0], self.count[1] + 1))
+
+
+class RandStreaks(_RandInPlane):
     """Straight bright/dark streaks (HU) through one point, across a slab of slices.
 
     Args:
@@ -84,8 +108,6 @@ class RandStreaks(RandomizableTransform):
         prob: Probability of applying.
     """
 
-    backend = [TransformBackends.NUMPY]  # noqa: RUF012 (a list, as in MONAI)
-
     def __init__(
         self,
         count: Sequence[int] = (3, 12),
@@ -95,26 +117,14 @@ class RandStreaks(RandomizableTransform):
         axis: int | None = None,
         prob: float = 0.1,
     ) -> None:
-        RandomizableTransform.__init__(self, prob)
-        who = type(self).__name__
-        self.count = tuple(int(c) for c in check_range(count, "count", who, minimum=1))
-        self.amplitude_hu = check_range(amplitude_hu, "amplitude_hu", who, minimum=0.0)
-        self.width_vox = check_range(width_vox, "width_vox", who, minimum=1e-3)
-        self.slab_fraction = check_range(slab_fraction, "slab_fraction", who, minimum=0.0)
-        self.axis_arg = axis
-        self.params: dict[str, Any] = {}
+        super().__init__(count, amplitude_hu, width_vox, axis, prob)
+        self.slab_fraction = check_range(slab_fraction, "slab_fraction", type(self).__name__, minimum=0.0)
 
-    def randomize(self, data: NdarrayOrTensor | None = None) -> None:
-        super().randomize(None)
-        if not self._do_transform or data is None:
-            return
-        axis = slice_axis(data, self.axis_arg, type(self).__name__)
-        shape = data.shape[1:]
-        p, q = _plane(shape, axis)
-        n = int(self.R.randint(self.count[0], self.count[1] + 1))
+    def _draw(self, data: NdarrayOrTensor) -> dict[str, Any]:
+        axis, shape, p, q, n = self._draw_layout(data)
         length = max(1, round(shape[axis] * self.R.uniform(*self.slab_fraction)))
         start = int(self.R.randint(0, shape[axis] - length + 1))
-        self.params = {
+        return {
             "axis": axis,
             "centre": (self.R.uniform(0.25, 0.75) * (shape[p] - 1), self.R.uniform(0.25, 0.75) * (shape[q] - 1)),
             "angles": self.R.uniform(0.0, np.pi, size=n),
@@ -123,13 +133,8 @@ class RandStreaks(RandomizableTransform):
             "slab": slice(start, start + length),
         }
 
-    def __call__(self, img: NdarrayOrTensor, randomize: bool = True) -> NdarrayOrTensor:
-        """Add streaks to ``img`` (HU, ``(C, H, W, D)``)."""
-        volume = as_volume(img, type(self).__name__)
-        if randomize:
-            self.randomize(img)
-        if not self._do_transform:
-            return img
+    def _apply(self, volume: np.ndarray) -> np.ndarray:
+        """Add the streaks (HU) to ``volume``."""
         axis = self.params["axis"]
         p, q = _plane(volume.shape[1:], axis)
         pattern = _lines(
@@ -140,7 +145,7 @@ class RandStreaks(RandomizableTransform):
             self.params["width"],
         )
         _add_in_plane(volume, pattern, axis, self.params["slab"])
-        return like_input(volume, img)
+        return volume
 
 
 class RandStreaksd(RandDictBase):
@@ -161,7 +166,7 @@ class RandStreaksd(RandDictBase):
         self.transform = RandStreaks(count, amplitude_hu, width_vox, slab_fraction, axis, prob=1.0)
 
 
-class RandRings(RandomizableTransform):
+class RandRings(_RandInPlane):
     """Concentric bright/dark rings (HU) around the in-plane centre (the isocentre), on every slice.
 
     Args:
@@ -172,8 +177,6 @@ class RandRings(RandomizableTransform):
         prob: Probability of applying.
     """
 
-    backend = [TransformBackends.NUMPY]  # noqa: RUF012 (a list, as in MONAI)
-
     def __init__(
         self,
         count: Sequence[int] = (1, 5),
@@ -182,37 +185,20 @@ class RandRings(RandomizableTransform):
         axis: int | None = None,
         prob: float = 0.1,
     ) -> None:
-        RandomizableTransform.__init__(self, prob)
-        who = type(self).__name__
-        self.count = tuple(int(c) for c in check_range(count, "count", who, minimum=1))
-        self.amplitude_hu = check_range(amplitude_hu, "amplitude_hu", who, minimum=0.0)
-        self.width_vox = check_range(width_vox, "width_vox", who, minimum=1e-3)
-        self.axis_arg = axis
-        self.params: dict[str, Any] = {}
+        super().__init__(count, amplitude_hu, width_vox, axis, prob)
 
-    def randomize(self, data: NdarrayOrTensor | None = None) -> None:
-        super().randomize(None)
-        if not self._do_transform or data is None:
-            return
-        axis = slice_axis(data, self.axis_arg, type(self).__name__)
-        shape = data.shape[1:]
-        p, q = _plane(shape, axis)
-        n = int(self.R.randint(self.count[0], self.count[1] + 1))
+    def _draw(self, data: NdarrayOrTensor) -> dict[str, Any]:
+        axis, shape, p, q, n = self._draw_layout(data)
         max_radius = max(2.5, 0.48 * min(shape[p], shape[q]))
-        self.params = {
+        return {
             "axis": axis,
             "radii": self.R.uniform(2.0, max_radius, size=n),
             "amplitudes": _signed(self.R, *self.amplitude_hu, n, 0.5),
             "width": float(self.R.uniform(*self.width_vox)),
         }
 
-    def __call__(self, img: NdarrayOrTensor, randomize: bool = True) -> NdarrayOrTensor:
-        """Add rings to ``img`` (HU, ``(C, H, W, D)``)."""
-        volume = as_volume(img, type(self).__name__)
-        if randomize:
-            self.randomize(img)
-        if not self._do_transform:
-            return img
+    def _apply(self, volume: np.ndarray) -> np.ndarray:
+        """Add the rings (HU) to ``volume``."""
         axis = self.params["axis"]
         p, q = _plane(volume.shape[1:], axis)
         u = np.arange(volume.shape[p + 1], dtype=np.float32)[:, None] - np.float32((volume.shape[p + 1] - 1) / 2)
@@ -222,7 +208,7 @@ class RandRings(RandomizableTransform):
         for radius, amplitude in zip(self.params["radii"], self.params["amplitudes"], strict=True):
             pattern += np.float32(amplitude) * np.exp(-0.5 * ((rho - np.float32(radius)) / self.params["width"]) ** 2)
         _add_in_plane(volume, pattern, axis, slice(None))
-        return like_input(volume, img)
+        return volume
 
 
 class RandRingsd(RandDictBase):
@@ -242,7 +228,7 @@ class RandRingsd(RandDictBase):
         self.transform = RandRings(count, amplitude_hu, width_vox, axis, prob=1.0)
 
 
-class RandMetal(RandomizableTransform):
+class RandMetal(RandImageTransform):
     """A small metal insert inside the body with streaks radiating from it in its slices.
 
     The insert is a sphere (radius in mm) set to a metal attenuation, centred on a random voxel
@@ -261,8 +247,6 @@ class RandMetal(RandomizableTransform):
         prob: Probability of applying.
     """
 
-    backend = [TransformBackends.NUMPY]  # noqa: RUF012 (a list, as in MONAI)
-
     def __init__(
         self,
         radius_mm: Sequence[float] = (1.5, 6.0),
@@ -274,25 +258,21 @@ class RandMetal(RandomizableTransform):
         axis: int | None = None,
         prob: float = 0.1,
     ) -> None:
-        RandomizableTransform.__init__(self, prob)
+        super().__init__(prob, axis)
         who = type(self).__name__
         self.radius_mm = check_range(radius_mm, "radius_mm", who, minimum=0.0)
         self.intensity_hu = check_range(intensity_hu, "intensity_hu", who)
         self.streak_count = tuple(int(c) for c in check_range(streak_count, "streak_count", who, minimum=0))
         self.streak_amplitude_hu = check_range(streak_amplitude_hu, "streak_amplitude_hu", who, minimum=0.0)
         self.body_threshold_hu = float(body_threshold_hu)
-        self.spacing_mm, self.axis_arg = spacing_mm, axis
-        self.params: dict[str, Any] = {}
+        self.spacing_mm = spacing_mm
 
-    def randomize(self, data: NdarrayOrTensor | None = None) -> None:
-        super().randomize(None)
-        if not self._do_transform or data is None:
-            return
+    def _draw(self, data: NdarrayOrTensor) -> dict[str, Any]:
         who = type(self).__name__
         first = as_volume(data[:1], who)[0]
         candidates = np.flatnonzero(first > self.body_threshold_hu)
         n = int(self.R.randint(self.streak_count[0], self.streak_count[1] + 1))
-        self.params = {
+        return {
             "axis": slice_axis(data, self.axis_arg, who),
             "spacing": voxel_spacing(data, self.spacing_mm, who),
             "centre": None
@@ -305,17 +285,12 @@ class RandMetal(RandomizableTransform):
             "width": float(self.R.uniform(0.6, 1.5)),
         }
 
-    def __call__(self, img: NdarrayOrTensor, randomize: bool = True) -> NdarrayOrTensor:
-        """Insert metal into ``img`` (HU, ``(C, H, W, D)``)."""
-        volume = as_volume(img, type(self).__name__)
-        if randomize:
-            self.randomize(img)
-        if not self._do_transform:
-            return img
+    def _apply(self, volume: np.ndarray) -> np.ndarray | None:
+        """Insert the metal and its streaks into ``volume`` (HU); None when there is no body to put it in."""
         centre = self.params["centre"]
         if centre is None:
             logger.debug("%s: no voxel above %.0f HU: no metal inserted", type(self).__name__, self.body_threshold_hu)
-            return img
+            return None
         axis, spacing, radius = self.params["axis"], self.params["spacing"], self.params["radius"]
         shape = volume.shape[1:]
         p, q = _plane(shape, axis)
@@ -340,7 +315,7 @@ class RandMetal(RandomizableTransform):
         grids = np.ogrid[box]
         distance2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grids, centre, spacing, strict=True))
         volume[(slice(None), *box)][:, distance2 <= radius**2] = np.float32(self.params["intensity"])
-        return like_input(volume, img)
+        return volume
 
 
 class RandMetald(RandDictBase):

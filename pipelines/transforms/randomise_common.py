@@ -1,6 +1,7 @@
 """Helpers shared by the randomised-appearance transforms (:mod:`pipelines.transforms.randomise`,
 :mod:`pipelines.transforms.randomise_artefacts`): array conversion, spacing and slice axis from the
-affine, range checks, and the body of their ``d`` dictionary wrappers.
+affine, range checks, the body of the array transforms that change a copy of the image, and the body of
+their ``d`` dictionary wrappers.
 """
 
 from __future__ import annotations
@@ -13,11 +14,20 @@ import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, RandomizableTransform
-from monai.utils import convert_to_dst_type
+from monai.utils import TransformBackends, convert_to_dst_type
 
 from pipelines.geometry import spacing_from_affine
 
-__all__ = ["RandDictBase", "Range", "as_volume", "check_range", "like_input", "slice_axis", "voxel_spacing"]
+__all__ = [
+    "RandDictBase",
+    "RandImageTransform",
+    "Range",
+    "as_volume",
+    "check_range",
+    "like_input",
+    "slice_axis",
+    "voxel_spacing",
+]
 
 Range = tuple[float, float]
 """(low, high) of a uniform draw."""
@@ -79,6 +89,51 @@ def check_range(value: Sequence[float], name: str, who: str, minimum: float | No
         floor = "" if minimum is None else f" >= {minimum}"
         raise ValueError(f"{who}: {name}: expected low <= high{floor}, got {value!r}")
     return low, high
+
+
+class RandImageTransform(RandomizableTransform):
+    """Shared body of the array transforms that draw their parameters from the image and change a copy of it.
+
+    ``__call__`` takes a channel-first ``(C, H, W, D)`` image (numpy, torch or ``MetaTensor``), draws
+    (unless ``randomize=False``: the ``d`` wrappers draw once for all keys), and returns the image
+    unchanged when not applied, else :meth:`_apply`'s float32 volume as the input's type, dtype and meta.
+    Subclasses implement :meth:`_draw` and :meth:`_apply`.
+
+    Args:
+        prob: Probability of applying.
+        axis: Slice axis (0..2) for the subclasses that need one; None: from the MetaTensor's affine.
+    """
+
+    backend = [TransformBackends.NUMPY]  # noqa: RUF012 (a list, as in MONAI)
+
+    def __init__(self, prob: float, axis: int | None = None) -> None:
+        RandomizableTransform.__init__(self, prob)
+        self.axis_arg = axis
+        self.params: dict[str, Any] = {}
+
+    def randomize(self, data: NdarrayOrTensor | None = None) -> None:
+        super().randomize(None)
+        if not self._do_transform or data is None:
+            return
+        self.params = self._draw(data)
+
+    def _draw(self, data: NdarrayOrTensor) -> dict[str, Any]:
+        """The random parameters for ``data`` (drawn from ``self.R``), kept in ``self.params``."""
+        raise NotImplementedError
+
+    def _apply(self, volume: np.ndarray) -> np.ndarray | None:
+        """``volume`` (a float32 ``(C, H, W, D)`` copy of the input) changed by ``self.params``, or
+        None to return the input unchanged."""
+        raise NotImplementedError
+
+    def __call__(self, img: NdarrayOrTensor, randomize: bool = True) -> NdarrayOrTensor:
+        volume = as_volume(img, type(self).__name__)
+        if randomize:
+            self.randomize(img)
+        if not self._do_transform:
+            return img
+        out = self._apply(volume)
+        return img if out is None else like_input(out, img)
 
 
 class RandDictBase(MapTransform, RandomizableTransform):

@@ -7,7 +7,7 @@ order and one slab of slices at a time, into a tissue map and a label map.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,12 +16,77 @@ from pipelines.data.phantoms.render import Canvas, Op, paint
 from pipelines.data.phantoms.shapes import CanonicalGrid, Ellipsoid, Tube, Warp, capped, rotation_matrix
 from pipelines.data.phantoms.tissues import CT_STRUCTURES, TISSUES
 
-__all__ = ["Abdomen", "abdomen_anatomy", "render_abdomen"]
+__all__ = [
+    "ADRENALS_MM",
+    "COLON_PATH_MM",
+    "COLON_RADII_MM",
+    "DUODENUM_PATH_MM",
+    "KIDNEYS_MM",
+    "PANCREAS_PATH_MM",
+    "PANCREAS_RADII_MM",
+    "SMALL_VESSELS_MM",
+    "Abdomen",
+    "abdomen_anatomy",
+    "paint_in_slabs",
+    "random_modulation",
+    "render_abdomen",
+    "small_bowel_loop",
+    "structure_label_ids",
+]
 
 # Reference field of view (mm, RAS axes) the abdominal anatomy is drawn for; smaller fields of
 # view shrink the anatomy to fit, larger ones leave it at its natural size.
 _ABDOMEN_FOV_MM = np.array([290.0, 230.0, 190.0])
 _SLAB_VOXELS = 4_000_000  # voxels painted per slab: bounds memory, keeps arrays cache-friendly
+
+# Reference placements (mm, RAS, origin as in :func:`abdomen_anatomy`) that the body anatomy
+# (:mod:`pipelines.data.phantoms.body`) draws its organs at too.
+COLON_PATH_MM: tuple[tuple[float, float, float], ...] = (
+    (76, 18, -150),
+    (80, 5, -60),
+    (80, 10, -30),
+    (70, 35, -12),
+    (30, 62, -32),
+    (-30, 60, -26),
+    (-78, 28, 0),
+    (-84, -6, -40),
+    (-82, -10, -110),
+    (-50, 10, -170),
+)
+"""Colon centreline from the caecum (right iliac fossa) round to the sigmoid."""
+COLON_RADII_MM: tuple[float, ...] = (21, 20, 20, 19, 18, 18, 18, 17, 17, 16)
+DUODENUM_PATH_MM: tuple[tuple[float, float, float], ...] = (
+    (22, 50, 16),
+    (46, 32, 10),
+    (54, 14, -12),
+    (46, 10, -38),
+    (12, 10, -44),
+    (-16, 14, -36),
+)
+"""Duodenal sweep (radius 11.5 mm) round the pancreatic head."""
+KIDNEYS_MM: tuple[tuple[int, str, float], ...] = ((1, "kidney_right", -30.0), (-1, "kidney_left", -16.0))
+"""(side, structure, centre z): the right kidney sits lower."""
+ADRENALS_MM: tuple[tuple[int, str, tuple[float, float, float], tuple[float, float, float]], ...] = (
+    (1, "adrenal_gland_right", (36, -30, 38), (40, -34, 30)),
+    (-1, "adrenal_gland_left", (-36, -22, 30), (-40, -27, 22)),
+)
+"""(side, structure, body centre, limb centre), above and medial to the upper poles."""
+PANCREAS_PATH_MM: tuple[tuple[float, float, float], ...] = (
+    (32, 14, -6),
+    (10, 20, 6),
+    (-22, 12, 14),
+    (-55, -8, 24),
+    (-68, -20, 30),
+)
+"""Head in the duodenal sweep, body across the spine, tail at the splenic hilum."""
+PANCREAS_RADII_MM: tuple[float, ...] = (18, 11, 12, 10, 8.5)
+SMALL_VESSELS_MM: tuple[tuple[tuple[tuple[float, float, float], ...], float | tuple[float, ...], str], ...] = (
+    (((-48, -22, -6), (-14, 10, -2), (22, -6, 0)), 5.0, "vein"),  # left renal vein
+    (((46, -24, -16), (22, -8, -10)), 5.0, "vein"),  # right renal vein
+    (((6, 4, 6), (8, 18, -45), (10, 25, -100)), (6.5, 5.0, 4.0), "vein"),  # superior mesenteric vein
+    (((-8, 2, -2), (-4, 20, -45), (-2, 28, -100)), (4.5, 3.5, 3.0), "artery"),  # superior mesenteric artery
+)
+"""Unlabelled vessels: (centreline, radii, tissue)."""
 
 
 @dataclass
@@ -49,9 +114,7 @@ class _Builder:
         return self.offset + p * self.scale
 
     def modulation(self, amount: float) -> np.ndarray:
-        m = self.rng.normal(0, amount, 9)
-        m[:3] *= 0.6
-        return capped(m, 0.45)
+        return random_modulation(self.rng, amount)
 
     def ellipsoid(
         self,
@@ -87,6 +150,25 @@ class _Builder:
         pts = np.array([self.point(p, jitter_mm) for p in points])
         r = np.broadcast_to(np.asarray(radii, float), (len(pts),)) * self.rng.uniform(*size_range)
         return Tube(pts, r * self.radius_scale)
+
+
+def random_modulation(rng: np.random.Generator, amount: float) -> np.ndarray:
+    """Shape modulation coefficients of an :class:`Ellipsoid` (standard deviation ``amount``, the
+    first three milder), capped."""
+    m = rng.normal(0, amount, 9)
+    m[:3] *= 0.6
+    return capped(m, 0.45)
+
+
+def small_bowel_loop(rng: np.random.Generator, z_low_mm: float) -> list[np.ndarray]:
+    """Start, middle and end (reference mm) of a short small-bowel loop in the mid-abdomen, its start
+    between ``z_low_mm`` and -15 mm."""
+    start = np.array([rng.uniform(-70, 70), rng.uniform(5, 60), rng.uniform(z_low_mm, -15)])
+    direction = rng.normal(size=3)
+    direction /= np.linalg.norm(direction)
+    end = start + direction * rng.uniform(25, 60)
+    middle = (start + end) / 2 + rng.normal(0, 10, 3)
+    return [start, middle, end]
 
 
 def abdomen_anatomy(rng: np.random.Generator, lesion_rng: np.random.Generator, grid: CanonicalGrid) -> Abdomen:
@@ -176,40 +258,17 @@ def abdomen_anatomy(rng: np.random.Generator, lesion_rng: np.random.Generator, g
     )
     # colon and small bowel (unlabelled), painted first so solid organs push them aside
     add(
-        b.tube(
-            [
-                (76, 18, -150),
-                (80, 5, -60),
-                (80, 10, -30),
-                (70, 35, -12),
-                (30, 62, -32),
-                (-30, 60, -26),
-                (-78, 28, 0),
-                (-84, -6, -40),
-                (-82, -10, -110),
-                (-50, 10, -170),
-            ],
-            [21, 20, 20, 19, 18, 18, 18, 17, 17, 16],
-            jitter_mm=4.0,
-        ),
+        b.tube(COLON_PATH_MM, COLON_RADII_MM, jitter_mm=4.0),
         [(1.0, "bowel_wall", None), (0.84, "bowel_content", None)],
         gas=("bowel_content", rng.uniform(-6.0, 6.0) * s_xy),
     )
     for _ in range(22):
-        start = np.array([rng.uniform(-70, 70), rng.uniform(5, 60), rng.uniform(-180, -15)])
-        direction = rng.normal(size=3)
-        direction /= np.linalg.norm(direction)
-        end = start + direction * rng.uniform(25, 60)
-        middle = (start + end) / 2 + rng.normal(0, 10, 3)
         add(
-            b.tube([start, middle, end], rng.uniform(9, 13), jitter_mm=0.0),
+            b.tube(small_bowel_loop(rng, -180), rng.uniform(9, 13), jitter_mm=0.0),
             [(1.0, "bowel_wall", None), (0.7, "bowel_content", None)],
             gas=("bowel_content", rng.uniform(4.0, 20.0) * s_xy),
         )
-    add(
-        b.tube([(22, 50, 16), (46, 32, 10), (54, 14, -12), (46, 10, -38), (12, 10, -44), (-16, 14, -36)], 11.5),
-        [(1.0, "bowel_wall", None), (0.7, "bowel_content", None)],
-    )
+    add(b.tube(DUODENUM_PATH_MM, 11.5), [(1.0, "bowel_wall", None), (0.7, "bowel_content", None)])
     # liver: right lobe + left lobe, hepatic veins inside
     liver_right = b.ellipsoid((50, 2, 14), (61, 88, 80), (10, 0, 0), size_range=(0.95, 1.3))
     liver_left = b.ellipsoid((-6, 40, 44), (62, 36, 36), (-12, 0, -6), size_range=(0.85, 1.25))
@@ -239,7 +298,7 @@ def abdomen_anatomy(rng: np.random.Generator, lesion_rng: np.random.Generator, g
         [(1.0, "gallbladder", "gallbladder")],
     )
     # kidneys: hilum turned anteromedially, upper poles medial, right one lower
-    for side, name, z in ((1, "kidney_right", -30.0), (-1, "kidney_left", -16.0)):
+    for side, name, z in KIDNEYS_MM:
         add(
             b.ellipsoid(
                 (side * 60, -30, z), (28, 22, 56), (side * 35, side * 10, 0), size_range=(0.85, 1.25), modulation=0.06
@@ -247,10 +306,7 @@ def abdomen_anatomy(rng: np.random.Generator, lesion_rng: np.random.Generator, g
             [(1.0, "kidney_cortex", name), (0.66, "kidney_medulla", name)],
         )
     # adrenal glands: two thin limbs each, above and medial to the upper poles
-    for side, name, center, limb in (
-        (1, "adrenal_gland_right", (36, -30, 38), (40, -34, 30)),
-        (-1, "adrenal_gland_left", (-36, -22, 30), (-40, -27, 22)),
-    ):
+    for side, name, center, limb in ADRENALS_MM:
         add(
             b.ellipsoid(center, (3.5, 12, 15), (side * 20, 0, 0), jitter_mm=2.0, modulation=0.05),
             [(1.0, "adrenal", name)],
@@ -261,19 +317,12 @@ def abdomen_anatomy(rng: np.random.Generator, lesion_rng: np.random.Generator, g
         )
     # pancreas: head in the duodenal sweep, body across the spine, tail at the splenic hilum
     add(
-        b.tube(
-            [(32, 14, -6), (10, 20, 6), (-22, 12, 14), (-55, -8, 24), (-68, -20, 30)],
-            [18, 11, 12, 10, 8.5],
-            jitter_mm=3.0,
-            size_range=(0.9, 1.15),
-        ),
+        b.tube(PANCREAS_PATH_MM, PANCREAS_RADII_MM, jitter_mm=3.0, size_range=(0.9, 1.15)),
         [(1.0, "pancreas", "pancreas")],
     )
     # veins and arteries (renal vessels, iliacs and mesenterics unlabelled)
-    add(b.tube([(-48, -22, -6), (-14, 10, -2), (22, -6, 0)], 5.0), [(1.0, "vein", None)])
-    add(b.tube([(46, -24, -16), (22, -8, -10)], 5.0), [(1.0, "vein", None)])
-    add(b.tube([(6, 4, 6), (8, 18, -45), (10, 25, -100)], [6.5, 5.0, 4.0]), [(1.0, "vein", None)])
-    add(b.tube([(-8, 2, -2), (-4, 20, -45), (-2, 28, -100)], [4.5, 3.5, 3.0]), [(1.0, "artery", None)])
+    for path, radii, vessel in SMALL_VESSELS_MM:
+        add(b.tube(path, radii), [(1.0, vessel, None)])
     add(
         b.tube([(6, 4, 6), (-30, -4, 15), (-60, -20, 26), (-72, -26, 34)], [5.5, 5.0, 4.5, 4.5]),
         [(1.0, "portal_vein", "portal_vein")],
@@ -433,6 +482,42 @@ def _paint_bones(canvas: Canvas, anatomy: Abdomen) -> None:
     canvas.label[ribs] = 0
 
 
+def structure_label_ids(label_ids: Mapping[str, int]) -> dict[str | None, int]:
+    """Label id of each structure (and of None, unlabelled: 0) to paint with: structures left out of
+    ``label_ids`` get 0; a liver lesion is part of the liver when ``liver_tumor`` is not labelled apart."""
+    label_of: dict[str | None, int] = {name: label_ids.get(name, 0) for name in CT_STRUCTURES}
+    label_of[None] = 0
+    if "liver_tumor" not in label_ids:
+        label_of["liver_tumor"] = label_ids.get("liver", 0)
+    return label_of
+
+
+def paint_in_slabs(
+    grid: CanonicalGrid,
+    x: np.ndarray,
+    y: np.ndarray,
+    z: np.ndarray,
+    warp: Warp,
+    paint_slab: Callable[[Canvas], None],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue and label maps (uint8, ``grid.shape``) painted by ``paint_slab`` one slab of slices at a time.
+
+    Args:
+        grid: The canonical grid.
+        x, y, z: World coordinates (mm) of the grid's voxel centres along each axis.
+        warp: The deformation of the soft tissue (its field is given to each slab's canvas).
+        paint_slab: Paints one slab's canvas in place.
+    """
+    tissue = np.zeros(grid.shape, dtype=np.uint8)
+    label = np.zeros(grid.shape, dtype=np.uint8)
+    step = max(1, _SLAB_VOXELS // (grid.shape[0] * grid.shape[1]))
+    for k0 in range(0, grid.shape[2], step):
+        k1 = min(grid.shape[2], k0 + step)
+        zs = z[k0:k1]
+        paint_slab(Canvas(x, y, zs, tissue[:, :, k0:k1], label[:, :, k0:k1], warp.field(x, y, zs), {}))
+    return tissue, label
+
+
 def render_abdomen(
     anatomy: Abdomen, grid: CanonicalGrid, label_ids: Mapping[str, int], lesions: bool
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -447,22 +532,14 @@ def render_abdomen(
     Returns:
         (tissue, label), both uint8 of ``grid.shape``.
     """
-    label_of: dict[str | None, int] = {name: label_ids.get(name, 0) for name in CT_STRUCTURES}
-    label_of[None] = 0
-    if "liver_tumor" not in label_ids:  # a lesion is part of the liver when not labelled apart
-        label_of["liver_tumor"] = label_ids.get("liver", 0)
-    tissue = np.zeros(grid.shape, dtype=np.uint8)
-    label = np.zeros(grid.shape, dtype=np.uint8)
-    x, y, z = grid.axis(0), grid.axis(1), grid.axis(2)
+    label_of = structure_label_ids(label_ids)
     ops = anatomy.ops + (anatomy.lesion_ops if lesions else [])
-    step = max(1, _SLAB_VOXELS // (grid.shape[0] * grid.shape[1]))
     margin = anatomy.warp.max_mm + 1.0
-    for k0 in range(0, grid.shape[2], step):
-        k1 = min(grid.shape[2], k0 + step)
-        zs = z[k0:k1]
-        canvas = Canvas(x, y, zs, tissue[:, :, k0:k1], label[:, :, k0:k1], anatomy.warp.field(x, y, zs), {})
+
+    def paint_slab(canvas: Canvas) -> None:
         _paint_body(canvas, anatomy)
         for op in ops:
             paint(canvas, op, label_of, margin)
         _paint_bones(canvas, anatomy)
-    return tissue, label
+
+    return paint_in_slabs(grid, grid.axis(0), grid.axis(1), grid.axis(2), anatomy.warp, paint_slab)

@@ -18,6 +18,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipelines.data.phantoms.abdomen import (
+    ADRENALS_MM,
+    COLON_PATH_MM,
+    COLON_RADII_MM,
+    DUODENUM_PATH_MM,
+    KIDNEYS_MM,
+    PANCREAS_PATH_MM,
+    PANCREAS_RADII_MM,
+    SMALL_VESSELS_MM,
+    random_modulation,
+    small_bowel_loop,
+)
 from pipelines.data.phantoms.anatomy_facts import FACTS, PATIENT_SIZES
 from pipelines.data.phantoms.render import Op
 from pipelines.data.phantoms.shapes import CanonicalGrid, Ellipsoid, Tube, Warp, capped, rotation_matrix
@@ -142,9 +154,8 @@ class _Draw:
         aspect = self.rng.normal(0, aspect_sd, 3)
         semi_mm = np.asarray(semi, float) * np.exp(aspect - aspect.mean())
         angles = np.asarray(rot, float) + self.rng.normal(0, rot_jitter_deg, 3) * [1, 0.5, 0.5]
-        m = self.rng.normal(0, modulation, 9)
-        m[:3] *= 0.6
-        return Ellipsoid(self.point(center, jitter_mm), semi_mm, rotation_matrix(*angles), capped(m, 0.45))
+        m = random_modulation(self.rng, modulation)
+        return Ellipsoid(self.point(center, jitter_mm), semi_mm, rotation_matrix(*angles), m)
 
     def tube(self, points: Sequence[Sequence[float]], radii: Sequence[float] | float, jitter_mm: float = 3.0) -> Tube:
         pts = np.array([self.point(p, jitter_mm) for p in points])
@@ -204,7 +215,7 @@ def body_anatomy(
         [d.ellipsoid((38, 50, -14), (14, 15, 30), (20, 0, 25))], rng.uniform(*_inner("gallbladder_volume", 0.15, 0.2))
     )[0]
     kidneys = {}
-    for side, name, z in ((1, "kidney_right", -30.0), (-1, "kidney_left", -16.0)):
+    for side, name, z in KIDNEYS_MM:
         half_length = rng.uniform(*_inner("kidney_length", 0.2, 0.2)) / 2
         volume = rng.uniform(*_inner("kidney_volume", 0.2, 0.35))
         ab = 3 * volume * 1000 / (4 * np.pi * half_length)
@@ -213,7 +224,7 @@ def body_anatomy(
             (side * 60, -30, z), semi, (side * 35, side * 10, 0), modulation=0.05, aspect_sd=0.0, jitter_mm=5.0
         )
     pancreas = _fit_volume(
-        [d.tube([(32, 14, -6), (10, 20, 6), (-22, 12, 14), (-55, -8, 24), (-68, -20, 30)], [18, 11, 12, 10, 8.5])],
+        [d.tube(PANCREAS_PATH_MM, PANCREAS_RADII_MM)],
         rng.uniform(*_inner("pancreas_volume", 0.2, 0.3)),
         radii_only=True,
     )[0]
@@ -278,21 +289,8 @@ def body_anatomy(
     # --- bowel (unlabelled), painted first so solid organs push it aside ---
     add(
         d.tube(
-            [
-                (76, 18, -150),
-                (80, 5, -60),
-                (80, 10, -30),
-                (70, 35, -12),
-                (30, 62, -32),
-                (-30, 60, -26),
-                (-78, 28, 0),
-                (-84, -6, -40),
-                (-82, -10, -110),
-                (-50, 10, -170),
-                (-10, -35, crest - 70),
-                (0, -48, crest - 150),
-            ],
-            [21, 20, 20, 19, 18, 18, 18, 17, 17, 16, 15, 16],
+            [*COLON_PATH_MM, (-10, -35, crest - 70), (0, -48, crest - 150)],  # on down to the rectum
+            [*COLON_RADII_MM, 15, 16],
             jitter_mm=4.0,
         ),
         [(1.0, "bowel_wall", None), (0.84, "bowel_content", None)],
@@ -300,22 +298,13 @@ def body_anatomy(
         clip="abdomen",
     )
     for _ in range(26):
-        start = np.array([rng.uniform(-70, 70), rng.uniform(5, 60), rng.uniform(crest - 90, -15)])
-        direction = rng.normal(size=3)
-        direction /= np.linalg.norm(direction)
-        end = start + direction * rng.uniform(25, 60)
-        middle = (start + end) / 2 + rng.normal(0, 10, 3)
         add(
-            d.tube([start, middle, end], rng.uniform(9, 13), jitter_mm=0.0),
+            d.tube(small_bowel_loop(rng, crest - 90), rng.uniform(9, 13), jitter_mm=0.0),
             [(1.0, "bowel_wall", None), (0.7, "bowel_content", None)],
             gas=("bowel_content", rng.uniform(4.0, 20.0)),
             clip="abdomen",
         )
-    add(
-        d.tube([(22, 50, 16), (46, 32, 10), (54, 14, -12), (46, 10, -38), (12, 10, -44), (-16, 14, -36)], 11.5),
-        [(1.0, "bowel_wall", None), (0.7, "bowel_content", None)],
-        clip="abdomen",
-    )
+    add(d.tube(DUODENUM_PATH_MM, 11.5), [(1.0, "bowel_wall", None), (0.7, "bowel_content", None)], clip="abdomen")
     add(bladder, [(1.0, "bladder_wall", None), (0.9, "urine", None)], clip="abdomen")
 
     # --- liver with hepatic veins, stomach, spleen, gallbladder, kidneys, adrenals, pancreas ---
@@ -345,10 +334,7 @@ def body_anatomy(
     add(gallbladder, [(1.0, "gallbladder", "gallbladder")], clip="abdomen")
     for name, kidney in kidneys.items():
         add(kidney, [(1.0, "kidney_cortex", name), (0.66, "kidney_medulla", name)], clip="abdomen")
-    for side, name, center, limb in (
-        (1, "adrenal_gland_right", (36, -30, 38), (40, -34, 30)),
-        (-1, "adrenal_gland_left", (-36, -22, 30), (-40, -27, 22)),
-    ):
+    for side, name, center, limb in ADRENALS_MM:
         kidney = kidneys["kidney_right" if side > 0 else "kidney_left"]
         lift = np.array([0.0, 0.0, kidney.center[2] + kidney.semi[2] - (-30.0 if side > 0 else -16.0) - 56.0])
         for c, semi, rot in ((center, (3.5, 12, 15), side * 20), (limb, (3.0, 10, 11), -side * 25)):
@@ -363,10 +349,8 @@ def body_anatomy(
     aorta_r = rng.uniform(*_inner("aorta_diameter", 0.15, 0.25)) / 2
     ivc_r = rng.uniform(*_inner("ivc_diameter", 0.15, 0.3)) / 2
     portal_r = rng.uniform(*_inner("portal_vein_diameter", 0.15, 0.25)) / 2
-    add(d.tube([(-48, -22, -6), (-14, 10, -2), (22, -6, 0)], 5.0), [(1.0, "vein", None)], clip="abdomen")
-    add(d.tube([(46, -24, -16), (22, -8, -10)], 5.0), [(1.0, "vein", None)], clip="abdomen")
-    add(d.tube([(6, 4, 6), (8, 18, -45), (10, 25, -100)], [6.5, 5.0, 4.0]), [(1.0, "vein", None)], clip="abdomen")
-    add(d.tube([(-8, 2, -2), (-4, 20, -45), (-2, 28, -100)], [4.5, 3.5, 3.0]), [(1.0, "artery", None)], clip="abdomen")
+    for path, radii, vessel in SMALL_VESSELS_MM:
+        add(d.tube(path, radii), [(1.0, vessel, None)], clip="abdomen")
     add(
         d.tube([(6, 4, 6), (-30, -4, 15), (-60, -20, 26), (-72, -26, 34)], portal_r * np.array([0.8, 0.75, 0.7, 0.7])),
         [(1.0, "portal_vein", "portal_vein")],

@@ -15,14 +15,14 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from pipelines.data.phantoms.abdomen import paint_in_slabs, structure_label_ids
 from pipelines.data.phantoms.body import Body
 from pipelines.data.phantoms.render import Canvas, paint
 from pipelines.data.phantoms.shapes import CanonicalGrid
-from pipelines.data.phantoms.tissues import BODY_TISSUES, CT_STRUCTURES
+from pipelines.data.phantoms.tissues import BODY_TISSUES
 
 __all__ = ["render_body"]
 
-_SLAB_VOXELS = 4_000_000
 _DIAPHRAGM_MM = 5.0
 _T = BODY_TISSUES
 
@@ -180,21 +180,13 @@ def render_body(
     Returns:
         (tissue, label), both uint8 of ``grid.shape``.
     """
-    label_of: dict[str | None, int] = {name: label_ids.get(name, 0) for name in CT_STRUCTURES}
-    label_of[None] = 0
-    if "liver_tumor" not in label_ids:
-        label_of["liver_tumor"] = label_ids.get("liver", 0)
-    tissue = np.zeros(grid.shape, dtype=np.uint8)
-    label = np.zeros(grid.shape, dtype=np.uint8)
+    label_of = structure_label_ids(label_ids)
     x, y, z = (grid.axis(i) + np.float32(body.offset[i]) for i in range(3))
     zd = _diaphragm(body, x, y)
     ops = body.ops + (body.lesion_ops if lesions else [])
-    step = max(1, _SLAB_VOXELS // (grid.shape[0] * grid.shape[1]))
     margin = body.warp.max_mm + 1.0
-    for k0 in range(0, grid.shape[2], step):
-        k1 = min(grid.shape[2], k0 + step)
-        zs = z[k0:k1]
-        canvas = Canvas(x, y, zs, tissue[:, :, k0:k1], label[:, :, k0:k1], body.warp.field(x, y, zs), {})
+
+    def paint_slab(canvas: Canvas) -> None:
         _paint_wall(canvas, body, zd)
         for op in ops:
             paint(canvas, op, label_of, margin)
@@ -202,4 +194,5 @@ def render_body(
         _paint_ribs(canvas, body)
         for op in body.bone_ops:
             paint(canvas, op, label_of, margin)
-    return tissue, label
+
+    return paint_in_slabs(grid, x, y, z, body.warp, paint_slab)
