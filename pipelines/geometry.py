@@ -71,6 +71,19 @@ def itk_from_affine(affine: np.ndarray) -> tuple[tuple[float, ...], tuple[float,
     return tuple(lps[:3, 3].tolist()), tuple(spacing.tolist()), tuple(direction.ravel().tolist())
 
 
+def sitk_image(array: np.ndarray, affine: np.ndarray) -> Any:
+    """A SimpleITK image of an (i, j, k) array on the grid of its RAS ``affine`` (SimpleITK holds
+    arrays as (k, j, i) and its geometry in LPS; this is the one place that turns ours into its)."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)))
+    origin, spacing, direction = itk_from_affine(affine)
+    image.SetOrigin(origin)
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+    return image
+
+
 def spacing_from_affine(affine: Any) -> tuple[float, float, float]:
     """Voxel size in mm from a voxel-to-world affine.
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.evaluation.cases import StructureMatch
-from pipelines.geometry import Grid, check_affine, check_label_map, grids_match, itk_from_affine
+from pipelines.geometry import Grid, check_affine, check_label_map, grids_match, itk_from_affine, sitk_image
 from pipelines.metrics import segmentation_metrics
 
 __all__ = ["STATUSES", "check_values", "resample_labels", "score_in_physical_space"]
@@ -35,18 +35,6 @@ STATUSES: dict[str, str] = {
     "not in reference": "predicted by the bundle, not a structure of the reference (not scored)",
 }
 """What each structure record's ``status`` means."""
-
-
-def _sitk_image(labels: np.ndarray, affine: np.ndarray) -> Any:
-    import SimpleITK as sitk
-
-    # SimpleITK arrays are (k, j, i); ours are (i, j, k)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(labels.transpose(2, 1, 0)))
-    origin, spacing, direction = itk_from_affine(affine)
-    image.SetOrigin(origin)
-    image.SetSpacing(spacing)
-    image.SetDirection(direction)
-    return image
 
 
 def resample_labels(
@@ -68,7 +56,7 @@ def resample_labels(
     labels = check_label_map(labels, "labels")
     if labels.size and int(labels.max()) > np.iinfo(np.uint16).max:
         raise ValueError(f"labels: values up to {int(labels.max())}; expected at most 65535")
-    source = _sitk_image(labels.astype(np.uint16, copy=False), check_affine(affine, "labels"))
+    source = sitk_image(labels.astype(np.uint16, copy=False), check_affine(affine, "labels"))
     target = sitk.Image([int(s) for s in target_shape], sitk.sitkUInt16)
     origin, spacing, direction = itk_from_affine(check_affine(target_affine, "target grid"))
     target.SetOrigin(origin)

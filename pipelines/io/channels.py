@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.geometry import Grid, grids_match, itk_from_affine
+from pipelines.geometry import Grid, grids_match, sitk_image
 from pipelines.io.hashing import add_member, input_sha256
 from pipelines.io.readers import Volume, case_id_from_path, check_readable
 from pipelines.io.values import check_finite
@@ -405,18 +405,10 @@ def _resample(volume: Volume, reference: Volume) -> tuple[np.ndarray, float]:
     """
     import SimpleITK as sitk
 
-    def image(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
-        result = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
-        origin, spacing, direction = itk_from_affine(affine)
-        result.SetOrigin(origin)
-        result.SetSpacing(spacing)
-        result.SetDirection(direction)
-        return result
-
-    ref = image(np.zeros(reference.shape, dtype=np.uint8), reference.affine)
-    moving = image(volume.array.astype(np.float32, copy=False), volume.affine)
+    ref = sitk_image(np.zeros(reference.shape, dtype=np.uint8), reference.affine)
+    moving = sitk_image(volume.array.astype(np.float32, copy=False), volume.affine)
     out = sitk.Resample(moving, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    ones = image(np.ones(volume.shape, dtype=np.uint8), volume.affine)
+    ones = sitk_image(np.ones(volume.shape, dtype=np.uint8), volume.affine)
     inside = sitk.Resample(ones, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     coverage = float(sitk.GetArrayViewFromImage(inside).mean())
     return sitk.GetArrayFromImage(out).transpose(2, 1, 0), coverage
