@@ -24,14 +24,8 @@ def test_every_bundle_folder_is_checked() -> None:
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_bundle_files_metadata_and_config_ids(name: str) -> None:
-    problems = check_bundle(BUNDLES / name, checks=QUICK_CHECKS)
-    if (BUNDLES / name / "models" / "model.pt").is_file():
-        assert problems == []
-    else:  # ct_multiorgan_unetr until its weights are generated (scripts/train_unetr.py): said, not hidden
-        assert problems == [
-            f"{BUNDLES / name}: models/model.pt: missing file (the Model Zoo requires the weights in the bundle, "
-            "or their download address in large_files.yml); see the bundle's docs/README.md for how to produce them"
-        ]
+    assert (BUNDLES / name / "models" / "model.pt").is_file()  # every shipped bundle ships its weights
+    assert check_bundle(BUNDLES / name, checks=QUICK_CHECKS) == []
 
 
 @pytest.mark.slow
@@ -40,8 +34,7 @@ def test_shipped_bundle_network_export_and_plain_monai_run(name: str) -> None:
     result = run_checks(BUNDLES / name, checks=SLOW_CHECKS, device="cpu")
     assert result.problems == []
     assert set(result.seconds) == set(SLOW_CHECKS)
-    if not (BUNDLES / name / "models" / "model.pt").is_file():
-        assert any("randomly initialised weights" in note for note in result.notes)
+    assert not any("randomly initialised weights" in note for note in result.notes)
 
 
 # -- broken copies ------------------------------------------------------------------------------
