@@ -129,9 +129,11 @@ def train(bundle_dir: str | Path, manifest: str | Path, options: TrainOptions | 
     Raises:
         ManifestError: the manifest has problems (all are listed); training does not start.
         FileNotFoundError: no ``configs/train.json``, or ``resume`` without a checkpoint.
+        ValueError: an unknown ``medseg_weights_dtype`` in the metadata.
     """
     options = options or TrainOptions()
     bundle = load_bundle(bundle_dir)
+    _storage_dtype(bundle)  # a bad medseg_weights_dtype is refused before training, not after it
     manifest = Path(manifest).resolve()
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest}: manifest does not exist")
@@ -299,12 +301,7 @@ def store_weights(bundle: Bundle) -> Path:
     """
     from pipelines.io.writers import write_bytes
 
-    name = str(bundle.metadata.get(WEIGHTS_DTYPE_KEY, "float32"))
-    if name not in _STORAGE_DTYPES:
-        raise ValueError(
-            f"{bundle.root / 'configs' / 'metadata.json'}: {WEIGHTS_DTYPE_KEY} {name!r} is not one of "
-            f"{', '.join(_STORAGE_DTYPES)}"
-        )
+    name = _storage_dtype(bundle)
     if name == "float32":
         return bundle.weights
     state = torch.load(bundle.weights, map_location="cpu", weights_only=True)
@@ -319,6 +316,17 @@ def store_weights(bundle: Bundle) -> Path:
         "stored %s as %s (%.1f MB, sha256 %s)", bundle.weights, name, len(buffer.getvalue()) / 1e6, written.sha256
     )
     return bundle.weights
+
+
+def _storage_dtype(bundle: Bundle) -> str:
+    """The metadata's ``medseg_weights_dtype`` (``float32`` when absent), checked."""
+    name = str(bundle.metadata.get(WEIGHTS_DTYPE_KEY, "float32"))
+    if name not in _STORAGE_DTYPES:
+        raise ValueError(
+            f"{bundle.root / 'configs' / 'metadata.json'}: {WEIGHTS_DTYPE_KEY} {name!r} is not one of "
+            f"{', '.join(_STORAGE_DTYPES)}"
+        )
+    return name
 
 
 class BatchNormRecalibration:

@@ -176,3 +176,5 @@ def test_weights_are_stored_in_the_dtype_the_metadata_names(tmp_path: Path) -> N
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="medseg_weights_dtype 'int8'"):
         store_weights(load_bundle(target))
+    with pytest.raises(ValueError, match="medseg_weights_dtype 'int8'"):  # before any training starts
+        train(target, tmp_path / "no_manifest_needed_to_refuse.json")
