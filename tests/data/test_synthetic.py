@@ -150,3 +150,29 @@ def test_phantom_options_reach_the_factory_and_reserved_ones_are_refused() -> No
         _ct(phantom_options={"shape": [8, 8, 8], "lesions": True})
     with pytest.raises(TypeError, match="no_such_option"):  # passed through to make_ct_phantom
         _ct(phantom_options={"no_such_option": 1})
+
+
+def test_cached_anatomy_is_drawn_once_and_gives_the_same_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With cache_anatomy each phantom is made once; every epoch's samples equal the uncached ones."""
+    import pipelines.data.synthetic as synthetic
+
+    made: list[int] = []
+    factory = synthetic.make_ct_phantom
+
+    def counting(seed: int, **kwargs):
+        made.append(seed)
+        return factory(seed, **kwargs)
+
+    monkeypatch.setattr(synthetic, "make_ct_phantom", counting)
+    cached, plain = _ct(cache_anatomy=True), _ct()
+    for epoch in (0, 1, 2):
+        cached.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        for index in range(3):
+            a, b = cached[index], plain[index]
+            np.testing.assert_array_equal(a["image"].numpy(), b["image"].numpy())
+            np.testing.assert_array_equal(a["label"].numpy(), b["label"].numpy())
+    assert made.count(6) == 1 + 3  # the cached dataset once, the plain one in each of 3 epochs
+    assert made.count(5) == 1 + 1 + 3  # seed 5 is also drawn by each constructor's check
+    with pytest.raises(ValueError, match="cache_anatomy with redraw_anatomy"):
+        _ct(cache_anatomy=True, redraw_anatomy=True)
