@@ -43,6 +43,7 @@ WEIGHTS_DTYPE_KEY = "medseg_weights_dtype"
 _STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 _LAST = re.compile(r"last_checkpoint_(?:epoch=)?(\d+)\.pt$")
+_LAYER_NAME = re.compile(r"[A-Za-z0-9_]+")
 
 
 def datalist(manifest: str | Path, split: str, *, allow_outside_paths: bool = False) -> list[dict[str, Any]]:
@@ -70,6 +71,9 @@ class TrainOptions:
         distributed: layer ``configs/multi_gpu_train.json`` (one process per device, under torchrun).
         world_size: number of processes of a distributed run (each needs a validation case).
         overrides: further MONAI config overrides, ``{"id#sub": value}``.
+        layers: names of further configs in the bundle's ``configs/`` laid over ``train.json`` (after
+            ``multi_gpu_train`` when distributed), e.g. ``("train_randomised",)``: training on
+            synthesised, domain-randomised phantoms instead of the manifest's training cases.
         allow_outside_paths: accept manifest paths that leave the manifest's folder.
     """
 
@@ -81,6 +85,7 @@ class TrainOptions:
     distributed: bool = False
     world_size: int = 1
     overrides: dict[str, Any] = field(default_factory=dict)
+    layers: tuple[str, ...] = ()
     allow_outside_paths: bool = False
 
 
@@ -128,7 +133,7 @@ def train(bundle_dir: str | Path, manifest: str | Path, options: TrainOptions | 
 
     Raises:
         ManifestError: the manifest has problems (all are listed); training does not start.
-        FileNotFoundError: no ``configs/train.json``, or ``resume`` without a checkpoint.
+        FileNotFoundError: no ``configs/train.json``, a missing layer config, or ``resume`` without a checkpoint.
         ValueError: an unknown ``medseg_weights_dtype`` in the metadata.
     """
     options = options or TrainOptions()
@@ -149,6 +154,13 @@ def train(bundle_dir: str | Path, manifest: str | Path, options: TrainOptions | 
         if not multi.is_file():
             raise FileNotFoundError(f"{multi}: bundle {bundle.name} has no multi-GPU training config")
         configs.append(str(multi))
+    for name in options.layers:
+        if not _LAYER_NAME.fullmatch(name):
+            raise ValueError(f"config layer {name!r}: expected a config name such as 'train_randomised', not a path")
+        layer = bundle.config_path(name)
+        if not layer.is_file():
+            raise FileNotFoundError(f"{layer}: bundle {bundle.name} has no config {name!r} to lay over train.json")
+        configs.append(str(layer))
     resume_from = None
     if options.resume:
         resume_from = latest_checkpoint(bundle)

@@ -18,11 +18,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / "data_manifests" / "phantoms" / "ct"
+FINETUNE_EPOCHS = 8
 
 
 def main() -> int:
-    from pipelines.cli.recipe import recipe_parser, run_recipe_from_args
+    from pipelines.cli.recipe import FineTune, recipe_parser, run_recipe_from_args
     from pipelines.data.datasets import make_phantom_dataset
+
+    finetune = FineTune(layer="train_randomised", max_epochs=FINETUNE_EPOCHS, val_interval=2, learning_rate=5e-4)
 
     parser = recipe_parser(
         __doc__.splitlines()[0],
@@ -31,6 +34,7 @@ def main() -> int:
         counts={"training": 24, "validation": 4, "test": 10},
         max_epochs=40,
         val_interval=4,
+        finetune=finetune,
     )
     args = parser.parse_args()
 
@@ -40,7 +44,7 @@ def main() -> int:
         )
 
     example = REPO / "data_manifests" / "ct_phantoms.json"
-    return run_recipe_from_args(args, make_data, example_manifest=example, default_data_dir=DEFAULT_DATA)
+    return run_recipe_from_args(args, make_data, example_manifest=example, default_data_dir=DEFAULT_DATA, finetune=finetune)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / "data_manifests" / "phantoms" / "brain_tumor"
+FINETUNE_EPOCHS = 12
 
 
 def bundle_channels(bundle: Path) -> dict[str, int]:
@@ -36,14 +37,17 @@ def bundle_channels(bundle: Path) -> dict[str, int]:
 
 
 def main() -> int:
-    from pipelines.cli.recipe import recipe_parser, run_recipe_from_args
+    from pipelines.cli.recipe import FineTune, recipe_parser, run_recipe_from_args
     from pipelines.data.datasets import make_brain_dataset
+
+    finetune = FineTune(layer="train_randomised", max_epochs=FINETUNE_EPOCHS, val_interval=2, learning_rate=5e-4)
 
     parser = recipe_parser(
         __doc__.splitlines()[0],
         bundle=REPO / "bundles" / "mri_brain_tumor",
         data_dir=DEFAULT_DATA,
         counts={"training": 16, "validation": 4, "test": 8},
+        finetune=finetune,
     )
     parser.add_argument(
         "--channels", type=int, default=None, help="MR contrasts per case, 1-4 (default: the bundle's num_channels)"
@@ -66,7 +70,7 @@ def main() -> int:
         )
 
     example = REPO / "data_manifests" / f"{name}.json"
-    return run_recipe_from_args(args, make_data, example_manifest=example, default_data_dir=DEFAULT_DATA)
+    return run_recipe_from_args(args, make_data, example_manifest=example, default_data_dir=DEFAULT_DATA, finetune=finetune)
 
 
 if __name__ == "__main__":

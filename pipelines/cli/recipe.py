@@ -4,13 +4,34 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.cli.common import setup_logging
 
-__all__ = ["recipe_parser", "run_recipe_from_args"]
+__all__ = ["FineTune", "recipe_parser", "run_recipe_from_args"]
+
+STAGE1_WEIGHTS = "stage1_model.pt"
+"""Where a two-stage recipe keeps the first stage's weights, in its ``--data-dir``."""
+
+
+@dataclass(frozen=True)
+class FineTune:
+    """A recipe's second stage: training continues from the first stage's weights under a config layer.
+
+    Attributes:
+        layer: config in the bundle's ``configs/`` laid over ``train.json`` (e.g. ``train_randomised``:
+            synthesised, domain-randomised phantoms); it must load ``init_weights`` when set.
+        max_epochs, val_interval, learning_rate: the stage's schedule.
+    """
+
+    layer: str
+    max_epochs: int
+    val_interval: int
+    learning_rate: float
 
 
 def recipe_parser(
@@ -21,6 +42,7 @@ def recipe_parser(
     counts: dict[str, int],
     max_epochs: int | None = None,
     val_interval: int | None = None,
+    finetune: FineTune | None = None,
 ) -> argparse.ArgumentParser:
     """The command line every weights script shares; a script adds its own options to it.
 
@@ -29,6 +51,7 @@ def recipe_parser(
         bundle, data_dir: default bundle folder and phantom folder.
         counts: default phantoms per split (``training``, ``validation``, ``test``).
         max_epochs, val_interval: defaults; None keeps the bundle's train.json values.
+        finetune: the recipe's second stage, if it has one (adds ``--stage finetune`` and its options).
     """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--bundle", type=Path, default=bundle)
@@ -48,7 +71,37 @@ def recipe_parser(
         "--fov-scale", type=float, default=1.0, help="shrink the phantoms' field of view (0-1] for quick smoke runs"
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--stage", choices=("all", "data", "train", "evaluate"), default="all")
+    stages = (
+        ("all", "data", "train", "evaluate") if finetune is None else ("all", "data", "train", "finetune", "evaluate")
+    )
+    stage_help = None
+    if finetune is not None:
+        stage_help = (
+            f"all: data, train (stage 1, phantoms), finetune (stage 2, configs/{finetune.layer}), evaluate; "
+            "train and finetune run one stage each"
+        )
+        parser.add_argument(
+            "--finetune-epochs", type=int, default=finetune.max_epochs, help="stage 2 epochs (default: %(default)s)"
+        )
+        parser.add_argument(
+            "--finetune-val-interval",
+            type=int,
+            default=finetune.val_interval,
+            help="stage 2 epochs between validations (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--finetune-lr",
+            type=float,
+            default=finetune.learning_rate,
+            help="stage 2 learning rate (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--init-weights",
+            type=Path,
+            default=None,
+            help=f"weights stage 2 starts from (default: <data-dir>/{STAGE1_WEIGHTS}, which stage 1 writes)",
+        )
+    parser.add_argument("--stage", choices=stages, default="all", help=stage_help)
     return parser
 
 
@@ -58,6 +111,7 @@ def run_recipe_from_args(
     *,
     example_manifest: Path,
     default_data_dir: Path,
+    finetune: FineTune | None = None,
 ) -> int:
     """Generate the data, train and evaluate as a weights script's arguments say; print the figures.
 
@@ -69,12 +123,25 @@ def run_recipe_from_args(
             rewritten to point at the phantoms when they went to ``default_data_dir`` at full field
             of view.
         default_data_dir: the script's default ``--data-dir``.
+        finetune: the recipe's second stage (the same as given to :func:`recipe_parser`), if any.
     """
     from pipelines.data.datasets import relocated
     from pipelines.data.manifests.model import write_manifest
     from pipelines.train import TrainOptions, run_recipe
 
     setup_logging(verbose=0, quiet=False)
+    stage1 = Path(args.data_dir) / STAGE1_WEIGHTS
+    init = None
+    if finetune is not None and args.init_weights is not None and args.stage != "finetune":
+        raise SystemExit(
+            f"--init-weights {args.init_weights}: only with --stage finetune (stage 1 makes them otherwise)"
+        )
+    if finetune is not None and args.stage in ("all", "finetune"):
+        init = Path(args.init_weights) if args.init_weights is not None else stage1
+        if args.stage == "finetune" and not init.is_file():  # checked before any data is generated
+            raise SystemExit(
+                f"{init}: no stage-1 weights to fine-tune from; run --stage train first or pass --init-weights FILE"
+            )
     start = time.perf_counter()
     manifest = make_data({"training": args.train, "validation": args.val, "test": args.test})
     print(f"data: {manifest} ({time.perf_counter() - start:.0f} s)")
@@ -86,19 +153,35 @@ def run_recipe_from_args(
     options = TrainOptions(
         max_epochs=args.max_epochs, val_interval=args.val_interval, device=args.device, seed=0, overrides=overrides
     )
-    figures = run_recipe(
-        args.bundle,
-        manifest,
-        stage=args.stage,
-        options=options,
-        eval_dir=Path(args.data_dir) / "eval",
-        device=args.device,
-    )
-    if figures["train"] is not None:
-        print(
-            f"train: best validation mean Dice {figures['train'].best_metric:.4f} at epoch "
-            f"{figures['train'].best_epoch} ({figures['train_minutes']:.1f} min)"
+    eval_dir = Path(args.data_dir) / "eval"
+    if args.stage in ("all", "train"):
+        figures = run_recipe(args.bundle, manifest, stage="train", options=options, eval_dir=eval_dir)
+        _print_training("stage 1" if finetune else "train", figures)
+        if finetune is not None:
+            shutil.copyfile(figures["train"].weights, stage1)
+            print(f"stage 1 weights: {stage1}")
+    if finetune is not None and init is not None:
+        if init.resolve() != stage1.resolve():
+            shutil.copyfile(init, stage1)  # the bundle's model.pt is overwritten while stage 2 trains
+        options2 = TrainOptions(
+            max_epochs=args.finetune_epochs,
+            val_interval=args.finetune_val_interval,
+            device=args.device,
+            seed=0,
+            layers=(finetune.layer,),
+            overrides={**overrides, "init_weights": str(stage1.resolve()), "learning_rate": args.finetune_lr},
         )
-    if figures["evaluation"] is not None:
+        figures = run_recipe(args.bundle, manifest, stage="train", options=options2, eval_dir=eval_dir)
+        _print_training("stage 2", figures)
+    if args.stage in ("all", "evaluate"):
+        figures = run_recipe(args.bundle, manifest, stage="evaluate", eval_dir=eval_dir, device=args.device)
         print(json.dumps(figures["evaluation"]["mean"], indent=1))
     return 0
+
+
+def _print_training(name: str, figures: dict) -> None:
+    result = figures["train"]
+    print(
+        f"{name}: best validation mean Dice {result.best_metric:.4f} at epoch {result.best_epoch} "
+        f"({figures['train_minutes']:.1f} min)"
+    )
