@@ -44,7 +44,9 @@ def main() -> int:
         )
 
     example = REPO / "data_manifests" / "ct_phantoms.json"
-    return run_recipe_from_args(args, make_data, example_manifest=example, default_data_dir=DEFAULT_DATA, finetune=finetune)
+    return run_recipe_from_args(
+        args, make_data, example_manifest=example, default_data_dir=DEFAULT_DATA, finetune=finetune
+    )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / "data_manifests" / "phantoms" / "brain_tumor"
-FINETUNE_EPOCHS = 12
+FINETUNE_EPOCHS = 6
 
 
 def bundle_channels(bundle: Path) -> dict[str, int]:
@@ -70,7 +70,9 @@ def main() -> int:
         )
 
     example = REPO / "data_manifests" / f"{name}.json"
-    return run_recipe_from_args(args, make_data, example_manifest=example, default_data_dir=DEFAULT_DATA, finetune=finetune)
+    return run_recipe_from_args(
+        args, make_data, example_manifest=example, default_data_dir=DEFAULT_DATA, finetune=finetune
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ from pipelines.cli.common import setup_logging
 
 __all__ = ["FineTune", "recipe_parser", "run_recipe_from_args"]
 
+FINETUNE_SAMPLE_KEYS = ("randomised_samples", "classic_samples", "validation_samples")
+"""The ids of a ``train_randomised`` layer that ``--finetune-samples`` sets."""
+
 STAGE1_WEIGHTS = "stage1_model.pt"
 """Where a two-stage recipe keeps the first stage's weights, in its ``--data-dir``."""
 
@@ -96,6 +99,13 @@ def recipe_parser(
             help="stage 2 learning rate (default: %(default)s)",
         )
         parser.add_argument(
+            "--finetune-samples",
+            type=int,
+            default=None,
+            help=f"stage 2 synthesised samples per epoch of each kind, and validation samples "
+            f"(default: configs/{finetune.layer}.json's; 1 for smoke runs)",
+        )
+        parser.add_argument(
             "--init-weights",
             type=Path,
             default=None,
@@ -163,13 +173,21 @@ def run_recipe_from_args(
     if finetune is not None and init is not None:
         if init.resolve() != stage1.resolve():
             shutil.copyfile(init, stage1)  # the bundle's model.pt is overwritten while stage 2 trains
+        samples = {}
+        if args.finetune_samples is not None:
+            samples = {key: args.finetune_samples for key in FINETUNE_SAMPLE_KEYS}
         options2 = TrainOptions(
             max_epochs=args.finetune_epochs,
             val_interval=args.finetune_val_interval,
             device=args.device,
             seed=0,
             layers=(finetune.layer,),
-            overrides={**overrides, "init_weights": str(stage1.resolve()), "learning_rate": args.finetune_lr},
+            overrides={
+                **overrides,
+                **samples,
+                "init_weights": str(stage1.resolve()),
+                "learning_rate": args.finetune_lr,
+            },
         )
         figures = run_recipe(args.bundle, manifest, stage="train", options=options2, eval_dir=eval_dir)
         _print_training("stage 2", figures)

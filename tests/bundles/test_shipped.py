@@ -419,11 +419,19 @@ def test_weights_script_smoke_run(tmp_path: Path, script: str, bundle_name: str)
         "--device",
         "cpu",
     ]
+    two_stages = (bundle / "configs" / "train_randomised.json").is_file()
+    if two_stages:  # stage 2 on one synthesised sample of each kind (of realistic size), one epoch
+        command += ["--finetune-epochs", "1", "--finetune-val-interval", "1", "--finetune-samples", "1"]
     examples = {p: p.read_bytes() for p in (REPO / "data_manifests").glob("*.json")}
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (bundle / "models" / "model.pt").is_file()
-    assert "train: best validation mean Dice" in done.stdout
+    if two_stages:
+        assert "stage 1: best validation mean Dice" in done.stdout
+        assert "stage 2: best validation mean Dice" in done.stdout
+        assert (tmp_path / "data" / "stage1_model.pt").is_file()
+    else:
+        assert "train: best validation mean Dice" in done.stdout
     metrics = json.loads((tmp_path / "data" / "eval" / "metrics.json").read_text())
     assert metrics
     # data elsewhere leaves the example manifests in data_manifests/ as they were
