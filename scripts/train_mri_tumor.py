@@ -6,6 +6,8 @@ the seeds it uses.
 
     python scripts/train_mri_tumor.py --device cuda       # generate data, train, evaluate
     python scripts/train_mri_tumor.py --stage evaluate    # evaluate models/model.pt only
+    python scripts/train_mri_tumor.py --stage finetune --init-weights models/model.pt
+                                                          # the domain-randomised stage 2 (an experiment, not shipped)
     python scripts/train_mri_tumor.py --channels 4        # T1c, T1, T2, FLAIR; set num_channels to 4
                                                           # in inference.json, train.json, metadata.json first
     python scripts/train_mri_tumor.py --bundle /tmp/mri_copy --data-dir /tmp/mri_data \\
@@ -40,7 +42,10 @@ def main() -> int:
     from pipelines.cli.recipe import FineTune, recipe_parser, run_recipe_from_args
     from pipelines.data.datasets import make_brain_dataset
 
-    finetune = FineTune(layer="train_randomised", max_epochs=FINETUNE_EPOCHS, val_interval=2, learning_rate=5e-4)
+    # stage 2 is an experiment here, its weights not shipped (see the bundle's docs): only --stage finetune runs it
+    finetune = FineTune(
+        layer="train_randomised", max_epochs=FINETUNE_EPOCHS, val_interval=2, learning_rate=5e-4, in_all=False
+    )
 
     parser = recipe_parser(
         __doc__.splitlines()[0],

@@ -29,12 +29,15 @@ class FineTune:
         layer: config in the bundle's ``configs/`` laid over ``train.json`` (e.g. ``train_randomised``:
             synthesised, domain-randomised phantoms); it must load ``init_weights`` when set.
         max_epochs, val_interval, learning_rate: the stage's schedule.
+        in_all: whether ``--stage all`` runs it (the shipped weights come from both stages); when
+            False, only ``--stage finetune`` does (an experiment whose weights are not shipped).
     """
 
     layer: str
     max_epochs: int
     val_interval: int
     learning_rate: float
+    in_all: bool = True
 
 
 def recipe_parser(
@@ -82,6 +85,9 @@ def recipe_parser(
         stage_help = (
             f"all: data, train (stage 1, phantoms), finetune (stage 2, configs/{finetune.layer}), evaluate; "
             "train and finetune run one stage each"
+            if finetune.in_all
+            else f"all: data, train (phantoms), evaluate; finetune: stage 2 alone (configs/{finetune.layer}), "
+            "an experiment whose weights are not shipped"
         )
         parser.add_argument(
             "--finetune-epochs", type=int, default=finetune.max_epochs, help="stage 2 epochs (default: %(default)s)"
@@ -146,7 +152,7 @@ def run_recipe_from_args(
         raise SystemExit(
             f"--init-weights {args.init_weights}: only with --stage finetune (stage 1 makes them otherwise)"
         )
-    if finetune is not None and args.stage in ("all", "finetune"):
+    if finetune is not None and (args.stage == "finetune" or (args.stage == "all" and finetune.in_all)):
         init = Path(args.init_weights) if args.init_weights is not None else stage1
         if args.stage == "finetune" and not init.is_file():  # checked before any data is generated
             raise SystemExit(
@@ -166,8 +172,8 @@ def run_recipe_from_args(
     eval_dir = Path(args.data_dir) / "eval"
     if args.stage in ("all", "train"):
         figures = run_recipe(args.bundle, manifest, stage="train", options=options, eval_dir=eval_dir)
-        _print_training("stage 1" if finetune else "train", figures)
-        if finetune is not None:
+        _print_training("stage 1" if finetune is not None and finetune.in_all else "train", figures)
+        if finetune is not None and init is not None:
             shutil.copyfile(figures["train"].weights, stage1)
             print(f"stage 1 weights: {stage1}")
     if finetune is not None and init is not None:
