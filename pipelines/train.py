@@ -134,7 +134,8 @@ def train(bundle_dir: str | Path, manifest: str | Path, options: TrainOptions | 
     Raises:
         ManifestError: the manifest has problems (all are listed); training does not start.
         FileNotFoundError: no ``configs/train.json``, a missing layer config, or ``resume`` without a checkpoint.
-        ValueError: an unknown ``medseg_weights_dtype`` in the metadata.
+        ValueError: an unknown ``medseg_weights_dtype`` in the metadata; a layer name that is a path, or layers
+            with ``distributed``.
     """
     options = options or TrainOptions()
     bundle = load_bundle(bundle_dir)
@@ -154,6 +155,12 @@ def train(bundle_dir: str | Path, manifest: str | Path, options: TrainOptions | 
         if not multi.is_file():
             raise FileNotFoundError(f"{multi}: bundle {bundle.name} has no multi-GPU training config")
         configs.append(str(multi))
+    if options.distributed and options.layers:
+        # both replace the `initialize` list: the layer's would drop the process group set-up
+        raise ValueError(
+            f"config layers {list(options.layers)} cannot be combined with distributed training yet: "
+            "each replaces train.json's 'initialize' list; train on one process"
+        )
     for name in options.layers:
         if not _LAYER_NAME.fullmatch(name):
             raise ValueError(f"config layer {name!r}: expected a config name such as 'train_randomised', not a path")

@@ -117,6 +117,15 @@ def test_a_bad_layer_is_refused_before_training(tmp_path: Path, layer: str, erro
     assert not list((bundle / "models").glob("*.pt"))
 
 
+def test_a_layer_with_distributed_training_is_refused(tmp_path: Path) -> None:
+    bundle = tmp_path / "ct_abdomen_unet"
+    shutil.copytree(BUNDLES / "ct_abdomen_unet", bundle, ignore=shutil.ignore_patterns("*.pt", "eval"))
+    manifest = tiny_dataset(tmp_path / "data", splits=("training", "validation"))
+    with pytest.raises(ValueError, match="cannot be combined with distributed training"):
+        train(trust_test_bundle(bundle), manifest, TrainOptions(max_epochs=1, distributed=True, layers=(LAYER,)))
+    assert not list((bundle / "models").glob("*.pt"))
+
+
 @pytest.mark.parametrize("script", ["train_ct_unet.py", "train_mri_tumor.py"])
 def test_recipe_finetune_without_stage1_weights_stops_before_any_data(
     tmp_path: Path, script: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
