@@ -173,7 +173,7 @@ def run_recipe_from_args(
     if args.stage in ("all", "train"):
         figures = run_recipe(args.bundle, manifest, stage="train", options=options, eval_dir=eval_dir)
         _print_training("stage 1" if finetune is not None and finetune.in_all else "train", figures)
-        if finetune is not None and init is not None:
+        if finetune is not None:  # kept for a later --stage finetune too
             shutil.copyfile(figures["train"].weights, stage1)
             print(f"stage 1 weights: {stage1}")
     if finetune is not None and init is not None:
