@@ -15,9 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.data.manifests.model import write_manifest
-from pipelines.data.phantoms.make import make_brain_tumor_phantom
-from pipelines.data.phantoms.write import write_nifti
+from pipelines.data.datasets import make_brain_dataset
 from pipelines.train import TrainOptions, train
 from tests.helpers import BUNDLES, REPO, trust_test_bundle
 from tests.test_train import tiny_dataset
@@ -37,20 +35,10 @@ def small_grids(datasets: int, shape: list[int], spacing: list[float]) -> dict[s
 
 
 def tiny_brain_dataset(folder: Path) -> Path:
-    manifest: dict = {
-        "name": "tiny_brain",
-        "modality": "MR",
-        "labels": {"0": "background", "1": "tumor"},
-        "training": [],
-        "validation": [],
-    }
-    for i, split in enumerate(("training", "validation")):
-        phantom = make_brain_tumor_phantom(200 + i, shape=(48, 48, 16), spacing_mm=(4.0, 4.0, 8.0))
-        write_nifti(phantom, folder / f"case{i}")
-        manifest[split].append(
-            {"case_id": f"case{i}", "image": f"case{i}/image.nii.gz", "label": f"case{i}/label.nii.gz"}
-        )
-    return write_manifest(manifest, folder / "tiny_brain.json")
+    """One training and one validation head phantom at a quarter of the field of view, and their manifest."""
+    return make_brain_dataset(
+        folder, BUNDLES / "mri_brain_tumor", counts={"training": 1, "validation": 1}, fov_scale=0.25
+    )
 
 
 CASES = {
