@@ -26,6 +26,7 @@ __all__ = [
     "InputLayersFP32",
     "Predictor",
     "fitted_roi_size",
+    "fold_batch_norm",
     "resolve_device",
     "resolve_precision",
 ]
@@ -116,6 +117,11 @@ class Predictor:
 
     def __post_init__(self) -> None:
         self.network = self.network.to(self.device).eval()
+        if self.precision == "fp32":
+            # Not under bf16/fp16: there the folded weights are rounded to 8 significant bits where the
+            # separate norm ran in fp32, which doubled the label flips against fp32 on the CT U-Net
+            # (tests/test_inference.py, 629 against 294 voxels).
+            fold_batch_norm(self.network)
         if self.precision != "fp32":
             self.network = InputLayersFP32(self.network)
         if self.device.type == "cpu" and _has_3d_convolutions(self.network):
@@ -159,6 +165,40 @@ class Predictor:
             "out of GPU memory with %d windows per batch; retrying with %d", current, self.inferer.sw_batch_size
         )  # type: ignore[attr-defined]
         return True
+
+
+def fold_batch_norm(network: torch.nn.Module) -> list[str]:
+    """Fold each eval-mode batch norm that directly follows a convolution into that convolution, in place.
+
+    In eval mode a batch norm is a per-channel affine map, so it can be folded into the preceding
+    convolution's weights and bias (torch's ``fuse_conv_bn_eval``, transposed convolutions
+    included): the same output to float rounding, one pass over the activations fewer. On the CT
+    U-Net the batch norms took about 10% of the CPU forward. Handles MONAI's ``Convolution`` blocks
+    (``conv`` followed by ``adn.N``), which is how MONAI's U-Net, ``ResidualUnit`` and most of its
+    CNNs are built; the norm is replaced by ``Identity``. Instance and group norms depend on the
+    input and are left alone. Like :class:`InputLayersFP32` this is for inference only: it changes
+    the state-dict keys.
+
+    Returns:
+        the names of the folded convolutions.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = []
+    for name, block in network.named_modules():
+        conv, adn = getattr(block, "conv", None), getattr(block, "adn", None)
+        norm = getattr(adn, "N", None) if adn is not None else None
+        if not isinstance(conv, torch.nn.modules.conv._ConvNd) or not isinstance(norm, torch.nn.modules.batchnorm._BatchNorm):
+            continue
+        if norm.training or conv.training or not norm.track_running_stats or norm.running_mean is None:
+            continue
+        if list(adn.children())[0] is not norm:  # another layer (dropout, activation) sits between them
+            continue
+        transposed = isinstance(conv, torch.nn.modules.conv._ConvTransposeNd)
+        block.conv = fuse_conv_bn_eval(conv, norm, transpose=transposed)
+        adn.N = torch.nn.Identity()
+        folded.append(name)
+    return folded
 
 
 def _has_3d_convolutions(network: torch.nn.Module) -> bool:

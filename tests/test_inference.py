@@ -11,7 +11,14 @@ from monai.networks.nets import UNETR, SegResNet, UNet
 from pipelines.bundles.bundle import load_bundle, parse_config
 from pipelines.bundles.weights import load_weights
 from pipelines.data.phantoms.make import make_ct_phantom
-from pipelines.inference import ChannelsLast3d, InputLayersFP32, Predictor, resolve_device, resolve_precision
+from pipelines.inference import (
+    ChannelsLast3d,
+    InputLayersFP32,
+    Predictor,
+    fold_batch_norm,
+    resolve_device,
+    resolve_precision,
+)
 from tests.helpers import BUNDLES
 
 CPU = torch.device("cpu")
@@ -88,6 +95,32 @@ def test_fp32_input_layers_bring_bf16_close_to_fp32_on_the_shipped_ct_model() ->
     assert flipped_mixed < 0.25 * flipped_all  # measured with 0.2.0's weights: 294 against 2403
     # the scores move less too (0.2.0's weights: 0.0083 against 0.0184; 0.3.0's: 0.0198 against 0.0256)
     assert (mixed - fp32).abs().mean() < 0.85 * (all_bf16 - fp32).abs().mean()
+
+
+def test_batch_norm_folding_keeps_the_shipped_ct_model_output() -> None:
+    network = shipped_ct_unet()
+    norms = sum(isinstance(m, torch.nn.BatchNorm3d) for m in network.modules())
+    image = torch.rand(1, 1, 64, 64, 64)
+    with torch.inference_mode():
+        before = network(image)
+        folded = fold_batch_norm(network)
+        after = network(image)
+    # every batch norm follows a convolution (transposed ones in the decoder included) and is gone
+    assert len(folded) == norms > 0 and not any(isinstance(m, torch.nn.BatchNorm3d) for m in network.modules())
+    assert any(isinstance(network.get_submodule(n).conv, torch.nn.ConvTranspose3d) for n in folded)
+    assert (after - before).abs().max() < 1e-3 * before.abs().max()
+    assert torch.equal(after.argmax(1), before.argmax(1))
+    # the fp32 predictor folds them; under bf16 the norms stay (folded weights would be rounded)
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in Predictor(shipped_ct_unet(), None, CPU).network.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in Predictor(shipped_ct_unet(), None, CPU, "bf16").network.modules())
+
+
+def test_batch_norm_folding_leaves_what_it_cannot_fold() -> None:
+    training = UNet(3, 1, 2, (8, 16), (2,), norm="batch")  # training mode: the norm uses batch statistics
+    dropout_first = UNet(3, 1, 2, (8, 16), (2,), norm="batch", dropout=0.1, adn_ordering="DNA").eval()
+    instance = UNet(3, 1, 2, (8, 16), (2,), norm="instance").eval()
+    assert fold_batch_norm(training) == [] and fold_batch_norm(dropout_first) == [] and fold_batch_norm(instance) == []
+    assert sum(isinstance(m, torch.nn.BatchNorm3d) for m in training.modules()) == 2  # untouched
 
 
 def test_other_networks_and_no_reader() -> None:

@@ -1,12 +1,12 @@
 """Per-voxel and per-structure confidence, and what the clean-up removed: read while postprocessing runs.
 
 Two per-voxel maps are kept on the input's grid, each one byte a voxel: the maximum class
-probability and the predictive entropy (both quantised to 255 steps). They are filled by the
-slab-wise path that already takes the class scores back to the input grid
-(:class:`~pipelines.transforms.grid.ResampleScoresToGrid`, through its ``slab_observer``), so no
-full-resolution float map is ever held. Bundles whose postprocessing takes labels (not scores) back
-to the input grid get the same maps computed slab by slab on the network's grid and carried over
-with the nearest-neighbour lookup of :class:`~pipelines.transforms.grid.ResampleLabelsToGrid`.
+probability and the predictive entropy (both quantised to 255 steps). They are computed on the
+network's grid, slab by slab from the class scores, and carried to the input grid with the
+nearest-neighbour lookup of :class:`~pipelines.transforms.grid.ResampleLabelsToGrid`, so no
+full-resolution float map is ever held. (Computing them from probabilities interpolated to the input
+grid would cost a float interpolation at every voxel, which the label map itself no longer needs:
+:class:`~pipelines.transforms.grid.ResampleScoresToGrid` interpolates near boundaries only.)
 
 The postprocessing is run one transform at a time (:func:`traced_postprocessing`) to keep the
 label map just before the first connected-component clean-up and just after the last one: the
@@ -29,7 +29,7 @@ from monai.utils import MetaKeys
 from scipy import ndimage
 
 from pipelines import keys
-from pipelines.transforms.grid import ResampleLabelsToGrid, ResampleScoresToGrid
+from pipelines.transforms.grid import ResampleLabelsToGrid
 
 logger = logging.getLogger(__name__)
 
@@ -111,28 +111,13 @@ def quantize(probabilities: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return as_steps
 
 
-class _SlabRecorder:
-    """``slab_observer`` of a ResampleScoresToGrid: quantises each slab of resampled probabilities."""
-
-    def __init__(self, softmax_applied: bool) -> None:
-        self.softmax_applied = softmax_applied
-        self.maps: ConfidenceMaps | None = None
-
-    def __call__(self, rows: slice, x: torch.Tensor, shape: tuple[int, ...]) -> None:
-        if self.maps is None:
-            self.maps = ConfidenceMaps(np.zeros(shape, np.uint8), np.zeros(shape, np.uint8), int(x.shape[0]))
-        probabilities = x if self.softmax_applied else _as_probabilities(x)
-        best, entropy = quantize(probabilities)
-        self.maps.max_probability[rows] = best.numpy()
-        self.maps.entropy[rows] = entropy.numpy()
-
-
-def _as_probabilities(scores: torch.Tensor) -> torch.Tensor:
-    """Scores that already are probabilities (non-negative, summing to 1 over classes) pass; others get a softmax."""
+def _are_probabilities(scores: torch.Tensor) -> bool:
+    """Whether class scores ``(C, ...)`` already are probabilities (in 0..1, summing to 1 over classes)."""
+    low, high = torch.aminmax(scores)
+    if not (bool(low >= 0) and bool(high <= 1)):
+        return False  # logits: decided without summing
     sums = scores.sum(dim=0)
-    if bool((scores.min() >= 0) & (scores.max() <= 1)) and bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-3)):
-        return scores
-    return torch.softmax(scores, dim=0)
+    return bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-3))
 
 
 def _network_grid_maps(scores: torch.Tensor, image: Any) -> ConfidenceMaps | None:
@@ -147,8 +132,10 @@ def _network_grid_maps(scores: torch.Tensor, image: Any) -> ConfidenceMaps | Non
     entropy = np.empty(shape, np.uint8)
     rows = max(1, _SLAB_VOXELS // max(1, shape[1] * shape[2]))
     with torch.inference_mode():
+        probabilities = _are_probabilities(values)
         for start in range(0, shape[0], rows):
-            b, h = quantize(_as_probabilities(values[:, start : start + rows]))
+            slab = values[:, start : start + rows]
+            b, h = quantize(slab if probabilities else torch.softmax(slab, dim=0))
             best[start : start + rows], entropy[start : start + rows] = b.numpy(), h.numpy()
     target_affine = np.asarray(torch.as_tensor(meta[MetaKeys.ORIGINAL_AFFINE]).cpu(), float)
     target_shape = [int(s) for s in np.asarray(torch.as_tensor(meta[MetaKeys.SPATIAL_SHAPE]).cpu()).ravel()[-3:]]
@@ -164,7 +151,9 @@ def _label_array(value: Any) -> np.ndarray:
         array = array[0]
     if np.issubdtype(array.dtype, np.floating):
         array = np.rint(array)
-    return array.astype(np.int32, copy=False)
+    if array.dtype in (np.uint8, np.uint16, np.int32):
+        return array.copy()  # a snapshot in the label map's own dtype: later transforms may work in place
+    return array.astype(np.int32)
 
 
 def traced_postprocessing(
@@ -187,27 +176,15 @@ def traced_postprocessing(
     if tta is not None:
         signals.tta_agreement, signals.tta_passes = dict(tta.agreement), list(tta.passes)
     scores = data.get(key)
-    recorders: list[tuple[ResampleScoresToGrid, _SlabRecorder]] = []
-    for transform in compose.transforms:
-        resampler = getattr(transform, "resampler", None)
-        if isinstance(resampler, ResampleScoresToGrid):
-            recorder = _SlabRecorder(softmax_applied=resampler.softmax)
-            resampler.slab_observer = recorder
-            recorders.append((resampler, recorder))
     cleanups = [i for i, t in enumerate(compose.transforms) if type(t).__name__ in CLEANUP_TRANSFORMS]
     out: Any = dict(data)
-    try:
-        for index, transform in enumerate(compose.transforms):
-            if cleanups and index == cleanups[0] and isinstance(out, Mapping) and key in out:
-                signals.before_cleanup = _label_array(out[key])
-            out = apply_transform(transform, out, compose.map_items, compose.unpack_items)
-            if cleanups and index == cleanups[-1] and isinstance(out, Mapping) and key in out:
-                signals.after_cleanup = _label_array(out[key])
-    finally:
-        for resampler, _ in recorders:
-            resampler.slab_observer = None
-    signals.confidence = next((r.maps for _, r in recorders if r.maps is not None), None)
-    if signals.confidence is None and isinstance(scores, torch.Tensor) and scores.is_floating_point():
+    for index, transform in enumerate(compose.transforms):
+        if cleanups and index == cleanups[0] and isinstance(out, Mapping) and key in out:
+            signals.before_cleanup = _label_array(out[key])
+        out = apply_transform(transform, out, compose.map_items, compose.unpack_items)
+        if cleanups and index == cleanups[-1] and isinstance(out, Mapping) and key in out:
+            signals.after_cleanup = _label_array(out[key])
+    if isinstance(scores, torch.Tensor) and scores.is_floating_point():
         signals.confidence = _network_grid_maps(scores, data.get(keys.IMAGE))
     if signals.confidence is None:
         logger.warning("no class scores to read confidence from; confidence is not reported")

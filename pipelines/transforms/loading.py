@@ -19,8 +19,12 @@ def to_metatensor(volume: Volume, *, dtype: torch.dtype = torch.float32) -> Meta
     tensor gives the same result as letting MONAI read the file, without reading it twice.
     """
     # A multi-channel input (pipelines.io.channels) is channel-first (C, I, J, K), as LoadImage stacks a file list.
-    array = np.ascontiguousarray(volume.array if volume.channels is None else volume.channels)
-    tensor = torch.as_tensor(array).to(dtype)
+    array = volume.array if volume.channels is None else volume.channels
+    if array.strides and min(array.strides) < 0:
+        array = np.ascontiguousarray(array)  # torch takes no negative strides
+    # One pass converts the dtype and lays the voxels out C-contiguously: readers hand over Fortran-order
+    # arrays (nibabel), and numpy's reordering copy followed by the dtype cast took twice as long.
+    tensor = torch.from_numpy(array).to(dtype, memory_format=torch.contiguous_format)
     affine = torch.as_tensor(volume.affine, dtype=torch.float64)
     meta = {
         MetaKeys.AFFINE: affine.clone(),

@@ -10,6 +10,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, Invertd, Orientationd
 from scipy import ndimage
 
 from pipelines.transforms import ResampleLabelsToGrid, ResampleLabelsToOriginald
+from pipelines.transforms.grid import ResampleScoresToGrid
 from tests.helpers import oriented_affine
 
 
@@ -104,9 +105,10 @@ def test_reference_without_loader_meta_is_refused() -> None:
         )
 
 
+@pytest.mark.parametrize("path", ["boundary", "dense"])
 @pytest.mark.parametrize("codes", ["LPS", "RAS", "PIR"])
-def test_scores_path_equals_invertd_on_probabilities(codes: str) -> None:
-    """Softmax, trilinear back to the input grid, argmax: the Model Zoo path, computed in slabs."""
+def test_scores_path_equals_invertd_on_probabilities(codes: str, path: str) -> None:
+    """Softmax, trilinear back to the input grid, argmax: the Model Zoo path (near boundaries only, or in slabs)."""
     from monai.transforms import Activationsd
 
     from pipelines.transforms import ResampleScoresToOriginald
@@ -123,10 +125,46 @@ def test_scores_path_equals_invertd_on_probabilities(codes: str) -> None:
     smooth = torch.nn.functional.avg_pool3d(torch.randn(1, 4, *data["image"].shape[1:]), 5, stride=1, padding=2)[0]
     scores = MetaTensor(smooth * 10, meta=data["image"].meta)
     ours = ResampleScoresToOriginald("pred")
-    ours.resampler.slab_voxels = 500  # several slabs even on this small grid
+    ours.resampler.slab_voxels = 500  # several slabs (or chunks of boundary voxels) even on this small grid
+    if path == "dense":
+        ours.resampler.dense_fraction = -1.0
     got = ours({**data, "pred": scores})["pred"]
     reference = Activationsd("pred", softmax=True)({**data, "pred": scores.clone()})
     reference = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False)(reference)["pred"].argmax(0)
     assert got.dtype == torch.uint8 and tuple(got.shape) == (1, *image.shape)
     np.testing.assert_allclose(got.affine.numpy(), image.affine.numpy())
     assert np.mean(got[0].numpy() != reference.numpy()) < 1e-3
+
+
+def _smooth_scores(classes: int, shape: tuple[int, ...], seed: int, blur: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    noise = torch.randn(1, classes, *shape)
+    return torch.nn.functional.avg_pool3d(noise, blur, stride=1, padding=blur // 2)[0] * 10 if blur > 1 else noise[0]
+
+
+@pytest.mark.parametrize("softmax", [True, False])
+def test_boundary_path_equals_dense_interpolation_voxel_for_voxel(softmax: bool) -> None:
+    """Interpolating only where the 8 surrounding source voxels disagree gives the dense result exactly."""
+    scores = _smooth_scores(5, (40, 34, 22), seed=3, blur=7)
+    if not softmax:
+        scores = torch.softmax(scores, dim=0)
+    source = np.diag([1.5, 1.5, 2.0, 1.0])
+    target = np.diag([-0.7, 0.9, 1.0, 1.0])  # finer, flipped along x, shifted: low/high taps both used
+    target[:3, 3] = (40 * 1.5 - 1.0, 0.4, -0.6)
+    shape = (88, 58, 46)
+    fast = ResampleScoresToGrid(softmax=softmax, slab_voxels=997)(scores, target, shape, source)
+    dense = ResampleScoresToGrid(softmax=softmax, dense_fraction=-1.0)(scores, target, shape, source)
+    assert np.array_equal(fast.numpy(), dense.numpy())
+    assert len(np.unique(fast.numpy())) == 5  # every class present: boundaries everywhere were exercised
+
+
+def test_noisy_scores_take_the_dense_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where most voxels lie near a boundary (noise), the per-voxel path would cost more than the slabs."""
+    scores = _smooth_scores(4, (12, 10, 8), seed=4, blur=1)
+    resampler = ResampleScoresToGrid()
+    calls = []
+    dense = resampler._dense
+    monkeypatch.setattr(resampler, "_dense", lambda *a: calls.append(1) or dense(*a))
+    target = np.diag([0.5, 0.5, 0.5, 1.0])
+    out = resampler(scores, target, (24, 20, 16), np.eye(4))
+    assert calls == [1] and tuple(out.shape) == (1, 24, 20, 16)
