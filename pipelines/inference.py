@@ -188,11 +188,13 @@ def fold_batch_norm(network: torch.nn.Module) -> list[str]:
     for name, block in network.named_modules():
         conv, adn = getattr(block, "conv", None), getattr(block, "adn", None)
         norm = getattr(adn, "N", None) if adn is not None else None
-        if not isinstance(conv, torch.nn.modules.conv._ConvNd) or not isinstance(norm, torch.nn.modules.batchnorm._BatchNorm):
+        if not isinstance(conv, torch.nn.modules.conv._ConvNd):
+            continue
+        if not isinstance(norm, torch.nn.modules.batchnorm._BatchNorm):
             continue
         if norm.training or conv.training or not norm.track_running_stats or norm.running_mean is None:
             continue
-        if list(adn.children())[0] is not norm:  # another layer (dropout, activation) sits between them
+        if next(iter(adn.children())) is not norm:  # another layer (dropout, activation) sits between them
             continue
         transposed = isinstance(conv, torch.nn.modules.conv._ConvTransposeNd)
         block.conv = fuse_conv_bn_eval(conv, norm, transpose=transposed)

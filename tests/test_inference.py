@@ -111,8 +111,12 @@ def test_batch_norm_folding_keeps_the_shipped_ct_model_output() -> None:
     assert (after - before).abs().max() < 1e-3 * before.abs().max()
     assert torch.equal(after.argmax(1), before.argmax(1))
     # the fp32 predictor folds them; under bf16 the norms stay (folded weights would be rounded)
-    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in Predictor(shipped_ct_unet(), None, CPU).network.modules())
-    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in Predictor(shipped_ct_unet(), None, CPU, "bf16").network.modules())
+    assert not any(
+        isinstance(m, torch.nn.BatchNorm3d) for m in Predictor(shipped_ct_unet(), None, CPU).network.modules()
+    )
+    assert any(
+        isinstance(m, torch.nn.BatchNorm3d) for m in Predictor(shipped_ct_unet(), None, CPU, "bf16").network.modules()
+    )
 
 
 def test_batch_norm_folding_leaves_what_it_cannot_fold() -> None:

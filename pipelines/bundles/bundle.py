@@ -236,7 +236,7 @@ def preprocessing_pixdim(parser: ConfigParser) -> list[float] | None:
     """
     config = parser.get("", {})
     for index, item in enumerate(transform_list(parser, "preprocessing") or []):
-        if target_name(item) in ("Spacingd", "Spacing") and "pixdim" in item:
+        if target_name(item) in ("Spacingd", "Spacing", "SeparableSpacingd") and "pixdim" in item:
             value = raw_item(config, f"preprocessing#transforms#{index}#pixdim")
             values = value if isinstance(value, list) else [value]
             if not values or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):

@@ -54,7 +54,7 @@ def _pixdim(config: Mapping[str, Any]) -> list[float] | str | None:
     transforms = raw_item(config, "preprocessing#transforms")
     for index, item in enumerate(transforms if isinstance(transforms, list) else []):
         item = raw_item(config, f"preprocessing#transforms#{index}")
-        if target_name(item) in ("Spacingd", "Spacing") and "pixdim" in item:
+        if target_name(item) in ("Spacingd", "Spacing", "SeparableSpacingd") and "pixdim" in item:
             return _numbers(raw_item(config, f"preprocessing#transforms#{index}#pixdim"), float)
     return None
 

@@ -10,7 +10,10 @@ Post-processing of integer label maps (after argmax and a cast to uint8 / uint16
 - :class:`ResampleLabelsToGrid` / :class:`ResampleLabelsToOriginald`: back to the input's grid,
   nearest neighbour, without the float copies and dense grids ``Invertd`` builds;
 - :class:`ResampleScoresToGrid` / :class:`ResampleScoresToOriginald`: class scores back to the
-  input's grid with trilinear interpolation and a fused argmax, one slab at a time.
+  input's grid with trilinear interpolation (near boundaries only) and a fused argmax.
+
+Pre-processing: :class:`SeparableSpacingd`, MONAI's ``Spacingd`` (same arguments, same geometry)
+with its bilinear resampling done one axis at a time.
 
 Randomised appearance for synthetic training (:mod:`pipelines.transforms.randomise`,
 :mod:`pipelines.transforms.randomise_artefacts`; chained by :mod:`pipelines.data.synthetic`):
@@ -50,6 +53,7 @@ from pipelines.transforms.randomise_artefacts import (
     RandStreaks,
     RandStreaksd,
 )
+from pipelines.transforms.spacing import SeparableSpacingd
 
 __all__ = [
     "FillHoles",
@@ -74,5 +78,6 @@ __all__ = [
     "ResampleLabelsToOriginald",
     "ResampleScoresToGrid",
     "ResampleScoresToOriginald",
+    "SeparableSpacingd",
     "spacing_from_affine",
 ]

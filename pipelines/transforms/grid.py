@@ -187,11 +187,13 @@ class ResampleScoresToGrid(Transform):
                 labels[part] = _argmax_classes(self._interpolate_at(source, taps, shape, part))
         return labels.view(shape).numpy()
 
-    def _interpolate_at(self, source: torch.Tensor, taps: list, shape: tuple[int, ...], flat: torch.Tensor) -> torch.Tensor:
+    def _interpolate_at(
+        self, source: torch.Tensor, taps: list, shape: tuple[int, ...], flat: torch.Tensor
+    ) -> torch.Tensor:
         """Trilinearly interpolated class probabilities ``(C, n)`` at the target voxels ``flat`` (raveled indices)."""
         index = (flat // (shape[1] * shape[2]), flat // shape[2] % shape[1], flat % shape[2])
         corners = []
-        for (low, high, weight), i in zip(taps, index):
+        for (low, high, weight), i in zip(taps, index, strict=True):
             w = weight[i]
             corners.append(((low[i], 1.0 - w), (high[i], w)))
         total = torch.zeros((source.shape[0], flat.numel()), dtype=torch.float32)
@@ -293,7 +295,7 @@ def _uniform_cells(labels: torch.Tensor) -> torch.Tensor:
 def _lerp_axis(x: torch.Tensor, dim: int, low: torch.Tensor, high: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Linear interpolation along one axis from per-index taps; plain gathers where weights are 0."""
     if not bool(weight.any()):
-        if low.numel() == x.shape[dim] and bool((low == torch.arange(low.numel())).all()):
+        if low.numel() == x.shape[dim] and bool((low == torch.arange(low.numel(), device=low.device)).all()):
             return x  # the same grid along this axis
         return x.index_select(dim, low)
     shape = [1] * x.ndim
