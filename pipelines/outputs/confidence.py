@@ -227,13 +227,10 @@ def removed_fractions(before: np.ndarray, after: np.ndarray) -> dict[int, float]
     """Per label present before the clean-up: the share of its voxels the clean-up took away (0..1)."""
     if before.shape != after.shape:
         raise ValueError(f"label maps before {before.shape} and after {after.shape} the clean-up differ in shape")
-    shares: dict[int, float] = {}
-    for index, box in enumerate(ndimage.find_objects(np.maximum(before, 0))):
-        if box is None:
-            continue
-        label = index + 1
-        mask = before[box] == label
-        count = int(mask.sum())
-        if count:
-            shares[label] = float(np.count_nonzero(mask & (after[box] != label)) / count)
-    return shares
+    before = np.maximum(before, 0) if np.issubdtype(before.dtype, np.signedinteger) else before
+    # Counts per label in one pass each (a clean-up only relabels voxels, so a voxel whose label changed
+    # lost its old label); no per-structure boxes or masks over the whole map.
+    total = np.bincount(before.ravel())
+    changed = before != after
+    lost = np.bincount(before[changed], minlength=total.size)
+    return {label: float(lost[label] / total[label]) for label in range(1, total.size) if total[label]}

@@ -13,7 +13,8 @@ Post-processing of integer label maps (after argmax and a cast to uint8 / uint16
   input's grid with trilinear interpolation (near boundaries only) and a fused argmax.
 
 Pre-processing: :class:`SeparableSpacingd`, MONAI's ``Spacingd`` (same arguments, same geometry)
-with its bilinear resampling done one axis at a time.
+with its bilinear resampling done one axis at a time; :class:`CropForegroundOrKeepd`, MONAI's
+``CropForegroundd`` that leaves an image without foreground whole.
 
 Randomised appearance for synthetic training (:mod:`pipelines.transforms.randomise`,
 :mod:`pipelines.transforms.randomise_artefacts`; chained by :mod:`pipelines.data.synthetic`):
@@ -24,6 +25,7 @@ Randomised appearance for synthetic training (:mod:`pipelines.transforms.randomi
 from __future__ import annotations
 
 from pipelines.geometry import spacing_from_affine
+from pipelines.transforms.crop import CropForegroundOrKeepd
 from pipelines.transforms.grid import (
     ResampleLabelsToGrid,
     ResampleLabelsToOriginald,
@@ -56,6 +58,7 @@ from pipelines.transforms.randomise_artefacts import (
 from pipelines.transforms.spacing import SeparableSpacingd
 
 __all__ = [
+    "CropForegroundOrKeepd",
     "FillHoles",
     "FillHolesd",
     "KeepLargestComponent",
