@@ -230,7 +230,10 @@ def removed_fractions(before: np.ndarray, after: np.ndarray) -> dict[int, float]
     before = np.maximum(before, 0) if np.issubdtype(before.dtype, np.signedinteger) else before
     # Counts per label in one pass each (a clean-up only relabels voxels, so a voxel whose label changed
     # lost its old label); no per-structure boxes or masks over the whole map.
-    total = np.bincount(before.ravel())
+    flat = np.ascontiguousarray(before).reshape(-1)
+    if flat.dtype not in (np.uint8, np.int16, np.int32, np.int64):
+        flat = flat.astype(np.int64)
+    total = torch.bincount(torch.from_numpy(flat)).numpy()  # numpy's bincount first widens every voxel to int64
     changed = before != after
     lost = np.bincount(before[changed], minlength=total.size)
     return {label: float(lost[label] / total[label]) for label in range(1, total.size) if total[label]}

@@ -388,8 +388,11 @@ class ResampleLabelsToGrid(Transform):
                 if index.size != out.shape[dim] or np.any(index != np.arange(index.size)):
                     out = np.take(out, index, axis=dim)
             if not all(i.all() for i in inside):
-                keep = inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
-                out = np.where(keep, out, np.asarray(self.fill_value, out.dtype))
+                out = np.array(out, copy=True) if not out.flags.owndata else out
+                for dim, within in enumerate(inside):  # outside the source along one axis: whole planes
+                    index: list[Any] = [slice(None)] * 3
+                    index[dim] = ~within
+                    out[tuple(index)] = self.fill_value
         else:
             mapping = np.linalg.solve(src_aff, dst_aff)
             out = ndimage.affine_transform(
