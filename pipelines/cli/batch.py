@@ -10,7 +10,13 @@ from typing import Any
 
 from pipelines.batch.options import BATCH_SPLITS, DISTRIBUTED_TIMEOUT, BatchOptions, BatchSummary
 from pipelines.cli.bundle import add_bundle_option, add_override_option
-from pipelines.cli.common import add_case_options, add_path_policy_option, add_run_options, case_option_values
+from pipelines.cli.common import (
+    add_case_options,
+    add_path_policy_option,
+    add_run_options,
+    case_option_values,
+    heavy_imports,
+)
 
 
 def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -65,10 +71,11 @@ def _env_int(name: str, default: int) -> int:
 
 def _cmd_batch(args: argparse.Namespace) -> int:
     # torch and the batch machinery are imported only when the command runs, not while parsing.
-    import torch
-    import torch.distributed as dist
+    with heavy_imports():
+        import torch
+        import torch.distributed as dist
 
-    from pipelines.batch.run import run_batch
+        from pipelines.batch.run import run_batch
 
     # torchrun announces the ranks through the environment; only this command layer reads it.
     world_size = _env_int("WORLD_SIZE", 1)

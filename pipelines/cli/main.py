@@ -29,6 +29,7 @@ from pipelines.cli.common import (
     add_path_policy_option,
     add_run_options,
     case_option_values,
+    heavy_imports,
     setup_logging,
 )
 from pipelines.cli.dicom import (
@@ -148,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from pipelines.segment import SegmentOptions, segment_case
+    with heavy_imports():
+        from pipelines.segment import SegmentOptions, segment_case
 
     if (args.input is None) == (not args.image):
         raise ValueError("segment: give the input image (or case folder) or one --image per channel, not both")

@@ -35,8 +35,11 @@ class _WindowCounter:
 
 
 def run_ours(args: argparse.Namespace) -> dict:
-    from pipelines.bundles.overrides import parse_overrides
-    from pipelines.segment import Segmenter, SegmentOptions
+    from pipelines.cli.common import heavy_imports
+
+    with heavy_imports():  # as `medseg segment` imports them
+        from pipelines.bundles.overrides import parse_overrides
+        from pipelines.segment import Segmenter, SegmentOptions
 
     options = SegmentOptions(
         device=args.device,
