@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from inference_vs_reference import REPO, cpu_model, dice_per_label, make_inputs, run_worker, truth_in_bundle_classes
+from window_tradeoff import heldout_truth, override_args
 
 CROP_TARGET = "pipelines.transforms.CropForegroundOrKeepd"
 
@@ -60,7 +61,7 @@ def main() -> int:
             phantom.parent / "label.nii.gz", args.bundle, phantom.parent / "truth_classes.nii.gz"
         )
         for name, overrides in settings.items():
-            extra = [a for k, v in overrides.items() for a in ("--override", f"{k}={json.dumps(v)}")]
+            extra = override_args(overrides)
             runs = [
                 run_worker(
                     "ours", phantom, args.bundle, args.work / "body_crop" / name.replace(" ", "_"), "cpu", None, extra
@@ -80,27 +81,9 @@ def main() -> int:
             print(f"large phantom, {name}: {report['settings'][name]}", file=sys.stderr)
 
     if args.heldout > 0:
-        from pipelines.data.datasets import make_ct_dataset
-        from pipelines.segment import Segmenter, SegmentOptions
-
-        work = args.work / "body_crop"
-        make_ct_dataset(work / "heldout", args.bundle, counts={"test": args.heldout}, name="heldout")
-        cases = sorted(p for p in (work / "heldout" / "test").iterdir() if p.is_dir())[: args.heldout]
-        for name, overrides in settings.items():
-            segmenter = Segmenter(args.bundle, SegmentOptions(device="cpu", outputs=("labels",), overrides=overrides))
-            per_label: dict[str, list[float]] = {}
-            for case in cases:
-                result = segmenter.run(case / "image.nii.gz", work / "runs" / name.replace(" ", "_") / case.name)
-                for label, value in dice_per_label(Path(result.files["labels"]), case / "label.nii.gz").items():
-                    per_label.setdefault(label, []).append(value)
-            means = {label: statistics.fmean(values) for label, values in sorted(per_label.items())}
-            entry = report["settings"].setdefault(name, {"overrides": overrides})
-            entry["heldout"] = {
-                "cases": len(cases),
-                "dice_truth": means,
-                "mean_dice_truth": statistics.fmean(means.values()),
-            }
-            print(f"held-out, {name}: mean Dice {entry['heldout']['mean_dice_truth']:.4f} {means}", file=sys.stderr)
+        heldout = heldout_truth(args.bundle, settings, args.heldout, args.work / "body_crop", "auto")
+        for name, entry in heldout.items():
+            report["settings"].setdefault(name, {"overrides": settings[name]})["heldout"] = entry
 
     out = args.json or args.work / "body_crop.json"
     out.parent.mkdir(parents=True, exist_ok=True)

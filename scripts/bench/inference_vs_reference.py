@@ -123,6 +123,19 @@ def make_inputs(work: Path, names: list[str], shared: Path) -> dict[str, Path]:
     return inputs
 
 
+def _timed_process(command: list[str], threads: int | None, what: str) -> tuple[float, str]:
+    """Run ``command`` in a fresh process; its wall seconds (start to exit) and its stdout."""
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{done.stderr[-3000:]}")
+    return wall, done.stdout
+
+
 def run_worker(
     pipeline: str,
     source: Path,
@@ -132,9 +145,6 @@ def run_worker(
     threads: int | None,
     extra: list[str] | None = None,
 ) -> dict:
-    env = dict(os.environ)
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
     command = [
         sys.executable,
         str(WORKER),
@@ -150,12 +160,8 @@ def run_worker(
         device,
         *(extra or []),
     ]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"{pipeline} on {source} failed:\n{done.stderr[-3000:]}")
-    record = json.loads(done.stdout.strip().splitlines()[-1])
+    wall, stdout = _timed_process(command, threads, f"{pipeline} on {source}")
+    record = json.loads(stdout.strip().splitlines()[-1])
     # The whole process, interpreter start and imports included (issue #14 counts these).
     record["seconds"]["process"] = wall
     return record
@@ -163,18 +169,10 @@ def run_worker(
 
 def run_cli(source: Path, bundle: Path, out: Path, device: str, threads: int | None) -> float:
     """Wall seconds of one ``medseg segment --outputs labels`` process: the command a user runs, start to exit."""
-    env = dict(os.environ)
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
     medseg = Path(sys.executable).with_name("medseg")
     command = [str(medseg), "--quiet", "segment", str(source), "--bundle", str(bundle), "--output", str(out)]
     command += ["--outputs", "labels", "--device", device]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"medseg segment on {source} failed:\n{done.stderr[-3000:]}")
-    return wall
+    return _timed_process(command, threads, f"medseg segment on {source}")[0]
 
 
 def dice_per_label(ours: Path, reference: Path) -> dict[str, float]:

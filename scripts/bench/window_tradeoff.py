@@ -70,13 +70,25 @@ def parse_setting(text: str) -> dict:
     return {"roi_size": size, "overlap": value, **({"mode": mode} if mode else {})}
 
 
+def inferer_overrides(setting: dict) -> dict:
+    """Bundle config overrides setting the bundle's inferer to ``setting``."""
+    return {f"inferer#{key}": value for key, value in setting.items()}
+
+
+def override_args(overrides: dict) -> list[str]:
+    """Worker arguments applying bundle config ``overrides``."""
+    return [arg for key, value in overrides.items() for arg in ("--override", f"{key}={json.dumps(value)}")]
+
+
 def overrides_for(setting: dict) -> list[str]:
     """Worker arguments setting the bundle's inferer to ``setting``."""
-    return [arg for key, value in setting.items() for arg in ("--override", f"inferer#{key}={json.dumps(value)}")]
+    return override_args(inferer_overrides(setting))
 
 
 def heldout_truth(bundle: Path, settings: dict[str, dict], count: int, work: Path, precision: str) -> dict:
     """Mean Dice against the truth per setting on the bundle's held-out test phantoms (seeds 50000+).
+
+    ``settings`` maps a name to the bundle config overrides of that setting (``{}``: the bundle as it is).
 
     The phantoms have the acquisition mix of the bundle's own test split (in-plane 1.2-1.8 mm,
     abdominal and wide fields of view), so a window setting is also judged on the images the
@@ -93,7 +105,7 @@ def heldout_truth(bundle: Path, settings: dict[str, dict], count: int, work: Pat
             device="cpu",
             precision=precision,
             outputs=("labels",),
-            overrides={f"inferer#{key}": value for key, value in setting.items()},
+            overrides=setting,
         )
         segmenter = Segmenter(bundle, options)
         per_label: dict[str, list[float]] = {}
@@ -182,7 +194,13 @@ def main() -> int:
             "mean_dice_truth": statistics.fmean(truth_dice.values()),
         }
     if args.heldout > 0:
-        heldout = heldout_truth(args.bundle, settings, args.heldout, args.work / "window_tradeoff", args.precision)
+        heldout = heldout_truth(
+            args.bundle,
+            {text: inferer_overrides(setting) for text, setting in settings.items()},
+            args.heldout,
+            args.work / "window_tradeoff",
+            args.precision,
+        )
         for text, entry in heldout.items():
             report["settings"].setdefault(text, dict(settings[text]))["heldout"] = entry
     report["load_average_1min_at_end"] = os.getloadavg()[0]
