@@ -182,8 +182,9 @@ def _default_bundle() -> Path:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from pipelines.data.datasets import SEEDS
-    from pipelines.demo import run_demo
+    with heavy_imports():
+        from pipelines.data.datasets import SEEDS
+        from pipelines.demo import run_demo
 
     bundle = args.bundle or _default_bundle()
     seed = args.seed if args.seed is not None else SEEDS["demo"][0]
