@@ -1,0 +1,186 @@
+#!/usr/bin/env python
+"""Short z stacks: the CT bundle on synthetic abdomens cut to slabs of 40 and 90 mm, Dice per organ.
+
+Real CTs are often short stacks: a 20-slice series of 2 mm, a 90 mm volume of the upper abdomen.
+A network trained on whole abdomens sees, in a slab, organs cut at both ends of the field of view
+next to the sliding window's zero padding, a picture it never trained on. This benchmark measures
+that on synthetic data only (never real scans), so weights can be compared on it before any real
+scan is run:
+
+1. the stage-2 validation abdomens of the CT recipe (``SyntheticPhantomDataset``, seeds from 10000,
+   ``anatomy="body"``, ``region="abdomen"``, one fixed randomised appearance each), the same
+   samples its ``configs/train_randomised.json`` validates on;
+2. each one whole, and cut along z to each ``--slabs`` length, the slab's centre drawn (seeded) over
+   the z range that holds the bundle's organs, so every slab crosses some of them;
+3. ``Segmenter`` (what ``medseg segment`` runs) with each ``--weights`` file in a copy of the bundle;
+   Dice per organ against the slab's truth, for the organs present in it, and the organs predicted
+   where the truth has none (false organs).
+
+    python scripts/bench/slab_robustness.py                                  # the bundle's weights
+    python scripts/bench/slab_robustness.py --weights old=OLD.pt new=NEW.pt  # two weights side by side
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import cpu_kind, cpu_model
+
+REPO = Path(__file__).resolve().parents[2]
+VALIDATION_SEED = 10000  # the stage-2 validation seeds (configs/train_randomised.json)
+
+
+def make_slabs(bundle: Path, samples: int, slabs_mm: list[float], folder: Path) -> list[dict]:
+    """Write each validation abdomen whole and cut to each slab length; return the cases."""
+    import nibabel as nib
+    import numpy as np
+
+    from pipelines.bundles.bundle import load_bundle
+    from pipelines.data.datasets import bundle_label_ids
+    from pipelines.data.synthetic import SyntheticPhantomDataset
+
+    dataset = SyntheticPhantomDataset(
+        kind="ct",
+        num_samples=samples,
+        seed=VALIDATION_SEED,
+        label_ids=bundle_label_ids(load_bundle(bundle)),
+        phantom_options={"anatomy": "body", "region": "abdomen"},
+    )
+    cases = []
+    for index in range(samples):
+        sample = dataset[index]
+        affine = np.asarray(sample["image"].affine, dtype=float)
+        image = np.asarray(sample["image"][0], dtype=np.float32)
+        label = np.asarray(sample["label"][0], dtype=np.uint8)
+        spacing_z = float(np.linalg.norm(affine[:3, 2]))
+        organ_z = np.flatnonzero(label.any(axis=(0, 1)))
+        rng = np.random.default_rng([VALIDATION_SEED, index])
+        for length in [0.0, *slabs_mm]:
+            depth = label.shape[2] if length <= 0 else min(label.shape[2], max(1, round(length / spacing_z)))
+            centre = int(rng.integers(organ_z.min(), organ_z.max() + 1))
+            start = int(np.clip(centre - depth // 2, 0, label.shape[2] - depth))
+            shifted = affine.copy()
+            shifted[:3, 3] = affine[:3, 3] + affine[:3, 2] * start  # the slab keeps its place in space
+            name = f"val{index:02d}_{'whole' if length <= 0 else f'{int(length)}mm'}"
+            case = folder / name
+            case.mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(image[:, :, start : start + depth], shifted), case / "image.nii.gz")
+            nib.save(nib.Nifti1Image(label[:, :, start : start + depth], shifted), case / "label.nii.gz")
+            cases.append({"case": name, "slab_mm": length, "slices": depth, "dir": case})
+    return cases
+
+
+def score(prediction: Path, truth: Path, names: dict[int, str], spacing_ml: float) -> tuple[dict, dict]:
+    """Dice per organ present in the truth; predicted mL of organs the truth does not have."""
+    import nibabel as nib
+    import numpy as np
+
+    pred = np.asarray(nib.load(prediction).dataobj).astype(np.int32)
+    true = np.asarray(nib.load(truth).dataobj).astype(np.int32)
+    dice, false = {}, {}
+    for label, name in names.items():
+        p, t = pred == label, true == label
+        if t.any():
+            dice[name] = float(2 * np.logical_and(p, t).sum() / (p.sum() + t.sum()))
+        elif p.any():
+            false[name] = round(float(p.sum()) * spacing_ml, 1)
+    return dice, false
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=REPO / "bundles" / "ct_abdomen_unet")
+    parser.add_argument("--weights", nargs="+", default=None, help="NAME=PATH (default: the bundle's own weights)")
+    parser.add_argument("--samples", type=int, default=6, help="validation abdomens (default 6)")
+    parser.add_argument("--slabs", type=float, nargs="+", default=[40.0, 90.0], help="slab lengths in mm")
+    parser.add_argument(
+        "--override", action="append", default=[], metavar="KEY=VALUE", help="inference config override (JSON value)"
+    )
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    overrides = {}
+    for item in args.override:
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    weights = dict(w.split("=", 1) for w in args.weights) if args.weights else {"bundle": "models/model.pt"}
+    for name, path in weights.items():
+        path = Path(path) if Path(path).is_absolute() or Path(path).is_file() else args.bundle / path
+        if not path.is_file():
+            raise SystemExit(f"--weights {name}={path}: no such file")
+        weights[name] = str(path)
+
+    import nibabel as nib
+    import numpy as np
+
+    from pipelines.bundles.bundle import load_bundle
+    from pipelines.segment import Segmenter, SegmentOptions
+
+    names = {i: n for i, n in load_bundle(args.bundle).labels.items() if i != 0}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        cases = make_slabs(args.bundle, args.samples, args.slabs, work / "cases")
+        for wname, wpath in weights.items():
+            copy = work / "bundles" / wname / args.bundle.name
+            shutil.copytree(args.bundle, copy, ignore=shutil.ignore_patterns("*.pt", "eval"))
+            shutil.copyfile(wpath, copy / "models" / "model.pt")
+            segmenter = Segmenter(copy, SegmentOptions(device="cpu", outputs=("labels",), overrides=overrides))
+            for case in cases:
+                out = work / "runs" / wname / case["case"]
+                result = segmenter.run(case["dir"] / "image.nii.gz", out, case_id=case["case"])
+                zooms = nib.load(case["dir"] / "label.nii.gz").header.get_zooms()[:3]
+                dice, false = score(
+                    Path(result.files["labels"]), case["dir"] / "label.nii.gz", names, float(np.prod(zooms)) / 1000
+                )
+                rows.append({"weights": wname, "case": case["case"], "slab_mm": case["slab_mm"], "dice": dice,
+                             "false_organs_ml": false})
+    summary: dict[str, dict] = {}
+    for wname in weights:
+        for length in [0.0, *args.slabs]:
+            picked = [r for r in rows if r["weights"] == wname and r["slab_mm"] == length]
+            per_organ = {n: [r["dice"][n] for r in picked if n in r["dice"]] for n in names.values()}
+            key = "whole" if length <= 0 else f"{int(length)} mm"
+            summary.setdefault(wname, {})[key] = {
+                "dice": {n: round(statistics.fmean(v), 3) for n, v in per_organ.items() if v},
+                "organs_scored": sum(len(v) for v in per_organ.values()),
+                "false_organs": sum(len(r["false_organs_ml"]) for r in picked),
+            }
+    report = {
+        "benchmark": "slab_robustness",
+        "date": datetime.date.today().isoformat(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "bundle": str(args.bundle.relative_to(REPO) if args.bundle.resolve().is_relative_to(REPO) else args.bundle),
+        "weights": {n: Path(p).name for n, p in weights.items()},
+        "samples": args.samples,
+        "overrides": overrides,
+        "validation_seed": VALIDATION_SEED,
+        "summary": summary,
+        "cases": rows,
+    }
+    for wname, by_length in summary.items():
+        for key, row in by_length.items():
+            organs = "  ".join(f"{n} {d:.3f}" for n, d in row["dice"].items())
+            print(f"{wname:>10} {key:>7}: {organs}  (false organs: {row['false_organs']})")
+    out = args.json or REPO / "bench_out" / f"slab-robustness-{cpu_kind()}-{report['date']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"CPU: {report['cpu_model']} ({report['cpu_count']} cores); written {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
