@@ -145,8 +145,15 @@ def main() -> int:
                 dice, false = score(
                     Path(result.files["labels"]), case["dir"] / "label.nii.gz", names, float(np.prod(zooms)) / 1000
                 )
-                rows.append({"weights": wname, "case": case["case"], "slab_mm": case["slab_mm"], "dice": dice,
-                             "false_organs_ml": false})
+                rows.append(
+                    {
+                        "weights": wname,
+                        "case": case["case"],
+                        "slab_mm": case["slab_mm"],
+                        "dice": dice,
+                        "false_organs_ml": false,
+                    }
+                )
     summary: dict[str, dict] = {}
     for wname in weights:
         for length in [0.0, *args.slabs]:
