@@ -34,3 +34,15 @@ def cpu_kind() -> str:
     vendor = "intel-xeon" if "Xeon" in name else "amd-epyc" if "EPYC" in name else other
     unit = "amx" if "amx_bf16" in flags else "avx512bf16" if "avx512_bf16" in flags else "fp32only"
     return f"{vendor}-{unit}-{os.cpu_count() or 1}core"
+
+
+def write_report(report: dict, path: Path | None, stem: str) -> Path:
+    """Write a benchmark's JSON record to ``path`` (default ``bench_out/<stem>-<cpu kind>-<date>.json``)
+    and print where it went with the CPU it ran on (``report`` holds ``cpu_model``, ``cpu_count``, ``date``)."""
+    import json
+
+    out = path or Path(__file__).resolve().parents[2] / "bench_out" / f"{stem}-{cpu_kind()}-{report['date']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"CPU: {report['cpu_model']} ({report['cpu_count']} cores); written {out}")
+    return out

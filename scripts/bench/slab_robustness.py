@@ -34,14 +34,30 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import cpu_kind, cpu_model
+from machine import cpu_model, write_report
 
 REPO = Path(__file__).resolve().parents[2]
 VALIDATION_SEED = 10000  # the stage-2 validation seeds (configs/train_randomised.json)
 
 
-def make_slabs(bundle: Path, samples: int, slabs_mm: list[float], folder: Path) -> list[dict]:
-    """Write each validation abdomen whole and cut to each slab length; return the cases."""
+def coarsen(sample: dict, voxel_mm: float) -> dict:
+    """The sample as a scanner reconstructing ``voxel_mm`` isotropic voxels would give it: the image
+    smoothed to that resolution (Gaussian, FWHM about one new voxel) and resampled, the label resampled
+    by nearest neighbour (MONAI ``GaussianSmooth`` and ``Spacingd``)."""
+    import numpy as np
+    from monai.transforms import GaussianSmooth, Spacingd
+
+    spacing = np.linalg.norm(np.asarray(sample["image"].affine)[:3, :3], axis=0)
+    sigma = [max(0.0, 0.42 * (voxel_mm - s) / s) for s in spacing]  # in source voxels; 0.42 * FWHM = sigma
+    image = GaussianSmooth(sigma=sigma)(sample["image"])
+    resample = Spacingd(keys=["image", "label"], pixdim=[voxel_mm] * 3, mode=["bilinear", "nearest"])
+    return resample({"image": image, "label": sample["label"]})
+
+
+def make_slabs(bundle: Path, samples: int, slabs_mm: list[float], folder: Path, voxel_mm: float = 0.0) -> list[dict]:
+    """Write each validation abdomen whole and cut to each slab length; return the cases.
+
+    ``voxel_mm`` > 0 coarsens each abdomen to that isotropic voxel size first (:func:`coarsen`)."""
     import nibabel as nib
     import numpy as np
 
@@ -59,6 +75,8 @@ def make_slabs(bundle: Path, samples: int, slabs_mm: list[float], folder: Path) 
     cases = []
     for index in range(samples):
         sample = dataset[index]
+        if voxel_mm > 0:
+            sample = coarsen(sample, voxel_mm)
         affine = np.asarray(sample["image"].affine, dtype=float)
         image = np.asarray(sample["image"][0], dtype=np.float32)
         label = np.asarray(sample["label"][0], dtype=np.uint8)
@@ -106,6 +124,9 @@ def main() -> int:
     parser.add_argument(
         "--override", action="append", default=[], metavar="KEY=VALUE", help="inference config override (JSON value)"
     )
+    parser.add_argument(
+        "--voxel-mm", type=float, default=0.0, help="coarsen the abdomens to this isotropic voxel size first (mm)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     overrides = {}
@@ -132,7 +153,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        cases = make_slabs(args.bundle, args.samples, args.slabs, work / "cases")
+        cases = make_slabs(args.bundle, args.samples, args.slabs, work / "cases", args.voxel_mm)
         for wname, wpath in weights.items():
             copy = work / "bundles" / wname / args.bundle.name
             shutil.copytree(args.bundle, copy, ignore=shutil.ignore_patterns("*.pt", "eval"))
@@ -174,6 +195,7 @@ def main() -> int:
         "weights": {n: Path(p).name for n, p in weights.items()},
         "samples": args.samples,
         "overrides": overrides,
+        "voxel_mm": args.voxel_mm or None,
         "validation_seed": VALIDATION_SEED,
         "summary": summary,
         "cases": rows,
@@ -182,10 +204,7 @@ def main() -> int:
         for key, row in by_length.items():
             organs = "  ".join(f"{n} {d:.3f}" for n, d in row["dice"].items())
             print(f"{wname:>10} {key:>7}: {organs}  (false organs: {row['false_organs']})")
-    out = args.json or REPO / "bench_out" / f"slab-robustness-{cpu_kind()}-{report['date']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"CPU: {report['cpu_model']} ({report['cpu_count']} cores); written {out}")
+    write_report(report, args.json, "slab-robustness")
     return 0
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import cpu_kind, cpu_model
+from machine import cpu_model, write_report
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "ct_multiorgan_unetr"
@@ -156,10 +156,7 @@ def main() -> int:
         "labels": "val_dice_per_label: ids 1..13 of the bundle (spleen .. adrenal_gland_left)",
         "probes": rows,
     }
-    out = args.json or REPO / "bench_out" / f"unetr-probe-{cpu_kind()}-{result['date']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"CPU: {result['cpu_model']} ({result['cpu_count']} cores); written {out}")
+    write_report(result, args.json, "unetr-probe")
     return 0
 
 
