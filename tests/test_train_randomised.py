@@ -130,32 +130,3 @@ def test_recipe_finetune_without_stage1_weights_stops_before_any_data(
     with pytest.raises(SystemExit, match="only with --stage finetune"):
         runpy.run_path(str(REPO / "scripts" / script), run_name="__main__")
     assert not data.exists()
-
-
-def test_ct_stage2_cuts_some_samples_to_short_slabs_with_image_and_label_together() -> None:
-    """Real CTs are often short stacks (a 20-slice series, a 90 mm volume): stage 2 cuts about 30 % of
-    its samples to a 30-120 mm slab along z, anywhere in the body, before the patches are drawn;
-    image and label are cut together and in-plane nothing is cut."""
-    from monai.bundle import ConfigParser
-    from monai.utils import set_determinism
-
-    configs = BUNDLES / "ct_abdomen_unet" / "configs"
-    parser = ConfigParser()
-    parser.read_config([configs / "train.json", configs / f"{LAYER}.json"])
-    pixdim_z = float(parser.get_parsed_content("pixdim")[2])
-    set_determinism(seed=0)
-    crop = parser.get_parsed_content("slab_crop")
-    depth = 150
-    ramp = torch.arange(depth, dtype=torch.float32).expand(1, 12, 10, depth).clone()
-    sizes = []
-    for _ in range(400):
-        out = crop({"image": ramp.clone(), "label": ramp.to(torch.uint8).clone()})
-        assert out["image"].shape[1:3] == (12, 10)
-        assert torch.equal(out["image"].to(torch.uint8), out["label"]), "image and label cut apart"
-        z = out["image"][0, 0, 0]
-        assert torch.equal(z, torch.arange(z[0].item(), z[0].item() + len(z))), "a slab is one contiguous run"
-        sizes.append(len(z))
-    slabs = [n * pixdim_z for n in sizes if n < depth]
-    assert 0.22 < len(slabs) / len(sizes) < 0.38  # 0.3 expected; binomial sd over 400 draws is 0.023
-    assert min(slabs) >= 30.0 and max(slabs) <= 120.0
-    assert max(slabs) - min(slabs) > 60.0, "slab lengths should spread over the range"

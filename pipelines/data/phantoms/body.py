@@ -6,8 +6,7 @@ renal hila) from the lung apices to below the pubic symphysis, with organ sizes 
 ranges of :mod:`pipelines.data.phantoms.anatomy_facts`, a patient size (subcutaneous and visceral fat) and
 a smooth deformation field. The field of view is then *placed* over the body by region (chest, abdomen,
 pelvis or the whole trunk), so what is outside it is simply not seen and a body wider than the field is
-cut at its edge, as in real scans. The kidneys are beans, not ellipsoids: a renal sinus of fat and a
-pelvis of urine open at the medial hilum (:func:`_renal_sinus`).
+cut at its edge, as in real scans.
 
 :func:`body_anatomy` draws a case; :func:`pipelines.data.phantoms.body_paint.render_body` paints it.
 """
@@ -333,12 +332,8 @@ def body_anatomy(
     )
     add(spleen, [(1.0, "spleen", "spleen")], clip="abdomen")
     add(gallbladder, [(1.0, "gallbladder", "gallbladder")], clip="abdomen")
-    for side, name, _ in KIDNEYS_MM:
-        kidney = kidneys[name]
+    for name, kidney in kidneys.items():
         add(kidney, [(1.0, "kidney_cortex", name), (0.66, "kidney_medulla", name)], clip="abdomen")
-        sinus, pelvis = _renal_sinus(kidney, side)
-        add(sinus, [(1.0, "visceral_fat", None)], only_in=("kidney_cortex", "kidney_medulla"), clip="abdomen")
-        add(pelvis, [(1.0, "urine", None)], only_in=("visceral_fat",), clip="abdomen")
     for side, name, center, limb in ADRENALS_MM:
         kidney = kidneys["kidney_right" if side > 0 else "kidney_left"]
         lift = np.array([0.0, 0.0, kidney.center[2] + kidney.semi[2] - (-30.0 if side > 0 else -16.0) - 56.0])
@@ -472,25 +467,6 @@ def body_anatomy(
     offset = np.array([placement_rng.normal(0, 8), 4.0 + placement_rng.normal(0, 10), centre_z])
     warp = Warp(rng, _WARP_EXTENT_MM, rng.uniform(6.0, 12.0))
     return Body(ops, bone_ops, lesion_ops, warp, wall, landmarks, offset, region, habitus)
-
-
-def _renal_sinus(kidney: Ellipsoid, side: int) -> tuple[Ellipsoid, Ellipsoid]:
-    """The renal sinus (fat) and pelvis (urine) of a kidney, which make it a bean, not a solid ellipsoid.
-
-    Facts: the sinus is the cavity inside the kidney's medial border, opening at the hilum, which faces
-    medially and somewhat anteriorly; it holds fat, the renal vessels' branches and the collecting
-    system, whose pelvis leaves through the hilum into the ureter. Renal sinus fat on adult CT is of the order
-    of 10 mL per kidney (more with age and body mass). The sinus and pelvis are not part of the kidney's label here
-    (the parenchyma is), and are painted only where the kidney is (the pelvis only into the sinus fat
-    and the fat at the hilum). Derived from the kidney alone, so they draw nothing from the
-    random stream and the rest of the anatomy of a seed is unchanged.
-    """
-    medial = np.array([-side * 0.87, 0.5, 0.0])  # towards the spine and a little anterior (RAS: +x right, +y anterior)
-    local = kidney.rotation.T @ medial
-    reach = 1.0 / float(np.sqrt(((local / kidney.semi) ** 2).sum()))  # the kidney's radius towards the hilum (mm)
-    sinus = Ellipsoid(kidney.center + medial * 0.72 * reach, kidney.semi * [0.45, 0.45, 0.55], kidney.rotation)
-    pelvis = Ellipsoid(kidney.center + medial * 0.95 * reach, kidney.semi * [0.24, 0.24, 0.3], kidney.rotation)
-    return sinus, pelvis
 
 
 def _lesions(rng: np.random.Generator, liver: Sequence[Ellipsoid | Tube], carving: Sequence, dome: float) -> list[Op]:
