@@ -220,9 +220,9 @@ def test_shipped_ct_bundle_inferer_is_the_fitted_one() -> None:
 def test_shipped_ct_bundle_finds_the_organs_of_a_40_mm_slab(tmp_path) -> None:
     """A short stack (a 20-slice series of 2 mm) is padded to the window by repeating its edge slices,
     not with zeros: zero padding put an air-like block above and below the organs, a picture the
-    network never trained on, and it lost the kidneys and most of the spleen of such a slab (Dice 0
-    and 0.25 on this one, against 0.94 and 0.91 now). The slab is cut from a synthetic abdomen of
-    the validation seeds, across both kidneys, and keeps its place in space."""
+    network never trained on, and it lost the kidneys of such a slab (this test gives kidney Dice 0
+    with zero padding). The slab is cut from a synthetic abdomen of the validation seeds, across
+    both kidneys, and keeps its place in space."""
     import nibabel as nib
 
     from pipelines.data.datasets import bundle_label_ids
