@@ -186,12 +186,13 @@ def main() -> int:
                 "organs_scored": sum(len(v) for v in per_organ.values()),
                 "false_organs": sum(len(r["false_organs_ml"]) for r in picked),
             }
+    bundle = args.bundle.resolve()
     report = {
         "benchmark": "slab_robustness",
         "date": datetime.date.today().isoformat(),
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
-        "bundle": str(args.bundle.relative_to(REPO) if args.bundle.resolve().is_relative_to(REPO) else args.bundle),
+        "bundle": str(bundle.relative_to(REPO) if bundle.is_relative_to(REPO) else bundle),
         "weights": {n: Path(p).name for n, p in weights.items()},
         "samples": args.samples,
         "overrides": overrides,
