@@ -87,10 +87,9 @@ def probe(name: str, overrides: dict, args: argparse.Namespace) -> dict:
         num_workers=2,
         progress=False,
     )
-    net = parser.get_parsed_content("network_def")
+    net = parser.get_parsed_content("network")
     loss_function = parser.get_parsed_content("loss")
-    lr = float(parser.get_parsed_content("learning_rate"))
-    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-5)
+    optimizer = parser.get_parsed_content("optimizer")  # the recipe's AdamW: its learning rate and weight decay
     schedule = WarmupCosineSchedule(optimizer, warmup_steps=args.warmup, t_total=args.iters, end_lr=1e-5)
     loader = DataLoader(training, batch_size=1, shuffle=True, num_workers=0)
     losses: list[float] = []
