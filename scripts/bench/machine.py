@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
+import shlex
+import sys
 from pathlib import Path
 
 
@@ -46,3 +49,21 @@ def write_report(report: dict, path: Path | None, stem: str) -> Path:
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"CPU: {report['cpu_model']} ({report['cpu_count']} cores); written {out}")
     return out
+
+
+def command_line(script: str) -> str:
+    """How this benchmark was started, for its record: ``python SCRIPT ARGS`` quoted so it can be rerun."""
+    return shlex.join(["python", script, *sys.argv[1:]])
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``KEY=VALUE`` config overrides from the command line: VALUE as JSON, or as a plain string when it is not JSON
+    (a ``$``-expression or an ``@``-reference of MONAI's config syntax)."""
+    overrides = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import shutil
 import statistics
@@ -34,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import cpu_model, write_report
+from machine import cpu_model, parse_overrides, write_report
 
 REPO = Path(__file__).resolve().parents[2]
 VALIDATION_SEED = 10000  # the stage-2 validation seeds (configs/train_randomised.json)
@@ -129,13 +128,7 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    overrides = {}
-    for item in args.override:
-        key, _, value = item.partition("=")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    overrides = parse_overrides(args.override)
     weights = dict(w.split("=", 1) for w in args.weights) if args.weights else {"bundle": "models/model.pt"}
     for name, path in weights.items():
         path = Path(path) if Path(path).is_absolute() or Path(path).is_file() else args.bundle / path

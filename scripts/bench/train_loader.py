@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import cpu_model, write_report
+from machine import command_line, cpu_model, parse_overrides, write_report
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "ct_multiorgan_unetr"
@@ -58,7 +58,7 @@ def build(args: argparse.Namespace, loader: dict | None):
     parser["manifest"] = str(args.manifest.resolve())
     parser["device"] = "$torch.device('cpu')"
     parser["max_epochs"] = 1
-    for key, value in args.set:
+    for key, value in args.set.items():
         parser[key] = value
     parser["train#dataset#data"] = f"$@train_datalist[:{args.cases}]"
     parser["train#dataset#progress"] = False
@@ -88,15 +88,11 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="epochs per loader, alternating (default 2)")
     parser.add_argument("--skip", type=int, default=2, help="first iterations of each epoch not timed (default 2)")
     parser.add_argument(
-        "--set",
-        type=lambda s: (s.split("=", 1)[0], json.loads(s.split("=", 1)[1])),
-        action="append",
-        default=[],
-        metavar="KEY=JSON",
-        help="override a train.json value",
+        "--set", action="append", default=[], metavar="KEY=JSON", help="override a train.json value (repeatable)"
     )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
+    args.set = parse_overrides(args.set)
     if not args.manifest.is_file():
         raise SystemExit(f"{args.manifest}: no such manifest; make the phantoms with the recipe's --stage data")
     import torch
@@ -114,13 +110,13 @@ def main() -> int:
     threaded, plain = medians.values()
     result = {
         "benchmark": "train_loader",
-        "command": " ".join(["python", "scripts/bench/train_loader.py", *sys.argv[1:]]),
+        "command": command_line("scripts/bench/train_loader.py"),
         "date": datetime.date.today().isoformat(),
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "bundle": os.path.relpath(args.bundle.resolve(), REPO),
-        "overrides": dict(args.set),
+        "overrides": args.set,
         "cases": args.cases,
         "iterations_timed": {name: len(values) for name, values in gaps.items()},
         "median_s_per_iteration": medians,

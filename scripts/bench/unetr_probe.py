@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import cpu_model, write_report
+from machine import command_line, cpu_model, write_report
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "ct_multiorgan_unetr"
@@ -151,7 +151,7 @@ def main() -> int:
     rows = [probe(name, SETTINGS[name], args) for name in (args.only or list(SETTINGS))]
     result = {
         "benchmark": "unetr_probe",
-        "command": " ".join(["python", "scripts/bench/unetr_probe.py", *sys.argv[1:]]),
+        "command": command_line("scripts/bench/unetr_probe.py"),
         "warmup_iterations": args.warmup,
         "date": datetime.date.today().isoformat(),
         "cpu_model": cpu_model(),
