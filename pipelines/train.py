@@ -8,8 +8,10 @@ and layering ``multi_gpu_train.json`` when started by ``torchrun``.
 
 from __future__ import annotations
 
+import gc
 import io
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +100,11 @@ class TrainResult:
     epochs: int
     weights: Path
     last_checkpoint: Path | None
+
+
+def _rank(options: TrainOptions) -> int:
+    """This process's rank in a distributed run (torchrun's ``RANK``), 0 otherwise."""
+    return int(os.environ.get("RANK", "0")) if options.distributed else 0
 
 
 def latest_checkpoint(bundle: Bundle) -> Path | None:
@@ -202,6 +209,27 @@ def train(bundle_dir: str | Path, manifest: str | Path, options: TrainOptions | 
         workflow_type="train",
         **overrides,
     )
+    result = _run_workflow(workflow, bundle, resume_from)
+    if options.distributed:
+        # The network's DistributedDataParallel wrapper keeps the gloo/NCCL process group, and its C++
+        # worker threads, alive after the recipe's destroy_process_group. Left to interpreter shutdown,
+        # their clean-up needs a GIL that is being torn down and the process aborts (SIGABRT) now and
+        # then after a successful run. Dropping the recipe's objects here joins them while Python is whole.
+        del workflow
+        gc.collect()
+    if bundle.weights.is_file() and _rank(options) == 0:
+        store_weights(bundle)  # one writer: the other processes only trained beside it
+    logger.info(
+        "best validation mean Dice %.4f at epoch %d; weights in %s",
+        result.best_metric,
+        result.best_epoch,
+        result.weights,
+    )
+    return result
+
+
+def _run_workflow(workflow: ConfigWorkflow, bundle: Bundle, resume_from: Path | None) -> TrainResult:
+    """Initialise, run and finalise a training workflow; what it ran keeps no reference here."""
     workflow.initialize()
     try:
         if resume_from is not None:
@@ -222,7 +250,7 @@ def train(bundle_dir: str | Path, manifest: str | Path, options: TrainOptions | 
         evaluator = workflow.parser.get_parsed_content("validate#evaluator")
         trainer = workflow.parser.get_parsed_content("train#trainer")
         best = float(evaluator.state.best_metric) if evaluator.state.best_metric is not None else float("nan")
-        result = TrainResult(
+        return TrainResult(
             best_metric=best,
             best_epoch=int(evaluator.state.best_metric_epoch),
             epochs=int(trainer.state.epoch),
@@ -231,15 +259,6 @@ def train(bundle_dir: str | Path, manifest: str | Path, options: TrainOptions | 
         )
     finally:
         workflow.finalize()
-    if bundle.weights.is_file():
-        store_weights(bundle)
-    logger.info(
-        "best validation mean Dice %.4f at epoch %d; weights in %s",
-        result.best_metric,
-        result.best_epoch,
-        result.weights,
-    )
-    return result
 
 
 def evaluate(

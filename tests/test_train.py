@@ -142,6 +142,40 @@ def test_two_process_torchrun_training_on_cpu(tmp_path: Path, bundle_copy: Path)
     assert not any(k.startswith("module.") for k in state), "the DDP wrapper must not leak into saved weights"
 
 
+@pytest.mark.slow
+def test_distributed_training_releases_its_process_group_before_returning(
+    tmp_path: Path, bundle_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A distributed run drops its DistributedDataParallel network (which holds the process group and
+    its C++ worker threads) before train() returns. Left to interpreter shutdown, the gloo group's
+    clean-up aborted a rank with SIGABRT now and then, after a successful run. One gloo process here;
+    the garbage collector is off so that only train() itself can have released the network."""
+    import gc
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    manifest = tiny_dataset(tmp_path / "data", splits=("training",) * 2 + ("validation",))
+    gc.collect()
+    gc.disable()
+    try:
+        result = train(
+            bundle_copy,
+            manifest,
+            TrainOptions(max_epochs=1, val_interval=1, device="cpu", distributed=True, overrides=FAST),
+        )
+        alive = [o for o in gc.get_objects() if isinstance(o, torch.nn.parallel.DistributedDataParallel)]
+    finally:
+        gc.enable()
+    assert result.epochs == 1 and (bundle_copy / "models" / "model.pt").is_file()
+    assert not torch.distributed.is_initialized(), "the recipe's finalize destroys the process group"
+    assert not alive, "the DDP network (and its process group) outlived train()"
+
+
 def test_weights_are_stored_in_the_dtype_the_metadata_names(tmp_path: Path) -> None:
     """A half-precision model.pt halves the file and loads into the float32 network unchanged
     (to fp16 rounding); integer buffers keep their type; an unknown dtype is refused."""
