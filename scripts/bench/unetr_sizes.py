@@ -4,16 +4,18 @@
 MONAI's ``UNETR`` exposes the encoder width (``hidden_size``), the MLP width (``mlp_dim``), the
 heads (``num_heads``) and the decoder width (``feature_size``); the number of transformer layers
 is fixed at 12 (the decoder taps layers 3, 6 and 9), so depth is not a choice here. Each size is
-built at the bundle's 96³ input with 14 outputs and timed in this process, one after the other:
+built at its input (96³, or 64³ where its name says so; the position embeddings fix it) with 14
+outputs and timed in this process, one after the other:
 
 * parameters, and the ``models/model.pt`` size as float32 and as float16 (what the bundle stores);
-* inference: median seconds per 96³ window (batch of 4 windows, no gradient) in float32 and bf16;
-* training: median seconds per 96³ patch (batch of 2, forward + backward + AdamW step).
+* inference: median seconds per window (batch of 4 windows, no gradient) in float32 and bf16;
+* training: median seconds per patch (batch of 2, forward + backward + AdamW step).
 
 Held-out Dice needs a training run per size and is in the bundle docs for the sizes trained.
 
     python scripts/bench/unetr_sizes.py                   # all sizes, 3 timed repeats each
     python scripts/bench/unetr_sizes.py --repeats 5 --json bench_out/unetr_sizes.json
+    python scripts/bench/unetr_sizes.py --only "width 160, features 15, 64³ (0.3.0)"
 """
 
 from __future__ import annotations
@@ -37,6 +39,14 @@ SIZES = {
     "width 384, features 12": {"hidden_size": 384, "mlp_dim": 1536, "num_heads": 6, "feature_size": 12},
     "width 256, features 16": {"hidden_size": 256, "mlp_dim": 1024, "num_heads": 8, "feature_size": 16},
     "width 256, features 8 (0.2.0)": {"hidden_size": 256, "mlp_dim": 1024, "num_heads": 8, "feature_size": 8},
+    "width 256, features 15, 64³": {"hidden_size": 256, "mlp_dim": 1024, "num_heads": 8, "feature_size": 15, "img": 64},
+    "width 160, features 15, 64³ (0.3.0)": {
+        "hidden_size": 160,
+        "mlp_dim": 640,
+        "num_heads": 8,
+        "feature_size": 15,
+        "img": 64,
+    },
 }
 
 
@@ -55,8 +65,10 @@ def measure(name: str, shape: dict[str, int], repeats: int) -> dict:
     from monai.networks.nets import UNETR
 
     torch.manual_seed(0)
+    shape = dict(shape)
+    img = shape.pop("img", 96)
     net = UNETR(
-        in_channels=1, out_channels=14, img_size=96, proj_type="conv", norm_name="instance", res_block=True, **shape
+        in_channels=1, out_channels=14, img_size=img, proj_type="conv", norm_name="instance", res_block=True, **shape
     )
     state = net.state_dict()
     sizes = {}
@@ -66,11 +78,12 @@ def measure(name: str, shape: dict[str, int], repeats: int) -> dict:
         sizes[label] = round(len(buffer.getvalue()) / 1e6, 1)
     row = {
         "size": name,
+        "input": img,
         **shape,
         "parameters_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 2),
         "file_mb": sizes,
     }
-    windows = torch.rand(4, 1, 96, 96, 96)
+    windows = torch.rand(4, 1, img, img, img)
     net.eval()
     for precision in ("fp32", "bf16"):
 
@@ -81,7 +94,7 @@ def measure(name: str, shape: dict[str, int], repeats: int) -> dict:
         row[f"infer_s_per_window_{precision}"] = round(_median_seconds(infer, repeats) / len(windows), 3)
     net.train()
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    patches = torch.rand(2, 1, 96, 96, 96)
+    patches = torch.rand(2, 1, img, img, img)
     for precision in ("fp32", "bf16"):
 
         def step(bf16: bool = precision == "bf16") -> None:
@@ -100,10 +113,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=Path("bench_out/unetr_sizes.json"))
+    parser.add_argument("--only", nargs="+", choices=sorted(SIZES), default=None, help="measure these sizes only")
     args = parser.parse_args()
     import torch
 
-    rows = [measure(name, shape, args.repeats) for name, shape in SIZES.items()]
+    rows = [measure(name, SIZES[name], args.repeats) for name in args.only or SIZES]
     result = {
         "benchmark": "unetr_sizes",
         "date": datetime.date.today().isoformat(),

@@ -22,7 +22,7 @@ SHIPPED = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs").is_dir())
                 "modality": "CT",
                 "network": "UNETR",
                 "pixdim": [1.5, 1.5, 2.0],
-                "roi_size": [96, 96, 96],
+                "roi_size": [64, 64, 64],
                 "num_channels": 1,
             },
         ),
