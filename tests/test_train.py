@@ -151,13 +151,12 @@ def test_distributed_training_releases_its_process_group_before_returning(
     clean-up aborted a rank with SIGABRT now and then, after a successful run. One gloo process here;
     the garbage collector is off so that only train() itself can have released the network."""
     import gc
-    import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
-    for key, value in env.items():
+    from tests.label_app.servers import free_port
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
         monkeypatch.setenv(key, value)
     manifest = tiny_dataset(tmp_path / "data", splits=("training",) * 2 + ("validation",))
     gc.collect()
