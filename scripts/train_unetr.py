@@ -32,9 +32,12 @@ DEFAULT_DATA = REPO / "data_manifests" / "phantoms" / "ct_multiorgan"
 
 
 def main() -> int:
-    from pipelines.cli.recipe import recipe_parser, run_recipe_from_args
+    from pipelines.cli.recipe import FineTune, recipe_parser, run_recipe_from_args
     from pipelines.data.datasets import make_phantom_dataset
 
+    finetune = FineTune(
+        layer="train_small_structures", max_epochs=8, val_interval=4, learning_rate=3e-4, sample_keys=()
+    )
     parser = recipe_parser(
         __doc__.splitlines()[0],
         bundle=REPO / "bundles" / "ct_multiorgan_unetr",
@@ -42,6 +45,7 @@ def main() -> int:
         counts={"training": 48, "validation": 6, "test": 10},
         max_epochs=64,
         val_interval=16,
+        finetune=finetune,
     )
     args = parser.parse_args()
 
@@ -56,7 +60,9 @@ def main() -> int:
         )
 
     example = REPO / "data_manifests" / "ct_multiorgan_phantoms.json"
-    return run_recipe_from_args(args, make_data, example_manifest=example, default_data_dir=DEFAULT_DATA)
+    return run_recipe_from_args(
+        args, make_data, example_manifest=example, default_data_dir=DEFAULT_DATA, finetune=finetune
+    )
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ def test_a_layer_with_distributed_training_is_refused(tmp_path: Path) -> None:
     assert not list((bundle / "models").glob("*.pt"))
 
 
-@pytest.mark.parametrize("script", ["train_ct_unet.py", "train_mri_tumor.py"])
+@pytest.mark.parametrize("script", ["train_ct_unet.py", "train_mri_tumor.py", "train_unetr.py"])
 def test_recipe_finetune_without_stage1_weights_stops_before_any_data(
     tmp_path: Path, script: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

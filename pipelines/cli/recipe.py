@@ -31,6 +31,8 @@ class FineTune:
         max_epochs, val_interval, learning_rate: the stage's schedule.
         in_all: whether ``--stage all`` runs it (the shipped weights come from both stages); when
             False, only ``--stage finetune`` does (an experiment whose weights are not shipped).
+        sample_keys: the layer's ids that ``--finetune-samples`` sets (none: the option is not offered,
+            as for a layer that trains on the stage-1 phantoms rather than synthesised samples).
     """
 
     layer: str
@@ -38,6 +40,7 @@ class FineTune:
     val_interval: int
     learning_rate: float
     in_all: bool = True
+    sample_keys: tuple[str, ...] = FINETUNE_SAMPLE_KEYS
 
 
 def recipe_parser(
@@ -104,13 +107,14 @@ def recipe_parser(
             default=finetune.learning_rate,
             help="stage 2 learning rate (default: %(default)s)",
         )
-        parser.add_argument(
-            "--finetune-samples",
-            type=int,
-            default=None,
-            help=f"stage 2 synthesised samples per epoch of each kind, and validation samples "
-            f"(default: configs/{finetune.layer}.json's; 1 for smoke runs)",
-        )
+        if finetune.sample_keys:
+            parser.add_argument(
+                "--finetune-samples",
+                type=int,
+                default=None,
+                help=f"stage 2 synthesised samples per epoch of each kind, and validation samples "
+                f"(default: configs/{finetune.layer}.json's; 1 for smoke runs)",
+            )
         parser.add_argument(
             "--init-weights",
             type=Path,
@@ -180,8 +184,8 @@ def run_recipe_from_args(
         if init.resolve() != stage1.resolve():
             shutil.copyfile(init, stage1)  # the bundle's model.pt is overwritten while stage 2 trains
         samples = {}
-        if args.finetune_samples is not None:
-            samples = {key: args.finetune_samples for key in FINETUNE_SAMPLE_KEYS}
+        if getattr(args, "finetune_samples", None) is not None:
+            samples = {key: args.finetune_samples for key in finetune.sample_keys}
         options2 = TrainOptions(
             max_epochs=args.finetune_epochs,
             val_interval=args.finetune_val_interval,

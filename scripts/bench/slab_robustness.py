@@ -9,7 +9,9 @@ scan is run:
 
 1. the stage-2 validation abdomens of the CT recipe (``SyntheticPhantomDataset``, seeds from 10000,
    ``anatomy="body"``, ``region="abdomen"``, one fixed randomised appearance each), the same
-   samples its ``configs/train_randomised.json`` validates on;
+   samples its ``configs/train_randomised.json`` validates on; or, with ``--manifest``, the cases
+   of one split of a phantom manifest (a bundle that trained on the recipe's phantoms, such as the
+   UNETR, is measured on its own validation phantoms: the appearance it knows, only the slab new);
 2. each one whole, and cut along z to each ``--slabs`` length, the slab's centre drawn (seeded) over
    the z range that holds the bundle's organs, so every slab crosses some of them;
 3. ``Segmenter`` (what ``medseg segment`` runs) with each ``--weights`` file in a copy of the bundle;
@@ -18,6 +20,8 @@ scan is run:
 
     python scripts/bench/slab_robustness.py                                  # the bundle's weights
     python scripts/bench/slab_robustness.py --weights old=OLD.pt new=NEW.pt  # two weights side by side
+    python scripts/bench/slab_robustness.py --bundle bundles/ct_multiorgan_unetr \
+        --manifest data_manifests/ct_multiorgan_phantoms.json --override 'inferer#padding_mode="replicate"'
 """
 
 from __future__ import annotations
@@ -53,13 +57,8 @@ def coarsen(sample: dict, voxel_mm: float) -> dict:
     return resample({"image": image, "label": sample["label"]})
 
 
-def make_slabs(bundle: Path, samples: int, slabs_mm: list[float], folder: Path, voxel_mm: float = 0.0) -> list[dict]:
-    """Write each validation abdomen whole and cut to each slab length; return the cases.
-
-    ``voxel_mm`` > 0 coarsens each abdomen to that isotropic voxel size first (:func:`coarsen`)."""
-    import nibabel as nib
-    import numpy as np
-
+def synthetic_abdomens(bundle: Path, samples: int):
+    """The stage-2 validation abdomens of the CT recipe, as ``{"image", "label"}`` MetaTensors."""
     from pipelines.bundles.bundle import load_bundle
     from pipelines.data.datasets import bundle_label_ids
     from pipelines.data.synthetic import SyntheticPhantomDataset
@@ -71,9 +70,39 @@ def make_slabs(bundle: Path, samples: int, slabs_mm: list[float], folder: Path, 
         label_ids=bundle_label_ids(load_bundle(bundle)),
         phantom_options={"anatomy": "body", "region": "abdomen"},
     )
-    cases = []
     for index in range(samples):
-        sample = dataset[index]
+        yield dataset[index]
+
+
+def manifest_cases(manifest: Path, split: str, samples: int):
+    """The first ``samples`` cases of a manifest's split, loaded as MONAI would (channel first, RAS)."""
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
+
+    from pipelines.train import datalist
+
+    cases = datalist(manifest, split)[:samples]
+    if not cases:
+        raise SystemExit(f"--manifest {manifest}: no cases in its {split!r} split")
+    load = Compose(
+        [
+            LoadImaged(keys=["image", "label"], image_only=True),
+            EnsureChannelFirstd(keys=["image", "label"]),
+            Orientationd(keys=["image", "label"], axcodes="RAS"),  # axis 2 is z for the cut
+        ]
+    )
+    for case in cases:
+        yield load({"image": case["image"], "label": case["label"]})
+
+
+def make_slabs(samples_iter, slabs_mm: list[float], folder: Path, voxel_mm: float = 0.0) -> list[dict]:
+    """Write each abdomen whole and cut to each slab length; return the cases.
+
+    ``voxel_mm`` > 0 coarsens each abdomen to that isotropic voxel size first (:func:`coarsen`)."""
+    import nibabel as nib
+    import numpy as np
+
+    cases = []
+    for index, sample in enumerate(samples_iter):
         if voxel_mm > 0:
             sample = coarsen(sample, voxel_mm)
         affine = np.asarray(sample["image"].affine, dtype=float)
@@ -126,6 +155,10 @@ def main() -> int:
     parser.add_argument(
         "--voxel-mm", type=float, default=0.0, help="coarsen the abdomens to this isotropic voxel size first (mm)"
     )
+    parser.add_argument(
+        "--manifest", type=Path, default=None, help="cut the cases of this phantom manifest instead (see above)"
+    )
+    parser.add_argument("--split", default="validation", help="the --manifest split (default: validation)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     overrides = parse_overrides(args.override)
@@ -146,7 +179,12 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        cases = make_slabs(args.bundle, args.samples, args.slabs, work / "cases", args.voxel_mm)
+        source = (
+            synthetic_abdomens(args.bundle, args.samples)
+            if args.manifest is None
+            else manifest_cases(args.manifest, args.split, args.samples)
+        )
+        cases = make_slabs(source, args.slabs, work / "cases", args.voxel_mm)
         for wname, wpath in weights.items():
             copy = work / "bundles" / wname / args.bundle.name
             shutil.copytree(args.bundle, copy, ignore=shutil.ignore_patterns("*.pt", "eval"))
@@ -190,7 +228,8 @@ def main() -> int:
         "samples": args.samples,
         "overrides": overrides,
         "voxel_mm": args.voxel_mm or None,
-        "validation_seed": VALIDATION_SEED,
+        "validation_seed": VALIDATION_SEED if args.manifest is None else None,
+        "manifest": None if args.manifest is None else f"{args.manifest.name}, split {args.split}",
         "summary": summary,
         "cases": rows,
     }

@@ -242,12 +242,15 @@ def test_unetr_bundle_segments_a_small_phantom_on_its_grid(tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_shipped_unetr_weights_run_from_git_and_qc_flags_what_they_miss(tmp_path: Path) -> None:
-    """The float16 weights in git (< 50 MB) run from a fresh clone and segment a test-split phantom
-    (a seed no training or validation case uses) on the input's grid. They find the large organs
-    (0.85-0.96 measured here; the bundle's docs: held-out mean Dice 0.59 over the 13) and never the
-    esophagus or adrenal glands; QC flags the case in run.json, and any expected organ it misses
-    by name, so the weakness is never passed silently."""
-    from pipelines.data.datasets import SEEDS
+    """The float16 weights in git (< 50 MB) run from a fresh clone and segment the first test-split
+    phantom (a seed no training or validation case uses: a wide square field of view, 345 mm, with
+    air around the body) on the input's grid. Measured here with 0.4.0: spleen 0.88, kidneys 0.92-0.93,
+    liver 0.93, aorta 0.89, stomach 0.68, esophagus 0.45; the adrenal glands 0. Nothing is labelled
+    in the air around the body: before inference cropped to the body (0.4.0), the network called
+    that air "liver" and keeping the largest liver component then threw the real liver away (Dice
+    0). QC flags the case in run.json, and any expected organ it misses by name, so the weakness is
+    never passed silently."""
+    from pipelines.data.datasets import SEEDS, ct_case_geometry
     from pipelines.data.phantoms.make import make_ct_phantom
     from pipelines.data.phantoms.tissues import CT_STRUCTURES
     from pipelines.data.phantoms.write import write_nifti
@@ -256,8 +259,10 @@ def test_shipped_unetr_weights_run_from_git_and_qc_flags_what_they_miss(tmp_path
     bundle = BUNDLES / "ct_multiorgan_unetr"
     assert (bundle / "models" / "model.pt").stat().st_size < 50e6  # the size limit for git
     ids = {n: i for n, i in CT_STRUCTURES.items() if n != "liver_tumor"}
+    case = ct_case_geometry(SEEDS["test"][0])
+    assert case.shape[0] == case.shape[1] and case.shape[0] * case.spacing_mm[0] > 330  # a wide square FOV
     phantom = make_ct_phantom(
-        SEEDS["test"][0], shape=(192, 160, 96), spacing_mm=(1.5, 1.5, 2.0), orientation="LPS", label_ids=ids
+        case.seed, shape=case.shape, spacing_mm=case.spacing_mm, orientation=case.orientation, label_ids=ids
     )
     image, _ = write_nifti(phantom, tmp_path / "case")
     args = ["segment", str(image), "--bundle", str(bundle), "--output", str(tmp_path / "out"), "--device", "cpu"]
@@ -266,10 +271,14 @@ def test_shipped_unetr_weights_run_from_git_and_qc_flags_what_they_miss(tmp_path
     np.testing.assert_allclose(labels.affine, phantom.affine, atol=1e-5)
     pred = np.asarray(labels.dataobj)
     names = {i: n for n, i in ids.items()}
-    scores = segmentation_metrics(pred, phantom.label, spacing_mm=(1.5, 1.5, 2.0), labels=names)
+    scores = segmentation_metrics(pred, phantom.label, spacing_mm=case.spacing_mm, labels=names)
     found = {n: round(s["dice"], 3) for n, s in scores.items()}
-    for name in ("spleen", "kidney_right", "kidney_left", "liver", "stomach", "aorta"):
-        assert scores[name]["dice"] > 0.75, found  # 0.85-0.96 measured
+    floors = {"spleen": 0.8, "kidney_right": 0.8, "kidney_left": 0.8, "liver": 0.8, "aorta": 0.8, "stomach": 0.6}
+    floors["esophagus"] = 0.3  # found since 0.4.0's second stage
+    for name, floor in floors.items():
+        assert scores[name]["dice"] > floor, (name, found)
+    in_air = (pred > 0) & (phantom.image < -900) & (phantom.label == 0)
+    assert in_air.sum() < 0.001 * (pred > 0).sum(), f"{in_air.sum()} labelled voxels in air"
     quality = json.loads((tmp_path / "out" / "held_out" / "run.json").read_text())["quality"]
     assert quality["flagged"]
     missed = [n for n, s in scores.items() if n in ("liver", "aorta", "kidney_left") and not (pred == ids[n]).any()]
@@ -424,9 +433,11 @@ def test_weights_script_smoke_run(tmp_path: Path, script: str, bundle_name: str)
         "--device",
         "cpu",
     ]
-    two_stages = script == "train_ct_unet.py"  # the MRI recipe's stage 2 is an experiment: --stage finetune only
-    if two_stages:  # stage 2 on one synthesised sample of each kind (of realistic size), one epoch
-        command += ["--finetune-epochs", "1", "--finetune-val-interval", "1", "--finetune-samples", "1"]
+    two_stages = script != "train_mri_tumor.py"  # the MRI recipe's stage 2 is an experiment: --stage finetune only
+    if two_stages:
+        command += ["--finetune-epochs", "1", "--finetune-val-interval", "1"]
+    if script == "train_ct_unet.py":  # stage 2 on one synthesised sample of each kind (of realistic size)
+        command += ["--finetune-samples", "1"]
     examples = {p: p.read_bytes() for p in (REPO / "data_manifests").glob("*.json")}
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -436,8 +447,8 @@ def test_weights_script_smoke_run(tmp_path: Path, script: str, bundle_name: str)
         assert "stage 2: best validation mean Dice" in done.stdout
     else:
         assert "train: best validation mean Dice" in done.stdout
-    if script != "train_unetr.py":  # a recipe with a stage 2 keeps stage 1's weights for a later --stage finetune
-        assert (tmp_path / "data" / "stage1_model.pt").is_file()
+    # a recipe with a stage 2 keeps stage 1's weights for a later --stage finetune
+    assert (tmp_path / "data" / "stage1_model.pt").is_file()
     metrics = json.loads((tmp_path / "data" / "eval" / "metrics.json").read_text())
     assert metrics
     # data elsewhere leaves the example manifests in data_manifests/ as they were
