@@ -8,10 +8,14 @@ phantoms, 2 class-balanced 64³ patches per case and iteration, 64 epochs (3072 
 compact UNETR (transformer width 160, 6.8 M parameters), AdamW 1e-3 with a 100-iteration warm-up and
 cosine decay. Validation takes 6 cases so that it holds wide square torso fields of view (2 of the
 6) as the test split does (5 of 10): a model can fail on those alone, and checkpoints are chosen on
-validation. The best checkpoint by validation Dice is stored in float16 (``medseg_weights_dtype``
-in the bundle's metadata), then the held-out phantoms are scored with those stored weights.
+validation. Stage 2 (``configs/train_small_structures.json``) continues from stage 1's best weights
+for 8 epochs at AdamW 3e-4, with patch centres and DiceCE class weights tilted towards the
+esophagus and adrenal glands, on volumes cropped to the body. The best checkpoint by validation
+Dice is stored in float16 (``medseg_weights_dtype`` in the bundle's metadata), then the held-out
+phantoms are scored with those stored weights.
 
-    python scripts/train_unetr.py                         # the documented CPU recipe
+    python scripts/train_unetr.py                         # the documented CPU recipe (both stages)
+    python scripts/train_unetr.py --stage finetune --init-weights STAGE1.pt   # stage 2 alone
     python scripts/train_unetr.py --device cuda --max-epochs 200 --val-interval 10
     python scripts/train_unetr.py --stage evaluate        # evaluate models/model.pt only
     python scripts/train_unetr.py --bundle /tmp/unetr_copy --data-dir /tmp/unetr_data \\
