@@ -113,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
                 case.pop("prediction", None)  # the temporary folder is gone
     args.results.mkdir(parents=True, exist_ok=True)
     path = result_path(args.results, cpu_kind(), started.date())
-    write_json(_relative_paths(document, {data_dir: "$MEDSEG_SHARED_DATA", REPO: "."}), path)
+    roots = {data_dir: "$MEDSEG_SHARED_DATA", REPO: "."}
+    if args.output is not None:  # named before REPO: an --output inside the repository stays "$OUTPUT"
+        roots = {Path(args.output): "$OUTPUT", **roots}
+    write_json(_relative_paths(document, roots), path)
     print(f"\nwrote {path}")
     failed = [f"{b['bundle']} on {c['case']}" for b in report["bundles"] for c in b["cases"] if c["status"] == "failed"]
     if failed:

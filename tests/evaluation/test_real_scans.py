@@ -149,6 +149,22 @@ def test_the_script_prints_a_table_and_never_overwrites_a_result(
     assert document["bundles"][0]["cases"][0]["structures"][0]["dice"] > 0.85
 
 
+def test_the_script_writes_an_output_folder_as_a_placeholder_not_a_machine_path(
+    fake_data: Path, liver_bundle: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "kept_predictions"
+    argv = ["--bundles", str(liver_bundle), "--data", str(fake_data), "--results", str(tmp_path / "results")]
+    assert script.main([*argv, "--cases", "ct_abdomen_3mm", "--output", str(out)]) == 0
+    (result,) = (tmp_path / "results").iterdir()
+    text = result.read_text()
+    assert str(out) not in text  # (the fixtures' bundle and results lie outside the repository here)
+    document = json.loads(text)
+    assert document["command"].endswith("--output $OUTPUT")
+    prediction = document["bundles"][0]["cases"][0]["prediction"]
+    assert prediction == "$OUTPUT/liver_threshold/ct_abdomen_3mm/labels.nii.gz"
+    assert (out / "liver_threshold" / "ct_abdomen_3mm" / "labels.nii.gz").is_file()
+
+
 def test_the_script_says_why_nothing_ran_when_the_data_is_absent(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
