@@ -16,7 +16,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from pipelines.bundles.bundle import load_bundle
+from pipelines.bundles.bundle import config_parser, load_bundle
 from pipelines.data.datasets import make_phantom_dataset
 from pipelines.data.phantoms.make import make_ct_phantom
 from pipelines.data.phantoms.tissues import CT_STRUCTURES
@@ -33,15 +33,14 @@ def tiny_unetr_dataset(folder: Path) -> Path:
     return make_phantom_dataset(folder, UNETR, counts={"training": 1, "validation": 1}, fov_scale=0.3)
 
 
-def layered(manifest: Path) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config([str(UNETR / "configs" / "train.json"), str(UNETR / "configs" / f"{LAYER}.json")])
-    parser.update({"bundle_root": str(UNETR), "manifest": str(manifest)})
-    return parser
+def train_config(*layers: str) -> ConfigParser:
+    """The UNETR's train.json with ``layers`` laid over it, as ``medseg train`` reads them (no manifest)."""
+    configs = [UNETR / "configs" / f"{name}.json" for name in ("train", *layers)]
+    return config_parser(UNETR, configs, overrides={"manifest": "unused"})
 
 
-def test_layer_tilts_patches_and_loss_towards_the_smallest_structures(tmp_path: Path) -> None:
-    parser = layered(tiny_unetr_dataset(tmp_path / "data"))
+def test_layer_tilts_patches_and_loss_towards_the_smallest_structures() -> None:
+    parser = train_config(LAYER)
     names = load_bundle(UNETR).labels
     ratios = parser.get_parsed_content("train#augmentation#1").cropper.ratios
     weights = parser.get_parsed_content("loss").cross_entropy.weight
@@ -65,11 +64,8 @@ def test_layer_validates_on_the_body_crop_and_keeps_every_label(tmp_path: Path) 
     case = {"image": str(tmp_path / "image.nii.gz"), "label": str(tmp_path / "label.nii.gz")}
     nib.save(nib.Nifti1Image(np.pad(phantom.image, pad, constant_values=-1000), affine), case["image"])
     nib.save(nib.Nifti1Image(np.pad(phantom.label, pad), affine), case["label"])
-    plain = ConfigParser()
-    plain.read_config(str(UNETR / "configs" / "train.json"))
-    plain.update({"bundle_root": str(UNETR)})
-    parser = layered(tmp_path / "unused.json")
-    whole = plain.get_parsed_content("validate#preprocessing")(dict(case))
+    parser = train_config(LAYER)
+    whole = train_config().get_parsed_content("validate#preprocessing")(dict(case))
     cropped = parser.get_parsed_content("validate#preprocessing")(dict(case))
     assert cropped["image"].shape[1] < whole["image"].shape[1] - 40  # most of the added air is gone
     counts = [torch.bincount(v["label"].flatten(), minlength=14) for v in (cropped, whole)]
