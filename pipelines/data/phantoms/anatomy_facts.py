@@ -56,6 +56,13 @@ FACTS: dict[str, Fact] = {
     "kidney_volume": Fact(
         100, 250, "mL", "CT/MR renal volumetry in healthy adults: about 150-170 mL per kidney, SD 30-40 mL"
     ),
+    "perirenal_fat_thickness": Fact(
+        3,
+        30,
+        "mm",
+        "Davidiuk et al. 2014, Eur Urol 66:1165 (Mayo adhesive probability score: posterior perinephric fat "
+        "thickness on CT graded < 10, 10-19 and >= 20 mm in adults)",
+    ),
     "pancreas_volume": Fact(
         40, 120, "mL", "Saisho et al. 2007, Clin Anat 20:933 (CT, adults 20-60 y: about 72 +/- 20 mL)"
     ),

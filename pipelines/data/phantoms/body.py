@@ -6,7 +6,9 @@ renal hila) from the lung apices to below the pubic symphysis, with organ sizes 
 ranges of :mod:`pipelines.data.phantoms.anatomy_facts`, a patient size (subcutaneous and visceral fat) and
 a smooth deformation field. The field of view is then *placed* over the body by region (chest, abdomen,
 pelvis or the whole trunk), so what is outside it is simply not seen and a body wider than the field is
-cut at its edge, as in real scans.
+cut at its edge, as in real scans. The kidneys are beans, not ellipsoids (a renal sinus of fat and a pelvis
+of urine open at the medial hilum), and they and the adrenal glands lie in their perirenal fat, apart from
+the liver and the spleen.
 
 :func:`body_anatomy` draws a case; :func:`pipelines.data.phantoms.body_paint.render_body` paints it.
 """
@@ -332,17 +334,20 @@ def body_anatomy(
     )
     add(spleen, [(1.0, "spleen", "spleen")], clip="abdomen")
     add(gallbladder, [(1.0, "gallbladder", "gallbladder")], clip="abdomen")
-    for name, kidney in kidneys.items():
+    perirenal_at = len(ops)  # the perirenal fat goes here, once the patient size is known (below)
+    for side, name, _ in KIDNEYS_MM:
+        kidney = kidneys[name]
         add(kidney, [(1.0, "kidney_cortex", name), (0.66, "kidney_medulla", name)], clip="abdomen")
+        sinus, pelvis = _renal_sinus(kidney, side)
+        add(sinus, [(1.0, "visceral_fat", None)], only_in=("kidney_cortex", "kidney_medulla"), clip="abdomen")
+        add(pelvis, [(1.0, "urine", None)], only_in=("visceral_fat",), clip="abdomen")
+    adrenals: list[Ellipsoid] = []
     for side, name, center, limb in ADRENALS_MM:
         kidney = kidneys["kidney_right" if side > 0 else "kidney_left"]
         lift = np.array([0.0, 0.0, kidney.center[2] + kidney.semi[2] - (-30.0 if side > 0 else -16.0) - 56.0])
         for c, semi, rot in ((center, (3.5, 12, 15), side * 20), (limb, (3.0, 10, 11), -side * 25)):
-            add(
-                d.ellipsoid(np.add(c, lift), semi, (rot, 0, 0), jitter_mm=2.0, modulation=0.05),
-                [(1.0, "adrenal", name)],
-                clip="abdomen",
-            )
+            adrenals.append(d.ellipsoid(np.add(c, lift), semi, (rot, 0, 0), jitter_mm=2.0, modulation=0.05))
+            add(adrenals[-1], [(1.0, "adrenal", name)], clip="abdomen")
     add(pancreas, [(1.0, "pancreas", "pancreas")], clip="abdomen")
 
     # --- vessels: calibres from FACTS (radius = diameter / 2) ---
@@ -451,6 +456,8 @@ def body_anatomy(
         "spine_y": -38.0 + rng.normal(0, 2),
     }
 
+    ops[perirenal_at:perirenal_at] = _perirenal_fat(list(kidneys.values()), adrenals, habitus)
+
     # --- liver lesions, from their own stream ---
     carving = [op.shape for op in ops[ops.index(next(op for op in ops if op.shape is liver[-1])) + 1 :]]
     lesion_ops = _lesions(lesion_rng, liver, carving, dome_r)
@@ -467,6 +474,59 @@ def body_anatomy(
     offset = np.array([placement_rng.normal(0, 8), 4.0 + placement_rng.normal(0, 10), centre_z])
     warp = Warp(rng, _WARP_EXTENT_MM, rng.uniform(6.0, 12.0))
     return Body(ops, bone_ops, lesion_ops, warp, wall, landmarks, offset, region, habitus)
+
+
+def _renal_sinus(kidney: Ellipsoid, side: int) -> tuple[Ellipsoid, Ellipsoid]:
+    """The renal sinus (fat) and pelvis (urine) of a kidney, which make it a bean, not a solid ellipsoid.
+
+    Facts: the sinus is the cavity inside the kidney's medial border, opening at the hilum, which faces
+    medially and somewhat anteriorly; it holds fat, the renal vessels' branches and the collecting
+    system, whose pelvis leaves through the hilum into the ureter. Renal sinus fat on adult CT is of the
+    order of 10 mL per kidney (more with age and body mass). The sinus and pelvis are not part of the
+    kidney's label (the parenchyma is), and are painted only where the kidney is (the pelvis only into
+    the sinus fat). Derived from the kidney alone, so they draw nothing from the random stream.
+    """
+    medial = np.array([-side * 0.87, 0.5, 0.0])  # towards the spine and a little anterior (RAS: +x right, +y anterior)
+    local = kidney.rotation.T @ medial
+    reach = 1.0 / float(np.sqrt(((local / kidney.semi) ** 2).sum()))  # the kidney's radius towards the hilum (mm)
+    sinus = Ellipsoid(kidney.center + medial * 0.72 * reach, kidney.semi * [0.45, 0.45, 0.55], kidney.rotation)
+    pelvis = Ellipsoid(kidney.center + medial * 0.95 * reach, kidney.semi * [0.24, 0.24, 0.3], kidney.rotation)
+    return sinus, pelvis
+
+
+# What the perirenal fat displaces: the intraperitoneal organs and bowel drawn before it (so the liver and
+# the spleen lie *against* the kidney's fat, not around the kidney), never muscle, bone or vessels.
+_PERIRENAL_DISPLACES = (
+    "liver",
+    "hepatic_vein",
+    "spleen",
+    "gallbladder",
+    "stomach_wall",
+    "stomach_content",
+    "bowel_wall",
+    "bowel_content",
+    "gas",
+    "visceral_fat",
+)
+
+
+def _perirenal_fat(kidneys: Sequence[Ellipsoid], adrenals: Sequence[Ellipsoid], habitus: float) -> list[Op]:
+    """The perirenal fat of each kidney and adrenal gland, as a layer of ``visceral_fat`` around them.
+
+    Facts: the kidneys and adrenal glands are retroperitoneal; each lies in its own perirenal space, a fat
+    pad closed by the renal (Gerota's) fascia, so on CT a fat plane separates the kidney and the adrenal
+    from the liver, the spleen and the bowel, thicker in heavier patients (``perirenal_fat_thickness``
+    in :data:`~pipelines.data.phantoms.anatomy_facts.FACTS`). Without it the upper poles and the right
+    adrenal were drawn *inside* the liver and the spleen, an anatomy no scan shows. The thickness follows
+    the patient size; nothing is drawn from the random stream, so the rest of a seed's anatomy is unchanged.
+    Painted before the kidneys and adrenals, over the organs of :data:`_PERIRENAL_DISPLACES` only.
+    """
+    fact = FACTS["perirenal_fat_thickness"]
+    margin = fact.low + (fact.high - fact.low) * 0.6 * habitus  # slim .. obese, short of the extreme
+    shapes = [Ellipsoid(k.center, k.semi + margin, k.rotation, k.modulation) for k in kidneys]
+    shapes += [Ellipsoid(a.center, a.semi + max(0.5 * margin, 4.0), a.rotation) for a in adrenals]
+    layers = ((1.0, "visceral_fat", None),)
+    return [Op(shape, layers, only_in=_PERIRENAL_DISPLACES, clip="abdomen") for shape in shapes]
 
 
 def _lesions(rng: np.random.Generator, liver: Sequence[Ellipsoid | Tube], carving: Sequence, dome: float) -> list[Op]:

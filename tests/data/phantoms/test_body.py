@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
+from scipy.spatial import Delaunay
 
 from pipelines.data.phantoms.anatomy_facts import FACTS
 from pipelines.data.phantoms.make import Phantom, make_ct_phantom, make_mr_phantom
@@ -145,3 +147,56 @@ def test_same_seed_same_anatomy_in_any_field_of_view() -> None:
 def test_bad_body_options_raise_value_error_naming_them(kwargs, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         make_ct_phantom(0, shape=(16, 16, 16), **kwargs)
+
+
+# a 3 mm abdominal grid: fine enough to see a fat plane and the renal sinus
+FINE_GRID = {"shape": (128, 104, 80), "spacing_mm": (3.0, 3.0, 3.0)}
+RETROPERITONEAL = ("kidney_right", "kidney_left", "adrenal_gland_right", "adrenal_gland_left")
+
+
+def _shell(mask: np.ndarray, voxels: int) -> np.ndarray:
+    return ndimage.binary_dilation(mask, iterations=voxels) & ~mask
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kidneys_and_adrenals_lie_in_their_perirenal_fat_not_inside_the_liver_or_spleen(seed: int) -> None:
+    """The retroperitoneal organs are wrapped in fat: the liver and the spleen lie against that fat, never
+    directly on a kidney or an adrenal gland (the earlier phantoms drew the right adrenal inside the liver)."""
+    p = make_ct_phantom(seed, anatomy="body", region="abdomen", patient_size="average", lesions=False, **FINE_GRID)
+    intraperitoneal = np.isin(p.tissue, [BODY_TISSUES[n] for n in ("liver", "hepatic_vein", "spleen")])
+    fat = p.tissue == BODY_TISSUES["visceral_fat"]
+    for name in RETROPERITONEAL:
+        organ = p.label == CT_STRUCTURES[name]
+        assert organ.sum() > 0, name
+        touching = _shell(organ, 1)
+        assert intraperitoneal[touching].mean() < 0.02, f"{name}: {intraperitoneal[touching].mean():.0%} of its surface on liver/spleen"
+        assert fat[touching].mean() > 0.5, f"{name}: only {fat[touching].mean():.0%} of its surface in fat"
+
+
+def test_perirenal_fat_is_thicker_in_a_heavier_patient() -> None:
+    def liver_free_shell(size: str) -> float:
+        p = make_ct_phantom(1, anatomy="body", region="abdomen", patient_size=size, lesions=False, **FINE_GRID)
+        kidney = p.label == CT_STRUCTURES["kidney_right"]
+        return float((p.tissue[_shell(kidney, 4)] == BODY_TISSUES["visceral_fat"]).mean())
+
+    slim, obese = liver_free_shell("slim"), liver_free_shell("obese")
+    assert obese > slim + 0.1, (slim, obese)
+
+
+def test_kidneys_are_beans_with_a_sinus_opening_medially() -> None:
+    """Fat and urine fill the renal sinus inside each kidney's convex hull, on its medial (spine) side."""
+    p = make_ct_phantom(2, anatomy="body", region="abdomen", lesions=False, **FINE_GRID)
+    world_x = _world(p, np.ones(p.tissue.shape, bool))[:, 0].reshape(p.tissue.shape)
+    sinus_tissues = np.isin(p.tissue, [BODY_TISSUES["visceral_fat"], BODY_TISSUES["urine"]])
+    for name, medial_sign in (("kidney_right", -1), ("kidney_left", 1)):
+        kidney = p.label == CT_STRUCTURES[name]
+        points = np.argwhere(kidney)
+        hull = Delaunay(points)
+        lo, hi = points.min(0), points.max(0) + 1
+        box = np.argwhere(np.ones(hi - lo, bool)) + lo
+        inside = np.zeros(p.tissue.shape, bool)
+        inside[tuple(box[hull.find_simplex(box) >= 0].T)] = True
+        sinus = inside & ~kidney & sinus_tissues
+        assert sinus.sum() > 0.04 * kidney.sum(), f"{name}: sinus {sinus.sum()} voxels, kidney {kidney.sum()}"
+        towards_spine = medial_sign * (world_x[sinus].mean() - world_x[kidney].mean())
+        assert towards_spine > 5.0, f"{name}: the sinus is not on the medial side ({towards_spine:.1f} mm)"
