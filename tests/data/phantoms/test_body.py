@@ -169,8 +169,9 @@ def test_kidneys_and_adrenals_lie_in_their_perirenal_fat_not_inside_the_liver_or
         organ = p.label == CT_STRUCTURES[name]
         assert organ.sum() > 0, name
         touching = _shell(organ, 1)
-        assert intraperitoneal[touching].mean() < 0.02, f"{name}: {intraperitoneal[touching].mean():.0%} of its surface on liver/spleen"
-        assert fat[touching].mean() > 0.5, f"{name}: only {fat[touching].mean():.0%} of its surface in fat"
+        on_organs, in_fat = intraperitoneal[touching].mean(), fat[touching].mean()
+        assert on_organs < 0.02, f"{name}: {on_organs:.0%} of its surface lies on the liver or the spleen"
+        assert in_fat > 0.5, f"{name}: only {in_fat:.0%} of its surface in fat"
 
 
 def test_perirenal_fat_is_thicker_in_a_heavier_patient() -> None:
