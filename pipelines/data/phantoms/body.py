@@ -6,9 +6,9 @@ renal hila) from the lung apices to below the pubic symphysis, with organ sizes 
 ranges of :mod:`pipelines.data.phantoms.anatomy_facts`, a patient size (subcutaneous and visceral fat) and
 a smooth deformation field. The field of view is then *placed* over the body by region (chest, abdomen,
 pelvis or the whole trunk), so what is outside it is simply not seen and a body wider than the field is
-cut at its edge, as in real scans. The kidneys are beans, not ellipsoids (a renal sinus of fat and a pelvis
-of urine open at the medial hilum), and they and the adrenal glands lie in their perirenal fat, apart from
-the liver and the spleen.
+cut at its edge, as in real scans. With ``perirenal_fat`` the kidneys are beans, not ellipsoids (a renal
+sinus of fat and a pelvis of urine open at the medial hilum), and they and the adrenal glands lie in their
+perirenal fat, apart from the liver and the spleen.
 
 :func:`body_anatomy` draws a case; :func:`pipelines.data.phantoms.body_paint.render_body` paints it.
 """
@@ -179,6 +179,7 @@ def body_anatomy(
     grid: CanonicalGrid,
     region: str | None = None,
     patient_size: str | float | None = None,
+    perirenal_fat: bool = False,
 ) -> Body:
     """Draw one trunk and place the field of view on it.
 
@@ -193,6 +194,11 @@ def body_anatomy(
         region: One of :data:`REGIONS`, or None to draw it.
         patient_size: A key of :data:`~pipelines.data.phantoms.anatomy_facts.PATIENT_SIZES`, an index in
             0..1, or None to draw it.
+        perirenal_fat: Draw the kidneys as beans (renal sinus and pelvis) lying with the adrenal glands in
+            their perirenal fat, apart from the liver and the spleen (:func:`_perirenal_fat`). Off by
+            default: without it the kidneys are solid ellipsoids painted over their neighbours, the anatomy
+            the shipped CT weights were trained on (their recipe stays reproducible); same anatomy stream
+            either way.
     """
     check_body_options(region, patient_size)
     d = _Draw(rng)
@@ -338,6 +344,8 @@ def body_anatomy(
     for side, name, _ in KIDNEYS_MM:
         kidney = kidneys[name]
         add(kidney, [(1.0, "kidney_cortex", name), (0.66, "kidney_medulla", name)], clip="abdomen")
+        if not perirenal_fat:
+            continue
         sinus, pelvis = _renal_sinus(kidney, side)
         add(sinus, [(1.0, "visceral_fat", None)], only_in=("kidney_cortex", "kidney_medulla"), clip="abdomen")
         add(pelvis, [(1.0, "urine", None)], only_in=("visceral_fat",), clip="abdomen")
@@ -456,7 +464,8 @@ def body_anatomy(
         "spine_y": -38.0 + rng.normal(0, 2),
     }
 
-    ops[perirenal_at:perirenal_at] = _perirenal_fat(list(kidneys.values()), adrenals, habitus)
+    if perirenal_fat:
+        ops[perirenal_at:perirenal_at] = _perirenal_fat(list(kidneys.values()), adrenals, habitus)
 
     # --- liver lesions, from their own stream ---
     carving = [op.shape for op in ops[ops.index(next(op for op in ops if op.shape is liver[-1])) + 1 :]]

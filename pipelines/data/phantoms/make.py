@@ -148,11 +148,15 @@ def _validated_common(
     return seed, shape, spacing, codes
 
 
-def _check_anatomy(anatomy: str, region: str | None = None, patient_size: str | float | None = None) -> None:
+def _check_anatomy(
+    anatomy: str, region: str | None = None, patient_size: str | float | None = None, perirenal_fat: bool = False
+) -> None:
     if anatomy not in ANATOMIES:
         raise ValueError(f"anatomy: expected one of {', '.join(ANATOMIES)}, got {anatomy!r}")
-    if anatomy == "classic" and (region is not None or patient_size is not None):
-        raise ValueError('region and patient_size need anatomy="body"; the classic anatomy has neither')
+    if not isinstance(perirenal_fat, bool):
+        raise ValueError(f"perirenal_fat: expected true or false, got {perirenal_fat!r}")
+    if anatomy == "classic" and (region is not None or patient_size is not None or perirenal_fat):
+        raise ValueError('region, patient_size and perirenal_fat need anatomy="body"; the classic anatomy has none')
     check_body_options(region, patient_size)
 
 
@@ -178,6 +182,7 @@ def make_ct_phantom(
     anatomy: str = "classic",
     region: str | None = None,
     patient_size: str | float | None = None,
+    perirenal_fat: bool = False,
 ) -> Phantom:
     """A contrast-enhanced abdominal CT phantom with its organ labels.
 
@@ -198,6 +203,10 @@ def make_ct_phantom(
             None draws it from the seed.
         patient_size: With "body": "slim", "average", "overweight", "obese" or an index 0..1 (fat
             thickness); None draws it from the seed.
+        perirenal_fat: With "body": kidneys with a renal sinus, lying with the adrenal glands in their
+            perirenal fat apart from the liver and the spleen (off: solid kidneys painted over their
+            neighbours, what the shipped CT weights were trained on; see
+            :func:`~pipelines.data.phantoms.body.body_anatomy`).
 
     Returns:
         A :class:`Phantom` with an int16 HU image in [-1024, 3071], uint8 labels, its RAS affine
@@ -208,8 +217,8 @@ def make_ct_phantom(
     """
     seed, shape, spacing, codes = _validated_common(seed, shape, spacing_mm, orientation)
     ids = _check_label_ids(label_ids, CT_STRUCTURES)
-    _check_anatomy(anatomy, region, patient_size)
-    body = (region, patient_size) if anatomy == "body" else None
+    _check_anatomy(anatomy, region, patient_size, perirenal_fat)
+    body = (region, patient_size, perirenal_fat) if anatomy == "body" else None
     tissue, label, grid, transform, streams = _abdomen_maps(seed, shape, spacing, codes, ids, lesions, body)
     intensity_rng, noise_rng = streams
     names = TISSUES if body is None else BODY_TISSUES
@@ -237,10 +246,10 @@ def _abdomen_maps(
     codes: tuple[str, str, str],
     ids: Mapping[str, int],
     lesions: bool,
-    body: tuple[str | None, str | float | None] | None = None,
+    body: tuple[str | None, str | float | None, bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, CanonicalGrid, np.ndarray, tuple[np.random.Generator, np.random.Generator]]:
     """Tissue and label maps of a seed's abdomen (canonical grid), the grid, its reorientation
-    and the intensity and noise random streams, in that order. ``body``: (region, patient_size) for
+    and the intensity and noise random streams, in that order. ``body``: (region, patient_size, perirenal_fat) for
     the "body" anatomy, None for the classic one."""
     grid, transform = canonical_grid(shape, spacing, codes)
     anatomy_ss, lesion_ss, intensity_ss, noise_ss = np.random.SeedSequence(seed).spawn(4)
@@ -269,6 +278,7 @@ def make_mr_phantom(
     anatomy: str = "classic",
     region: str | None = None,
     patient_size: str | float | None = None,
+    perirenal_fat: bool = False,
 ) -> Phantom:
     """A T1-weighted-like abdominal MR phantom: the anatomy of :func:`make_ct_phantom` for the
     same seed, with MR signal (fat bright, fluid and flowing blood dark), a smooth multiplicative
@@ -283,7 +293,7 @@ def make_mr_phantom(
             "liver_tumor" unless ``lesions``.
         lesions: Draw T1-hypointense liver lesions.
         blur_sigma_mm: Gaussian partial-volume blur (mm).
-        anatomy, region, patient_size: As for :func:`make_ct_phantom`.
+        anatomy, region, patient_size, perirenal_fat: As for :func:`make_ct_phantom`.
 
     Returns:
         A :class:`Phantom` with an int16 image (signal >= 0), uint8 labels and its RAS affine.
@@ -296,8 +306,8 @@ def make_mr_phantom(
     if not lesions:
         default.pop("liver_tumor")
     ids = _check_label_ids(label_ids, default)
-    _check_anatomy(anatomy, region, patient_size)
-    body = (region, patient_size) if anatomy == "body" else None
+    _check_anatomy(anatomy, region, patient_size, perirenal_fat)
+    body = (region, patient_size, perirenal_fat) if anatomy == "body" else None
     tissue, label, grid, transform, streams = _abdomen_maps(seed, shape, spacing, codes, ids, lesions, body)
     intensity_rng, noise_rng = streams
     names = TISSUES if body is None else BODY_TISSUES

@@ -142,6 +142,8 @@ def test_same_seed_same_anatomy_in_any_field_of_view() -> None:
         ({"anatomy": "body", "patient_size": 1.5}, "patient_size"),
         ({"anatomy": "body", "patient_size": "huge"}, "patient_size"),
         ({"region": "chest"}, 'anatomy="body"'),
+        ({"perirenal_fat": True}, 'anatomy="body"'),
+        ({"anatomy": "body", "perirenal_fat": "yes"}, "perirenal_fat"),
     ],
 )
 def test_bad_body_options_raise_value_error_naming_them(kwargs, match: str) -> None:
@@ -151,6 +153,7 @@ def test_bad_body_options_raise_value_error_naming_them(kwargs, match: str) -> N
 
 # a 3 mm abdominal grid: fine enough to see a fat plane and the renal sinus
 FINE_GRID = {"shape": (128, 104, 80), "spacing_mm": (3.0, 3.0, 3.0)}
+DETAILED = {"anatomy": "body", "region": "abdomen", "lesions": False, "perirenal_fat": True, **FINE_GRID}
 RETROPERITONEAL = ("kidney_right", "kidney_left", "adrenal_gland_right", "adrenal_gland_left")
 
 
@@ -161,8 +164,8 @@ def _shell(mask: np.ndarray, voxels: int) -> np.ndarray:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_kidneys_and_adrenals_lie_in_their_perirenal_fat_not_inside_the_liver_or_spleen(seed: int) -> None:
     """The retroperitoneal organs are wrapped in fat: the liver and the spleen lie against that fat, never
-    directly on a kidney or an adrenal gland (the earlier phantoms drew the right adrenal inside the liver)."""
-    p = make_ct_phantom(seed, anatomy="body", region="abdomen", patient_size="average", lesions=False, **FINE_GRID)
+    directly on a kidney or an adrenal gland (without ``perirenal_fat`` the right adrenal lies inside the liver)."""
+    p = make_ct_phantom(seed, patient_size="average", **DETAILED)
     intraperitoneal = np.isin(p.tissue, [BODY_TISSUES[n] for n in ("liver", "hepatic_vein", "spleen")])
     fat = p.tissue == BODY_TISSUES["visceral_fat"]
     for name in RETROPERITONEAL:
@@ -176,7 +179,7 @@ def test_kidneys_and_adrenals_lie_in_their_perirenal_fat_not_inside_the_liver_or
 
 def test_perirenal_fat_is_thicker_in_a_heavier_patient() -> None:
     def liver_free_shell(size: str) -> float:
-        p = make_ct_phantom(1, anatomy="body", region="abdomen", patient_size=size, lesions=False, **FINE_GRID)
+        p = make_ct_phantom(1, patient_size=size, **DETAILED)
         kidney = p.label == CT_STRUCTURES["kidney_right"]
         return float((p.tissue[_shell(kidney, 4)] == BODY_TISSUES["visceral_fat"]).mean())
 
@@ -186,7 +189,7 @@ def test_perirenal_fat_is_thicker_in_a_heavier_patient() -> None:
 
 def test_kidneys_are_beans_with_a_sinus_opening_medially() -> None:
     """Fat and urine fill the renal sinus inside each kidney's convex hull, on its medial (spine) side."""
-    p = make_ct_phantom(2, anatomy="body", region="abdomen", lesions=False, **FINE_GRID)
+    p = make_ct_phantom(2, **DETAILED)
     world_x = _world(p, np.ones(p.tissue.shape, bool))[:, 0].reshape(p.tissue.shape)
     sinus_tissues = np.isin(p.tissue, [BODY_TISSUES["visceral_fat"], BODY_TISSUES["urine"]])
     for name, medial_sign in (("kidney_right", -1), ("kidney_left", 1)):
@@ -201,3 +204,11 @@ def test_kidneys_are_beans_with_a_sinus_opening_medially() -> None:
         assert sinus.sum() > 0.04 * kidney.sum(), f"{name}: sinus {sinus.sum()} voxels, kidney {kidney.sum()}"
         towards_spine = medial_sign * (world_x[sinus].mean() - world_x[kidney].mean())
         assert towards_spine > 5.0, f"{name}: the sinus is not on the medial side ({towards_spine:.1f} mm)"
+
+
+def test_without_perirenal_fat_the_right_kidney_lies_against_the_liver() -> None:
+    """The default keeps the anatomy the shipped CT weights were trained on (pinned bit for bit in
+    test_defaults_pinned); this is what ``perirenal_fat`` changes."""
+    p = make_ct_phantom(0, **{**DETAILED, "perirenal_fat": False})
+    kidney = p.label == CT_STRUCTURES["kidney_right"]
+    assert (p.tissue[_shell(kidney, 1)] == BODY_TISSUES["liver"]).mean() > 0.3

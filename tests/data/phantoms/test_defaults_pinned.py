@@ -1,6 +1,7 @@
 """The default (``anatomy="classic"``) phantoms are pinned bit for bit: shipped weights, the demo, QC
 calibration and many tests depend on them. The digests were computed before the ``anatomy="body"`` option
-was added; a change here means the default phantoms changed."""
+was added; a change here means the default phantoms changed. The ``anatomy="body"`` digests pin that anatomy
+as the shipped CT weights' second stage saw it (without ``perirenal_fat``, its default)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,17 @@ PINNED = {
     "mr": (
         lambda: make_mr_phantom(3, shape=(64, 56, 24), lesions=True),
         "30cb89b4b73b06a0d8afc80168302d8eea4e3986c3f36f6319fa658b473ace0c",
+    ),
+    # the body anatomy without perirenal fat: what the CT U-Net's stage 2 (0.3.0) was trained on
+    "ct_body": (
+        lambda: make_ct_phantom(
+            7, anatomy="body", region="abdomen", shape=(64, 52, 48), spacing_mm=(6.0, 6.0, 6.0), perirenal_fat=False
+        ),
+        "3e6543e9a7c51aa66c8f77fdb9ad98d9898925c9ce4a804d48f36b9b702b813d",
+    ),
+    "mr_body": (
+        lambda: make_mr_phantom(8, anatomy="body", shape=(64, 52, 48), spacing_mm=(6.0, 6.0, 6.0)),
+        "46ba5712147e9eddec6ed4a82897a3760bc669f7b07ee59750b7ef2f30b3f597",
     ),
     "brain": (
         lambda: make_brain_tumor_phantom(3, shape=(48, 48, 20), channels=4),
