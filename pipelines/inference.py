@@ -89,6 +89,16 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bf16 instructions (AMX tiles or AVX-512 BF16); elsewhere PyTorch emulates bf16
+    through float32 with conversions."""
+    cpu = torch.cpu
+    return bool(
+        getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+        or getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+    )
+
+
 @contextlib.contextmanager
 def autocast(device: torch.device, precision: str) -> Iterator[None]:
     """Autocast for bf16/fp16, nothing for fp32."""

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.bundles.bundle import load_bundle
+from pipelines.bundles.bundle import config_parser, load_bundle
 from pipelines.cli.main import main
 from pipelines.data.manifests.model import ManifestError, write_manifest
 from pipelines.data.phantoms.make import make_ct_phantom
 from pipelines.data.phantoms.write import write_nifti
-from pipelines.train import TrainOptions, evaluate, latest_checkpoint, train
+from pipelines.train import TrainOptions, evaluate, latest_checkpoint, train, training_precision
 from tests.helpers import BUNDLES, REPO, trust_test_bundle
 
 LABELS = {"0": "background", "1": "spleen", "2": "kidney_right", "3": "kidney_left", "4": "liver", "5": "liver_tumor"}
@@ -214,3 +214,22 @@ def test_weights_are_stored_in_the_dtype_the_metadata_names(tmp_path: Path) -> N
         store_weights(load_bundle(target))
     with pytest.raises(ValueError, match="medseg_weights_dtype 'int8'"):  # before any training starts
         train(target, tmp_path / "no_manifest_needed_to_refuse.json")
+
+
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "expected"), [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")]
+)
+def test_training_precision_is_bf16_only_on_cpus_with_bf16_instructions(
+    monkeypatch: pytest.MonkeyPatch, amx: bool, avx512_bf16: bool, expected: str
+) -> None:
+    """Emulated bf16 trains slower than float32; each bundle's train.json takes its precision from this policy."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    assert training_precision(torch.device("cpu")) == expected
+    assert training_precision("cuda") == "fp32"  # the CUDA trainers' amp does mixed precision
+    for name in ("ct_abdomen_unet", "ct_multiorgan_unetr", "mri_brain_tumor"):
+        parser = config_parser(
+            BUNDLES / name, [BUNDLES / name / "configs" / "train.json"], overrides={"device": "$torch.device('cpu')"}
+        )
+        parser.get_parsed_content("imports")  # as ConfigWorkflow does first
+        assert parser.get_parsed_content("precision") == expected, name
