@@ -32,6 +32,7 @@ from pipelines.transforms.labels import (
     resolve_label,
     resolve_labels,
     structure_for,
+    voxel_spacing_mm,
     voxel_volume_mm3,
 )
 
@@ -57,8 +58,8 @@ def _component_sizes(mask: np.ndarray, structure: np.ndarray) -> tuple[np.ndarra
     return components, sizes
 
 
-def _check_min_size(value: Any, what: str) -> float:
-    """``value`` as a finite size in mm³, at least 0, or ValueError naming ``what``."""
+def _check_min_size(value: Any, what: str, unit: str = "a size in mm³") -> float:
+    """``value`` as a finite ``unit``, at least 0, or ValueError naming ``what``."""
     if isinstance(value, bool):
         number = math.nan
     else:
@@ -67,7 +68,7 @@ def _check_min_size(value: Any, what: str) -> float:
         except (TypeError, ValueError):
             number = math.nan
     if not math.isfinite(number) or number < 0:
-        raise ValueError(f"{what}: expected a size in mm³, a finite number of 0 or more, got {value!r}")
+        raise ValueError(f"{what}: expected {unit}, a finite number of 0 or more, got {value!r}")
     return number
 
 
@@ -177,6 +178,10 @@ class KeepLargestComponent(Transform):
     voxels of the smaller components become ``fill_value``. Between components of equal size the
     first in scan order (i, then j, then k of its first voxel) is kept.
 
+    With ``max_gap_mm``, the components that come within that distance of the largest one are kept
+    too: a tube the prediction broke into pieces (the esophagus) stays whole, while an island far from
+    it goes. Distances are Euclidean in mm, from voxel centre to voxel centre.
+
     MONAI's ``KeepLargestConnectedComponent`` does the per-label analysis too, but it needs
     scikit-image (not a dependency of ours), labels each label over the whole volume rather than
     its bounding box, always sets removed voxels to 0 and returns a tensor for a numpy input; this
@@ -188,9 +193,13 @@ class KeepLargestComponent(Transform):
         connectivity: 6, 18 or 26 (see :class:`RemoveSmallIslands`).
         fill_value: label id for removed voxels (default 0, background).
         labels: optional ``{id: name}`` or ``{name: id}`` so labels can be given by name.
+        max_gap_mm: keep, besides the largest component, those within this distance of it (mm);
+            None (default) keeps the largest alone.
+        spacing_mm: voxel size ``(si, sj, sk)`` in mm for ``max_gap_mm`` on a plain array; a
+            ``MetaTensor``'s affine gives it otherwise.
 
     Raises:
-        ValueError: bad connectivity, fill value or label.
+        ValueError: bad connectivity, fill value, label, gap or spacing.
     """
 
     backend = [TransformBackends.NUMPY, TransformBackends.TORCH]  # noqa: RUF012 (a list, as in MONAI)
@@ -201,6 +210,8 @@ class KeepLargestComponent(Transform):
         connectivity: int = 26,
         fill_value: int = 0,
         labels: Mapping[Any, Any] | None = None,
+        max_gap_mm: float | None = None,
+        spacing_mm: Sequence[float] | None = None,
     ) -> None:
         who = type(self).__name__
         self.applied_labels = resolve_labels(applied_labels, label_name_table(labels, who), f"{who}: applied_labels")
@@ -208,6 +219,10 @@ class KeepLargestComponent(Transform):
         self.structure = structure_for(connectivity, who)
         check_fill_value(fill_value, np.dtype(np.int64), who)
         self.fill_value = int(fill_value)
+        self.max_gap_mm = (
+            None if max_gap_mm is None else _check_min_size(max_gap_mm, f"{who}: max_gap_mm", "a distance in mm")
+        )
+        self.spacing_mm = spacing_mm
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         """Keep the largest component of each listed label.
@@ -225,6 +240,7 @@ class KeepLargestComponent(Transform):
         who = type(self).__name__
         volume = as_label_volume(img, who)
         check_fill_value(self.fill_value, volume.dtype, who)
+        spacing = None if self.max_gap_mm is None else voxel_spacing_mm(img, self.spacing_mm, who)
         out = volume.copy()
         boxes = label_boxes(volume, max_label=max(self.applied_labels, default=0))
         for label in self.applied_labels:
@@ -236,16 +252,23 @@ class KeepLargestComponent(Transform):
             if sizes.size <= 2:  # background and a single component
                 continue
             sizes[0] = 0
+            largest = int(np.argmax(sizes))
             drop = np.ones(sizes.size, dtype=bool)
             drop[0] = False
-            drop[int(np.argmax(sizes))] = False
+            drop[largest] = False
+            if spacing is not None:
+                # every voxel of the largest component lies in the box, so distances inside it are exact
+                distance = ndimage.distance_transform_edt(components != largest, sampling=spacing)
+                nearest = ndimage.minimum(distance, components, index=np.arange(1, sizes.size))
+                drop[1:] &= np.asarray(nearest) > self.max_gap_mm
             out[box][drop[components]] = self.fill_value
             logger.debug(
-                "%s: label %d: kept 1 of %d components (%d voxels), removed %d voxels",
+                "%s: label %d: kept %d of %d components (%d voxels), removed %d voxels",
                 who,
                 label,
+                int((~drop[1:]).sum()),
                 sizes.size - 1,
-                int(sizes.max()),
+                int(sizes[~drop].sum()),
                 int(sizes[drop].sum()),
             )
         return like_input(out, img)
@@ -302,6 +325,8 @@ class KeepLargestComponentd(MapTransform):
         connectivity: see :class:`KeepLargestComponent`.
         fill_value: see :class:`KeepLargestComponent`.
         labels: see :class:`KeepLargestComponent`.
+        max_gap_mm: see :class:`KeepLargestComponent`.
+        spacing_mm: see :class:`KeepLargestComponent`.
         allow_missing_keys: skip keys that are not in the data instead of raising KeyError.
     """
 
@@ -314,11 +339,18 @@ class KeepLargestComponentd(MapTransform):
         connectivity: int = 26,
         fill_value: int = 0,
         labels: Mapping[Any, Any] | None = None,
+        max_gap_mm: float | None = None,
+        spacing_mm: Sequence[float] | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.transform = KeepLargestComponent(
-            applied_labels=applied_labels, connectivity=connectivity, fill_value=fill_value, labels=labels
+            applied_labels=applied_labels,
+            connectivity=connectivity,
+            fill_value=fill_value,
+            labels=labels,
+            max_gap_mm=max_gap_mm,
+            spacing_mm=spacing_mm,
         )
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:

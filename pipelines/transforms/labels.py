@@ -36,6 +36,7 @@ __all__ = [
     "resolve_labels",
     "spacing_from_affine",
     "structure_for",
+    "voxel_spacing_mm",
     "voxel_volume_mm3",
 ]
 
@@ -126,7 +127,13 @@ def like_input(volume: np.ndarray, img: NdarrayOrTensor) -> NdarrayOrTensor:
 
 
 def voxel_volume_mm3(img: NdarrayOrTensor, spacing_mm: Sequence[float] | None, who: str) -> float:
-    """Volume of one voxel in mm³.
+    """Volume of one voxel in mm³: the product of :func:`voxel_spacing_mm`."""
+    si, sj, sk = voxel_spacing_mm(img, spacing_mm, who)
+    return si * sj * sk
+
+
+def voxel_spacing_mm(img: NdarrayOrTensor, spacing_mm: Sequence[float] | None, who: str) -> tuple[float, float, float]:
+    """Voxel size ``(si, sj, sk)`` in mm.
 
     Args:
         img: the label map; if a ``MetaTensor``, its affine gives the voxel size.
@@ -134,7 +141,7 @@ def voxel_volume_mm3(img: NdarrayOrTensor, spacing_mm: Sequence[float] | None, w
         who: name of the caller, for error messages.
 
     Returns:
-        ``si * sj * sk`` in mm³.
+        ``(si, sj, sk)`` in mm.
 
     Raises:
         ValueError: ``spacing_mm`` is not three positive numbers, or there is no way to tell the voxel
@@ -158,7 +165,7 @@ def voxel_volume_mm3(img: NdarrayOrTensor, spacing_mm: Sequence[float] | None, w
             f"{who}: cannot tell the voxel size of a plain {type(img).__name__} label map; pass "
             "spacing_mm=(si, sj, sk) in mm, or a MetaTensor whose affine holds the voxel size"
         )
-    return spacing[0] * spacing[1] * spacing[2]
+    return spacing[0], spacing[1], spacing[2]
 
 
 def _as_label_id(value: Any) -> int | None:

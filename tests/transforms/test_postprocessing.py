@@ -229,6 +229,49 @@ def test_keep_largest_absent_label_is_fine() -> None:
     np.testing.assert_array_equal(KeepLargestComponent([9])(volume), volume)
 
 
+def broken_tube_and_island() -> np.ndarray:
+    """A tube along k in two pieces (a 4-voxel gap in the middle) and a far island, all label 5."""
+    volume = np.zeros((40, 40, 60), dtype=np.uint8)
+    volume[5:8, 5:8, 2:30] = 5  # the largest piece
+    volume[5:8, 5:8, 34:50] = 5  # the rest of the tube, 4 slices further on
+    volume[30:36, 30:36, 20:26] = 5  # an island elsewhere (216 voxels)
+    return volume
+
+
+@pytest.mark.parametrize(
+    ("spacing_mm", "max_gap_mm", "kept_pieces"),
+    [
+        ((1.0, 1.0, 1.0), None, 1),  # the largest component alone
+        ((1.0, 1.0, 1.0), 10.0, 2),  # the tube whole (gap 5 mm), the island (about 31 mm off) gone
+        ((1.0, 1.0, 3.0), 10.0, 1),  # the same gap is 15 mm on 3 mm slices
+        ((1.0, 1.0, 1.0), 40.0, 3),
+    ],
+)
+def test_keep_largest_with_a_gap_keeps_a_broken_tube_whole_and_drops_far_islands(
+    spacing_mm: tuple, max_gap_mm: float | None, kept_pieces: int
+) -> None:
+    volume = broken_tube_and_island()
+    pieces = [(slice(5, 8), slice(5, 8), slice(2, 30)), (slice(5, 8), slice(5, 8), slice(34, 50))]
+    pieces.append((slice(30, 36), slice(30, 36), slice(20, 26)))
+    out = volume_of(KeepLargestComponent([5], max_gap_mm=max_gap_mm, spacing_mm=spacing_mm)(volume))
+    kept = [bool((out[piece] == 5).all()) for piece in pieces]
+    assert kept == [True] * kept_pieces + [False] * (3 - kept_pieces)
+    assert all((out[piece] == 5).all() or (out[piece] == 0).all() for piece in pieces)
+
+
+def test_keep_largest_gap_reads_the_spacing_from_a_metatensor_and_refuses_without_one() -> None:
+    volume = broken_tube_and_island()
+    affine = np.diag([1.0, 1.0, 3.0, 1.0])
+    out = KeepLargestComponentd("pred", applied_labels=[5], max_gap_mm=10.0)(
+        {"pred": MetaTensor(torch.as_tensor(volume), affine=torch.as_tensor(affine))}
+    )["pred"]
+    assert int((volume_of(out) == 5).sum()) == 9 * 28  # 15 mm apart on 3 mm slices: the largest piece alone
+    with pytest.raises(ValueError, match="voxel size"):
+        KeepLargestComponent([5], max_gap_mm=10.0)(volume)
+    with pytest.raises(ValueError, match="max_gap_mm: expected a distance in mm"):
+        KeepLargestComponent([5], max_gap_mm=-1)
+
+
 # ---------------------------------------------------------------- FillHoles
 
 
