@@ -54,9 +54,9 @@ def training_precision(device: torch.device | str) -> str:
     fp32 on any other CPU and on CUDA (where the trainers' ``amp`` does mixed precision).
 
     Without bf16 instructions PyTorch emulates bf16, and training is slower than in float32: one
-    step of the CT U-Net (4 patches of 96^3, AdamW) took 12.4 s in bf16 against 6.6 s in fp32 on a
-    2-core Intel Xeon without AVX-512 BF16 or AMX (medians of 3 steps, 2 runs each). Where the
-    instructions exist the recipes keep bf16, the precision the shipped weights were trained in.
+    step of the CT U-Net (4 patches of 96^3, AdamW) took 12.5 s in bf16 against 6.9 s in fp32 on a
+    2-core Intel Xeon without AVX-512 BF16 or AMX (``scripts/bench/train_precision.py``, medians of 3).
+    Where the instructions exist the recipes keep bf16, the precision the shipped weights were trained in.
     """
     from pipelines.inference import cpu_has_native_bf16
 

@@ -525,8 +525,8 @@ def _perirenal_fat(kidneys: Sequence[Ellipsoid], adrenals: Sequence[Ellipsoid], 
     Facts: the kidneys and adrenal glands are retroperitoneal; each lies in its own perirenal space, a fat
     pad closed by the renal (Gerota's) fascia, so on CT a fat plane separates the kidney and the adrenal
     from the liver, the spleen and the bowel, thicker in heavier patients (``perirenal_fat_thickness``
-    in :data:`~pipelines.data.phantoms.anatomy_facts.FACTS`). Without it the upper poles and the right
-    adrenal were drawn *inside* the liver and the spleen, an anatomy no scan shows. The thickness follows
+    in :data:`~pipelines.data.phantoms.anatomy_facts.FACTS`). Without it (the default) the upper poles and
+    the right adrenal lie *inside* the liver and the spleen, an anatomy no scan shows. The thickness follows
     the patient size; nothing is drawn from the random stream, so the rest of a seed's anatomy is unchanged.
     Painted before the kidneys and adrenals, over the organs of :data:`_PERIRENAL_DISPLACES` only.
     """
