@@ -36,6 +36,14 @@ VARIANTS = {
 }
 
 
+def _shown(path: Path, placeholder: str) -> str:
+    """``path`` relative to the repository when it lies inside it, else ``placeholder``."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return placeholder
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=REPO / "bundles" / "ct_multiorgan_unetr")
@@ -81,7 +89,11 @@ def main() -> int:
         print(f"{name:24s} mean Dice {summary[name]['mean_dice']:.4f}; {tubes}")
     report = {
         "benchmark": "tube_gap",
-        "command": command_line("scripts/bench/tube_gap.py"),
+        # folders outside the repository are written as placeholders, never as this machine's paths
+        "command": command_line("scripts/bench/tube_gap.py")
+        .replace(str(args.predictions), "$PREDICTIONS")
+        .replace(str(args.manifest), _shown(args.manifest, "$MANIFEST"))
+        .replace(str(args.json), _shown(args.json, "$JSON") if args.json else "None"),
         "date": datetime.date.today().isoformat(),
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
