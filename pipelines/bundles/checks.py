@@ -73,6 +73,16 @@ _EVALUATE_IDS: dict[str, str] = {
     "run": f"{_PLAIN_RUN} on evaluate.json: it is the default run id",
 }
 _GRID_RESTORERS: tuple[str, ...] = ("Invertd", "ResampleLabelsToOriginald", "ResampleScoresToOriginald")
+_LABEL_CLEANUP: tuple[str, ...] = (
+    "RemoveSmallIslandsd",
+    "KeepLargestComponentd",
+    "FillHolesd",
+    "KeepLargestConnectedComponentd",
+    "RemoveSmallObjectsd",
+    "LabelFilterd",
+)
+"""Post-processing steps that change which voxels carry a label after the argmax: ``medseg evaluate``
+must score the same ones ``medseg segment`` applies, or its Dice describes labels nobody ships."""
 """Postprocessing transforms that return the prediction to the input's grid (MONAI's, ours)."""
 
 
@@ -289,7 +299,38 @@ def check_configs(files: BundleFiles, label: str, overrides: Mapping[str, Any] |
         problems += [
             f"{p} (evaluate.json is layered over train.json)" for p in _missing_ids(merged, _EVALUATE_IDS, where)
         ]
+        if inference in parsers:
+            problems += _check_same_cleanup(parsers[inference], merged, where, inference)
     return problems
+
+
+def _cleanup_steps(parser: Any, id_: str) -> list[tuple[str, dict[str, Any]]] | None:
+    """The label clean-up steps of the Compose at ``id_``, in order: class name and raw arguments minus
+    ``keys`` (the two workflows name their prediction differently). None when not a plain list."""
+    transforms = transform_list(parser, id_)
+    if transforms is None:
+        return None
+    return [
+        (target_name(t), {k: v for k, v in t.items() if k not in ("_target_", "keys")})
+        for t in transforms
+        if target_name(t) in _LABEL_CLEANUP
+    ]
+
+
+def _check_same_cleanup(inference: Any, evaluate: Any, where: str, inference_rel: str) -> list[str]:
+    """evaluate.json's ``validate#postprocessing`` cleans the labels exactly as the inference config does."""
+    shipped = _cleanup_steps(inference, "postprocessing")
+    scored = _cleanup_steps(evaluate, "validate#postprocessing")
+    if shipped is None or scored is None or shipped == scored:
+        return []
+
+    def show(steps: list[tuple[str, dict[str, Any]]]) -> str:
+        return "; ".join(f"{name}({args})" for name, args in steps) or "none"
+
+    return [
+        f"{where}: key 'validate#postprocessing': label clean-up [{show(scored)}] differs from {inference_rel}'s "
+        f"'postprocessing' [{show(shipped)}]; medseg evaluate would score labels medseg segment does not write"
+    ]
 
 
 def _check_inference_ids(parser: Any, where: str, properties: dict[str, dict[str, Any]]) -> list[str]:

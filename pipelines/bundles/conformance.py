@@ -12,7 +12,8 @@ The checks form two parts (:data:`PARTS`):
 ``medseg``: what ``medseg segment/batch/train/evaluate`` additionally need (:mod:`pipelines.bundles.checks`)
     ``layout`` (logging config, model card, train.json under evaluate.json), ``metadata`` (the
     channel and label definitions medseg reads), ``configs`` (each config holds the ids its
-    workflow needs; each message says which command would fail and why) and ``run`` (plain
+    workflow needs, each message saying which command would fail and why; evaluate.json's label
+    clean-up is the inference config's, so that evaluation scores what is shipped) and ``run`` (plain
     ``python -m monai.bundle run`` on a tiny volume writes labels on its grid).
 
 Every check runs isolated: one that raises (a network that cannot be built, a config MONAI cannot

@@ -20,6 +20,7 @@ scan is run:
 
     python scripts/bench/slab_robustness.py                                  # the bundle's weights
     python scripts/bench/slab_robustness.py --weights old=OLD.pt new=NEW.pt  # two weights side by side
+    python scripts/bench/slab_robustness.py --perirenal-fat --weights old=OLD.pt new=NEW.pt  # stage 3's abdomens
     python scripts/bench/slab_robustness.py --bundle bundles/ct_multiorgan_unetr \
         --manifest data_manifests/ct_multiorgan_phantoms.json --override 'inferer#padding_mode="replicate"'
 """
@@ -57,8 +58,9 @@ def coarsen(sample: dict, voxel_mm: float) -> dict:
     return resample({"image": image, "label": sample["label"]})
 
 
-def synthetic_abdomens(bundle: Path, samples: int):
-    """The stage-2 validation abdomens of the CT recipe, as ``{"image", "label"}`` MetaTensors."""
+def synthetic_abdomens(bundle: Path, samples: int, perirenal_fat: bool = False):
+    """The stage-2 validation abdomens of the CT recipe, as ``{"image", "label"}`` MetaTensors; with
+    ``perirenal_fat``, stage 3's (``configs/train_perirenal.json``): the same seeds, the kidneys in their fat."""
     from pipelines.bundles.bundle import load_bundle
     from pipelines.data.datasets import bundle_label_ids
     from pipelines.data.synthetic import SyntheticPhantomDataset
@@ -68,7 +70,7 @@ def synthetic_abdomens(bundle: Path, samples: int):
         num_samples=samples,
         seed=VALIDATION_SEED,
         label_ids=bundle_label_ids(load_bundle(bundle)),
-        phantom_options={"anatomy": "body", "region": "abdomen"},
+        phantom_options={"anatomy": "body", "region": "abdomen", "perirenal_fat": perirenal_fat},
     )
     for index in range(samples):
         yield dataset[index]
@@ -159,6 +161,9 @@ def main() -> int:
         "--manifest", type=Path, default=None, help="cut the cases of this phantom manifest instead (see above)"
     )
     parser.add_argument("--split", default="validation", help="the --manifest split (default: validation)")
+    parser.add_argument(
+        "--perirenal-fat", action="store_true", help="abdomens with the kidneys in their perirenal fat (stage 3's)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     overrides = parse_overrides(args.override)
@@ -180,7 +185,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         source = (
-            synthetic_abdomens(args.bundle, args.samples)
+            synthetic_abdomens(args.bundle, args.samples, args.perirenal_fat)
             if args.manifest is None
             else manifest_cases(args.manifest, args.split, args.samples)
         )
@@ -229,6 +234,7 @@ def main() -> int:
         "overrides": overrides,
         "voxel_mm": args.voxel_mm or None,
         "validation_seed": VALIDATION_SEED if args.manifest is None else None,
+        "perirenal_fat": args.perirenal_fat if args.manifest is None else None,
         "manifest": None if args.manifest is None else f"{args.manifest.name}, split {args.split}",
         "summary": summary,
         "cases": rows,

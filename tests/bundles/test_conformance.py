@@ -109,6 +109,19 @@ BROKEN: dict[str, tuple[str, Callable[[dict[str, Any]], None], str]] = {
         lambda d: d["postprocessing"]["transforms"].pop(4),
         "configs/inference.json: key 'postprocessing': no Invertd",
     ),
+    "evaluate.json scores another island size": (
+        "evaluate.json",
+        lambda d: [t.update(min_size_mm3=50) for t in d["validate#postprocessing"]["transforms"] if "min_size_mm3" in t],
+        "configs/evaluate.json: key 'validate#postprocessing': label clean-up [RemoveSmallIslandsd({'min_size_mm3': 50,",
+    ),
+    "evaluate.json scores without the clean-up": (
+        "evaluate.json",
+        lambda d: d["validate#postprocessing"].update(
+            transforms=[t for t in d["validate#postprocessing"]["transforms"] if "Holes" not in t["_target_"]]
+        ),
+        "configs/inference.json's 'postprocessing' [RemoveSmallIslandsd({'min_size_mm3': 100, 'connectivity': 26}); "
+        "FillHolesd({'applied_labels': [1], 'connectivity': 6})]; medseg evaluate would score labels medseg segment",
+    ),
     "no LoadImaged": (
         "inference.json",
         lambda d: d["preprocessing"]["transforms"].pop(0),
