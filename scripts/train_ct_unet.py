@@ -25,7 +25,7 @@ def main() -> int:
     from pipelines.cli.recipe import FineTune, recipe_parser, run_recipe_from_args
     from pipelines.data.datasets import make_phantom_dataset
 
-    finetune = FineTune(layer="train_randomised", max_epochs=FINETUNE_EPOCHS, val_interval=2, learning_rate=5e-4)
+    finetune = FineTune(layers=("train_randomised",), max_epochs=FINETUNE_EPOCHS, val_interval=2, learning_rate=5e-4)
 
     parser = recipe_parser(
         __doc__.splitlines()[0],

@@ -44,7 +44,7 @@ def main() -> int:
 
     # stage 2 is an experiment here, its weights not shipped (see the bundle's docs): only --stage finetune runs it
     finetune = FineTune(
-        layer="train_randomised", max_epochs=FINETUNE_EPOCHS, val_interval=2, learning_rate=5e-4, in_all=False
+        layers=("train_randomised",), max_epochs=FINETUNE_EPOCHS, val_interval=2, learning_rate=5e-4, in_all=False
     )
 
     parser = recipe_parser(

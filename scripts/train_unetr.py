@@ -40,7 +40,7 @@ def main() -> int:
     from pipelines.data.datasets import make_phantom_dataset
 
     finetune = FineTune(
-        layer="train_small_structures", max_epochs=8, val_interval=4, learning_rate=3e-4, sample_keys=()
+        layers=("train_small_structures",), max_epochs=8, val_interval=4, learning_rate=3e-4, sample_keys=()
     )
     parser = recipe_parser(
         __doc__.splitlines()[0],

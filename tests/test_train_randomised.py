@@ -1,4 +1,4 @@
-"""Stage 2 of the weights recipes: the bundles' ``configs/train_randomised.json`` laid over ``train.json``.
+"""The fine-tuning stages of the weights recipes: e.g. `configs/train_randomised.json` over `train.json`.
 
 The layer swaps the manifest's training cases for synthesised, domain-randomised phantoms
 (:class:`~pipelines.data.synthetic.SyntheticPhantomDataset`), validates on synthesised phantoms of
@@ -130,3 +130,79 @@ def test_recipe_finetune_without_stage1_weights_stops_before_any_data(
     with pytest.raises(SystemExit, match="only with --stage finetune"):
         runpy.run_path(str(REPO / "scripts" / script), run_name="__main__")
     assert not data.exists()
+
+
+def _recorded_chain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> tuple[list, Path]:
+    """Run a three-stage recipe's command line with training replaced by a recorder; return what it trained."""
+    from types import SimpleNamespace
+
+    import pipelines.train
+    from pipelines.cli.recipe import FineTune, recipe_parser, run_recipe_from_args
+
+    third = FineTune(layers=("train_randomised", "train_more"), max_epochs=4, val_interval=2, learning_rate=3e-4)
+    finetune = FineTune(layers=("train_randomised",), max_epochs=8, val_interval=2, learning_rate=5e-4, then=third)
+    data = tmp_path / "data"
+    parser = recipe_parser(
+        "three stages", bundle=tmp_path / "bundle", data_dir=data, counts={"training": 1, "validation": 1, "test": 1},
+        finetune=finetune,
+    )  # fmt: skip
+    trained: list = []
+
+    def fake_run_recipe(bundle, manifest, *, stage, options=None, eval_dir, device="auto"):
+        if stage == "evaluate":
+            return {"evaluation": {"mean": {}}}
+        weights = tmp_path / "bundle_model.pt"
+        source = options.overrides.get("init_weights")
+        # each stage's weights hold the path chain they came from, so the test can follow it
+        weights.write_text(f"{Path(source).read_text() if source else ''}>{'+'.join(options.layers) or 'train'}")
+        trained.append(options)
+        result = SimpleNamespace(best_metric=0.5, best_epoch=1, weights=weights)
+        return {"train": result, "train_minutes": 0.0}
+
+    monkeypatch.setattr(pipelines.train, "run_recipe", fake_run_recipe)
+
+    def make_data(counts: dict[str, int]) -> Path:
+        data.mkdir(parents=True, exist_ok=True)
+        return data / "manifest.json"
+
+    run_recipe_from_args(
+        parser.parse_args(argv), make_data, example_manifest=tmp_path / "x.json", default_data_dir=tmp_path / "other",
+        finetune=finetune,
+    )  # fmt: skip
+    return trained, data
+
+
+def test_recipe_runs_every_fine_tuning_stage_from_the_one_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trained, data = _recorded_chain(tmp_path, monkeypatch, ["--stage", "all"])
+    assert [o.layers for o in trained] == [(), ("train_randomised",), ("train_randomised", "train_more")]
+    assert [o.max_epochs for o in trained[1:]] == [8, 4]
+    assert [o.overrides["learning_rate"] for o in trained[1:]] == [5e-4, 3e-4]
+    assert trained[1].overrides["init_weights"] == str((data / "stage1_model.pt").resolve())
+    assert trained[2].overrides["init_weights"] == str((data / "stage2_model.pt").resolve())
+    # stage 3 started from stage 2's weights, which started from stage 1's
+    assert (data / "stage2_model.pt").read_text() == ">train>train_randomised"
+    assert (tmp_path / "bundle_model.pt").read_text() == ">train>train_randomised>train_randomised+train_more"
+
+
+def test_recipe_from_stage_three_starts_from_the_given_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    given = tmp_path / "given.pt"
+    given.write_text("given")
+    argv = ["--stage", "finetune", "--from-stage", "3", "--init-weights", str(given), "--finetune-epochs", "1"]
+    trained, data = _recorded_chain(tmp_path, monkeypatch, argv)
+    assert [o.layers for o in trained] == [("train_randomised", "train_more")]
+    assert trained[0].max_epochs == 1  # --finetune-epochs applies to every stage run
+    assert trained[0].overrides["learning_rate"] == 3e-4  # the stage's own
+    assert (tmp_path / "bundle_model.pt").read_text() == "given>train_randomised+train_more"
+    assert (data / "stage2_model.pt").read_text() == "given"  # kept where a later --from-stage 3 finds it
+
+
+def test_recipe_from_stage_three_without_stage_two_weights_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(SystemExit, match=r"stage2_model\.pt: no stage-2 weights to fine-tune from"):
+        _recorded_chain(tmp_path, monkeypatch, ["--stage", "finetune", "--from-stage", "3"])
+    assert not (tmp_path / "data").exists()
+    with pytest.raises(SystemExit, match="--from-stage 3: only with --stage finetune"):
+        _recorded_chain(tmp_path, monkeypatch, ["--from-stage", "3"])

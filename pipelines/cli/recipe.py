@@ -12,35 +12,47 @@ from pathlib import Path
 
 from pipelines.cli.common import setup_logging
 
-__all__ = ["FineTune", "recipe_parser", "run_recipe_from_args"]
+__all__ = ["FineTune", "recipe_parser", "run_recipe_from_args", "stage_weights"]
 
 FINETUNE_SAMPLE_KEYS = ("randomised_samples", "classic_samples", "validation_samples")
 """The ids of a ``train_randomised`` layer that ``--finetune-samples`` sets."""
 
 STAGE1_WEIGHTS = "stage1_model.pt"
-"""Where a two-stage recipe keeps the first stage's weights, in its ``--data-dir``."""
+"""Where a recipe with fine-tuning stages keeps the first stage's weights, in its ``--data-dir``."""
+
+
+def stage_weights(data_dir: Path, stage: int) -> Path:
+    """Where a recipe keeps stage ``stage``'s weights (``stage1_model.pt``, ``stage2_model.pt``, ...)."""
+    return Path(data_dir) / f"stage{stage}_model.pt"
 
 
 @dataclass(frozen=True)
 class FineTune:
-    """A recipe's second stage: training continues from the first stage's weights under a config layer.
+    """A recipe's fine-tuning stage: training continues from the previous stage's weights under config layers.
 
     Attributes:
-        layer: config in the bundle's ``configs/`` laid over ``train.json`` (e.g. ``train_randomised``:
-            synthesised, domain-randomised phantoms); it must load ``init_weights`` when set.
+        layers: configs in the bundle's ``configs/`` laid over ``train.json``, in order (e.g.
+            ``("train_randomised",)``: synthesised, domain-randomised phantoms); they must load
+            ``init_weights`` when set.
         max_epochs, val_interval, learning_rate: the stage's schedule.
-        in_all: whether ``--stage all`` runs it (the shipped weights come from both stages); when
+        in_all: whether ``--stage all`` runs it (the shipped weights come from every stage); when
             False, only ``--stage finetune`` does (an experiment whose weights are not shipped).
-        sample_keys: the layer's ids that ``--finetune-samples`` sets (none: the option is not offered,
+        sample_keys: the layers' ids that ``--finetune-samples`` sets (none: the option is not offered,
             as for a layer that trains on the stage-1 phantoms rather than synthesised samples).
+        then: the next stage, which starts from this one's weights (stage 3 after stage 2, ...).
     """
 
-    layer: str
+    layers: tuple[str, ...]
     max_epochs: int
     val_interval: int
     learning_rate: float
     in_all: bool = True
     sample_keys: tuple[str, ...] = FINETUNE_SAMPLE_KEYS
+    then: FineTune | None = None
+
+    def chain(self) -> list[FineTune]:
+        """This stage and every one after it, in order."""
+        return [self] + (self.then.chain() if self.then is not None else [])
 
 
 def recipe_parser(
@@ -60,7 +72,8 @@ def recipe_parser(
         bundle, data_dir: default bundle folder and phantom folder.
         counts: default phantoms per split (``training``, ``validation``, ``test``).
         max_epochs, val_interval: defaults; None keeps the bundle's train.json values.
-        finetune: the recipe's second stage, if it has one (adds ``--stage finetune`` and its options).
+        finetune: the recipe's first fine-tuning stage (stage 2) and, through its ``then``, the ones
+            after it, if it has any (adds ``--stage finetune`` and its options).
     """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--bundle", type=Path, default=bundle)
@@ -85,41 +98,56 @@ def recipe_parser(
     )
     stage_help = None
     if finetune is not None:
+        chain = finetune.chain()
+        names = ", ".join(f"stage {n} (configs/{'+'.join(f.layers)})" for n, f in enumerate(chain, start=2))
         stage_help = (
-            f"all: data, train (stage 1, phantoms), finetune (stage 2, configs/{finetune.layer}), evaluate; "
-            "train and finetune run one stage each"
+            f"all: data, train (stage 1, phantoms), finetune ({names}), evaluate; "
+            "train and finetune run their stages alone"
             if finetune.in_all
-            else f"all: data, train (phantoms), evaluate; finetune: stage 2 alone (configs/{finetune.layer}), "
-            "an experiment whose weights are not shipped"
+            else f"all: data, train (phantoms), evaluate; finetune: {names} alone, an experiment whose weights "
+            "are not shipped"
         )
+        each = "each fine-tuning stage's" if len(chain) > 1 else "stage 2"
         parser.add_argument(
-            "--finetune-epochs", type=int, default=finetune.max_epochs, help="stage 2 epochs (default: %(default)s)"
+            "--finetune-epochs",
+            type=int,
+            default=None,
+            help=f"{each} epochs (default: {_per_stage(chain, 'max_epochs')})",
         )
         parser.add_argument(
             "--finetune-val-interval",
             type=int,
-            default=finetune.val_interval,
-            help="stage 2 epochs between validations (default: %(default)s)",
+            default=None,
+            help=f"{each} epochs between validations (default: {_per_stage(chain, 'val_interval')})",
         )
         parser.add_argument(
             "--finetune-lr",
             type=float,
-            default=finetune.learning_rate,
-            help="stage 2 learning rate (default: %(default)s)",
+            default=None,
+            help=f"{each} learning rate (default: {_per_stage(chain, 'learning_rate')})",
         )
-        if finetune.sample_keys:
+        if any(f.sample_keys for f in chain):
             parser.add_argument(
                 "--finetune-samples",
                 type=int,
                 default=None,
-                help=f"stage 2 synthesised samples per epoch of each kind, and validation samples "
-                f"(default: configs/{finetune.layer}.json's; 1 for smoke runs)",
+                help="synthesised samples per epoch of each kind, and validation samples, of each fine-tuning "
+                "stage that synthesises them (default: its layers'; 1 for smoke runs)",
+            )
+        if len(chain) > 1:
+            parser.add_argument(
+                "--from-stage",
+                type=int,
+                choices=range(2, len(chain) + 2),
+                default=2,
+                help="with --stage finetune: the first fine-tuning stage to run (default: %(default)s)",
             )
         parser.add_argument(
             "--init-weights",
             type=Path,
             default=None,
-            help=f"weights stage 2 starts from (default: <data-dir>/{STAGE1_WEIGHTS}, which stage 1 writes)",
+            help="weights the first fine-tuning stage run starts from (default: <data-dir>/stage<N-1>_model.pt, "
+            f"which the stage before writes; {STAGE1_WEIGHTS} for stage 2)",
         )
     parser.add_argument("--stage", choices=stages, default="all", help=stage_help)
     return parser
@@ -143,24 +171,30 @@ def run_recipe_from_args(
             rewritten to point at the phantoms when they went to ``default_data_dir`` at full field
             of view.
         default_data_dir: the script's default ``--data-dir``.
-        finetune: the recipe's second stage (the same as given to :func:`recipe_parser`), if any.
+        finetune: the recipe's first fine-tuning stage, with its ``then`` chain (the same as given to
+            :func:`recipe_parser`), if any.
     """
     from pipelines.data.datasets import relocated
     from pipelines.data.manifests.model import write_manifest
     from pipelines.train import TrainOptions, run_recipe
 
     setup_logging(verbose=0, quiet=False)
-    stage1 = Path(args.data_dir) / STAGE1_WEIGHTS
-    init = None
-    if finetune is not None and args.init_weights is not None and args.stage != "finetune":
-        raise SystemExit(
-            f"--init-weights {args.init_weights}: only with --stage finetune (stage 1 makes them otherwise)"
-        )
+    stage1 = stage_weights(args.data_dir, 1)
+    chain = finetune.chain() if finetune is not None else []
+    first = getattr(args, "from_stage", 2)  # the first fine-tuning stage to run
+    if finetune is not None and args.stage != "finetune":
+        for option, value, default in (("--init-weights", args.init_weights, None), ("--from-stage", first, 2)):
+            if value != default:
+                raise SystemExit(f"{option} {value}: only with --stage finetune (else the stages before decide)")
+    runs: list[tuple[int, FineTune]] = []  # (stage number, stage) to run after stage 1
+    init = stage_weights(args.data_dir, first - 1)
     if finetune is not None and (args.stage == "finetune" or (args.stage == "all" and finetune.in_all)):
-        init = Path(args.init_weights) if args.init_weights is not None else stage1
+        runs = [(n, f) for n, f in enumerate(chain, start=2) if n >= first]
+        init = Path(args.init_weights) if args.init_weights is not None else init
         if args.stage == "finetune" and not init.is_file():  # checked before any data is generated
             raise SystemExit(
-                f"{init}: no stage-1 weights to fine-tune from; run --stage train first or pass --init-weights FILE"
+                f"{init}: no stage-{first - 1} weights to fine-tune from; run the stage before first or pass "
+                "--init-weights FILE"
             )
     start = time.perf_counter()
     manifest = make_data({"training": args.train, "validation": args.val, "test": args.test})
@@ -180,31 +214,44 @@ def run_recipe_from_args(
         if finetune is not None:  # kept for a later --stage finetune too
             shutil.copyfile(figures["train"].weights, stage1)
             print(f"stage 1 weights: {stage1}")
-    if finetune is not None and init is not None:
-        if init.resolve() != stage1.resolve():
-            shutil.copyfile(init, stage1)  # the bundle's model.pt is overwritten while stage 2 trains
+    for number, stage in runs:
+        previous = stage_weights(args.data_dir, number - 1)
+        if init.resolve() != previous.resolve():
+            shutil.copyfile(init, previous)  # the bundle's model.pt is overwritten while the stage trains
         samples = {}
         if getattr(args, "finetune_samples", None) is not None:
-            samples = {key: args.finetune_samples for key in finetune.sample_keys}
-        options2 = TrainOptions(
-            max_epochs=args.finetune_epochs,
-            val_interval=args.finetune_val_interval,
+            samples = {key: args.finetune_samples for key in stage.sample_keys}
+        options_n = TrainOptions(
+            max_epochs=stage.max_epochs if args.finetune_epochs is None else args.finetune_epochs,
+            val_interval=stage.val_interval if args.finetune_val_interval is None else args.finetune_val_interval,
             device=args.device,
             seed=0,
-            layers=(finetune.layer,),
+            layers=stage.layers,
             overrides={
                 **overrides,
                 **samples,
-                "init_weights": str(stage1.resolve()),
-                "learning_rate": args.finetune_lr,
+                "init_weights": str(previous.resolve()),
+                "learning_rate": stage.learning_rate if args.finetune_lr is None else args.finetune_lr,
             },
         )
-        figures = run_recipe(args.bundle, manifest, stage="train", options=options2, eval_dir=eval_dir)
-        _print_training("stage 2", figures)
+        figures = run_recipe(args.bundle, manifest, stage="train", options=options_n, eval_dir=eval_dir)
+        _print_training(f"stage {number}", figures)
+        init = stage_weights(args.data_dir, number)
+        if stage.then is not None:  # kept for the next stage, and for a later --from-stage
+            shutil.copyfile(figures["train"].weights, init)
+            print(f"stage {number} weights: {init}")
     if args.stage in ("all", "evaluate"):
         figures = run_recipe(args.bundle, manifest, stage="evaluate", eval_dir=eval_dir, device=args.device)
         print(json.dumps(figures["evaluation"]["mean"], indent=1))
     return 0
+
+
+def _per_stage(chain: list[FineTune], attribute: str) -> str:
+    """A schedule value of each fine-tuning stage, for the help text (``8`` or ``stage 2: 8, stage 3: 4``)."""
+    values = [getattr(f, attribute) for f in chain]
+    if len(values) == 1:
+        return str(values[0])
+    return ", ".join(f"stage {n}: {v}" for n, v in enumerate(values, start=2))
 
 
 def _print_training(name: str, figures: dict) -> None:

@@ -111,8 +111,11 @@ BROKEN: dict[str, tuple[str, Callable[[dict[str, Any]], None], str]] = {
     ),
     "evaluate.json scores another island size": (
         "evaluate.json",
-        lambda d: [t.update(min_size_mm3=50) for t in d["validate#postprocessing"]["transforms"] if "min_size_mm3" in t],
-        "configs/evaluate.json: key 'validate#postprocessing': label clean-up [RemoveSmallIslandsd({'min_size_mm3': 50,",
+        lambda d: [
+            t.update(min_size_mm3=50) for t in d["validate#postprocessing"]["transforms"] if "Islands" in t["_target_"]
+        ],
+        "configs/evaluate.json: key 'validate#postprocessing': "
+        "label clean-up [RemoveSmallIslandsd({'min_size_mm3': 50,",
     ),
     "evaluate.json scores without the clean-up": (
         "evaluate.json",
