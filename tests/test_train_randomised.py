@@ -206,3 +206,26 @@ def test_recipe_from_stage_three_without_stage_two_weights_stops(
     assert not (tmp_path / "data").exists()
     with pytest.raises(SystemExit, match="--from-stage 3: only with --stage finetune"):
         _recorded_chain(tmp_path, monkeypatch, ["--from-stage", "3"])
+
+
+def test_ct_perirenal_layer_draws_bodies_with_perirenal_fat_for_training_and_validation() -> None:
+    """Stage 3 of the CT recipe: train_perirenal.json over train_randomised.json changes only the body anatomy."""
+    from pipelines.bundles.bundle import config_parser
+
+    root = BUNDLES / "ct_abdomen_unet"
+    configs = [root / "configs" / f"{name}.json" for name in ("train", "train_randomised", "train_perirenal")]
+    stage3 = config_parser(root, configs)
+    stage2 = config_parser(root, configs[:2])
+    body, classic = stage3["train#dataset#datasets"]
+    assert body["phantom_options"] == {"anatomy": "body", "perirenal_fat": True}
+    assert "phantom_options" not in classic  # the classic anatomy has no perirenal space to draw
+    assert stage3["validate#dataset#data#phantom_options"] == {
+        "anatomy": "body",
+        "region": "abdomen",
+        "perirenal_fat": True,
+    }
+    # everything else is stage 2's: the same seeds, samples, appearance and schedule
+    for part in (stage3, stage2):
+        part["train#dataset#datasets#0#phantom_options"] = None
+        part["validate#dataset#data#phantom_options"] = None
+    assert stage3.config == stage2.config
