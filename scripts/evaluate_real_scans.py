@@ -116,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     roots = {data_dir: "$MEDSEG_SHARED_DATA", REPO: "."}
     if args.output is not None:  # named before REPO: an --output inside the repository stays "$OUTPUT"
         roots = {Path(args.output): "$OUTPUT", **roots}
+    # folders outside the repository (a bundle copy with other weights, --results) are named, never this machine's
+    outside = {Path(b).resolve().parent: "$BUNDLES" for b in bundles if not Path(b).resolve().is_relative_to(REPO)}
+    if not args.results.resolve().is_relative_to(REPO):
+        outside[args.results] = "$RESULTS"
+    # the longest first, so that a folder inside another is named by its own placeholder
+    roots = dict(sorted({**roots, **outside}.items(), key=lambda item: -len(str(item[0].resolve()))))
     write_json(_relative_paths(document, roots), path)
     print(f"\nwrote {path}")
     failed = [f"{b['bundle']} on {c['case']}" for b in report["bundles"] for c in b["cases"] if c["status"] == "failed"]

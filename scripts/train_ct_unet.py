@@ -2,9 +2,14 @@
 """Train the CT U-Net bundle on generated phantoms and evaluate it on held-out phantoms.
 
 This is how ``bundles/ct_abdomen_unet/models/model.pt`` was made. Every step is deterministic
-under the seeds it uses; on 2 CPU cores the default run takes about half an hour.
+under the seeds it uses. Stage 1 trains on the classic phantoms of the manifest (``train.json``),
+stage 2 on synthesised, domain-randomised phantoms (``configs/train_randomised.json``); times and
+figures are in the bundle's docs. Stage 3, the same with the kidneys and adrenal glands in their
+perirenal fat (``configs/train_perirenal.json`` over it), is an experiment whose weights are not
+shipped (the docs say why): only ``--from-stage 3`` runs it.
 
-    python scripts/train_ct_unet.py                      # generate data, train, evaluate
+    python scripts/train_ct_unet.py                      # generate data, stages 1-2, evaluate
+    python scripts/train_ct_unet.py --stage finetune --from-stage 3 --init-weights STAGE2.pt   # the experiment
     python scripts/train_ct_unet.py --stage evaluate     # evaluate the shipped weights only
 
 Phantoms go to ``data_manifests/phantoms/ct/`` (not tracked by git); the evaluation writes per-case and
@@ -19,13 +24,23 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / "data_manifests" / "phantoms" / "ct"
 FINETUNE_EPOCHS = 8
+PERIRENAL_EPOCHS = 4
 
 
 def main() -> int:
     from pipelines.cli.recipe import FineTune, recipe_parser, run_recipe_from_args
     from pipelines.data.datasets import make_phantom_dataset
 
-    finetune = FineTune(layers=("train_randomised",), max_epochs=FINETUNE_EPOCHS, val_interval=2, learning_rate=5e-4)
+    perirenal = FineTune(
+        layers=("train_randomised", "train_perirenal"),
+        max_epochs=PERIRENAL_EPOCHS,
+        val_interval=2,
+        learning_rate=3e-4,
+        in_all=False,
+    )
+    finetune = FineTune(
+        layers=("train_randomised",), max_epochs=FINETUNE_EPOCHS, val_interval=2, learning_rate=5e-4, then=perirenal
+    )
 
     parser = recipe_parser(
         __doc__.splitlines()[0],

@@ -132,14 +132,18 @@ def test_recipe_finetune_without_stage1_weights_stops_before_any_data(
     assert not data.exists()
 
 
-def _recorded_chain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> tuple[list, Path]:
+def _recorded_chain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], third_in_all: bool = True
+) -> tuple[list, Path]:
     """Run a three-stage recipe's command line with training replaced by a recorder; return what it trained."""
     from types import SimpleNamespace
 
     import pipelines.train
     from pipelines.cli.recipe import FineTune, recipe_parser, run_recipe_from_args
 
-    third = FineTune(layers=("train_randomised", "train_more"), max_epochs=4, val_interval=2, learning_rate=3e-4)
+    third = FineTune(
+        layers=("train_randomised", "train_more"), max_epochs=4, val_interval=2, learning_rate=3e-4, in_all=third_in_all
+    )
     finetune = FineTune(layers=("train_randomised",), max_epochs=8, val_interval=2, learning_rate=5e-4, then=third)
     data = tmp_path / "data"
     parser = recipe_parser(
@@ -196,6 +200,22 @@ def test_recipe_from_stage_three_starts_from_the_given_weights(tmp_path: Path, m
     assert trained[0].overrides["learning_rate"] == 3e-4  # the stage's own
     assert (tmp_path / "bundle_model.pt").read_text() == "given>train_randomised+train_more"
     assert (data / "stage2_model.pt").read_text() == "given"  # kept where a later --from-stage 3 finds it
+
+
+def test_an_experimental_stage_runs_only_when_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trained, _ = _recorded_chain(tmp_path / "all", monkeypatch, ["--stage", "all"], third_in_all=False)
+    assert [o.layers for o in trained] == [(), ("train_randomised",)]  # the shipped stages only
+    (tmp_path / "stage2").mkdir()
+    stage1 = tmp_path / "stage2" / "data" / "stage1_model.pt"
+    stage1.parent.mkdir()
+    stage1.write_text("s1")
+    trained, _ = _recorded_chain(tmp_path / "stage2", monkeypatch, ["--stage", "finetune"], third_in_all=False)
+    assert [o.layers for o in trained] == [("train_randomised",)]
+    given = tmp_path / "given.pt"
+    given.write_text("given")
+    argv = ["--stage", "finetune", "--from-stage", "3", "--init-weights", str(given)]
+    trained, _ = _recorded_chain(tmp_path / "stage3", monkeypatch, argv, third_in_all=False)
+    assert [o.layers for o in trained] == [("train_randomised", "train_more")]
 
 
 def test_recipe_from_stage_three_without_stage_two_weights_stops(

@@ -35,8 +35,10 @@ class FineTune:
             ``("train_randomised",)``: synthesised, domain-randomised phantoms); they must load
             ``init_weights`` when set.
         max_epochs, val_interval, learning_rate: the stage's schedule.
-        in_all: whether ``--stage all`` runs it (the shipped weights come from every stage); when
-            False, only ``--stage finetune`` does (an experiment whose weights are not shipped).
+        in_all: whether ``--stage all`` runs it (the shipped weights come from every such stage), and
+            ``--stage finetune`` from an earlier stage. When False the stage is an experiment whose
+            weights are not shipped: only ``--stage finetune`` naming it (``--from-stage N``; stage 2
+            is the default) runs it, and no stage after it runs.
         sample_keys: the layers' ids that ``--finetune-samples`` sets (none: the option is not offered,
             as for a layer that trains on the stage-1 phantoms rather than synthesised samples).
         then: the next stage, which starts from this one's weights (stage 3 after stage 2, ...).
@@ -99,13 +101,15 @@ def recipe_parser(
     stage_help = None
     if finetune is not None:
         chain = finetune.chain()
-        names = ", ".join(f"stage {n} (configs/{'+'.join(f.layers)})" for n, f in enumerate(chain, start=2))
+        names = ", ".join(
+            f"stage {n} (configs/{'+'.join(f.layers)}"
+            + ("" if f.in_all else f", an experiment: only --stage finetune{f' --from-stage {n}' if n > 2 else ''}")
+            + ")"
+            for n, f in enumerate(chain, start=2)
+        )
         stage_help = (
-            f"all: data, train (stage 1, phantoms), finetune ({names}), evaluate; "
-            "train and finetune run their stages alone"
-            if finetune.in_all
-            else f"all: data, train (phantoms), evaluate; finetune: {names} alone, an experiment whose weights "
-            "are not shipped"
+            f"all: data, train (stage 1, phantoms){', finetune' if finetune.in_all else ''}, evaluate; fine-tuning "
+            f"stages: {names}; train and finetune run their stages alone"
         )
         each = "each fine-tuning stage's" if len(chain) > 1 else "stage 2"
         parser.add_argument(
@@ -188,8 +192,13 @@ def run_recipe_from_args(
                 raise SystemExit(f"{option} {value}: only with --stage finetune (else the stages before decide)")
     runs: list[tuple[int, FineTune]] = []  # (stage number, stage) to run after stage 1
     init = stage_weights(args.data_dir, first - 1)
-    if finetune is not None and (args.stage == "finetune" or (args.stage == "all" and finetune.in_all)):
-        runs = [(n, f) for n, f in enumerate(chain, start=2) if n >= first]
+    if finetune is not None and args.stage in ("finetune", "all"):
+        for number, stage in enumerate(chain, start=2):
+            if number < first:
+                continue
+            if not stage.in_all and not (args.stage == "finetune" and number == first):
+                break  # an experiment runs only when named, and nothing is built on it
+            runs.append((number, stage))
         init = Path(args.init_weights) if args.init_weights is not None else init
         if args.stage == "finetune" and not init.is_file():  # checked before any data is generated
             raise SystemExit(

@@ -158,8 +158,10 @@ def test_the_script_writes_an_output_folder_as_a_placeholder_not_a_machine_path(
     (result,) = (tmp_path / "results").iterdir()
     text = result.read_text()
     assert str(out) not in text  # (the fixtures' bundle and results lie outside the repository here)
+    assert str(tmp_path) not in text and str(tmp_path.resolve()) not in text  # nor the bundle's or results' folder
     document = json.loads(text)
-    assert document["command"].endswith("--output $OUTPUT")
+    assert document["command"].endswith("--results $RESULTS --cases ct_abdomen_3mm --output $OUTPUT")
+    assert document["bundles"][0]["path"] == f"$BUNDLES/{liver_bundle.name}"
     prediction = document["bundles"][0]["cases"][0]["prediction"]
     assert prediction == "$OUTPUT/liver_threshold/ct_abdomen_3mm/labels.nii.gz"
     assert (out / "liver_threshold" / "ct_abdomen_3mm" / "labels.nii.gz").is_file()
