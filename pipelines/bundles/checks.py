@@ -73,6 +73,7 @@ _EVALUATE_IDS: dict[str, str] = {
     "run": f"{_PLAIN_RUN} on evaluate.json: it is the default run id",
 }
 _GRID_RESTORERS: tuple[str, ...] = ("Invertd", "ResampleLabelsToOriginald", "ResampleScoresToOriginald")
+"""Postprocessing transforms that return the prediction to the input's grid (MONAI's, ours)."""
 _LABEL_CLEANUP: tuple[str, ...] = (
     "RemoveSmallIslandsd",
     "KeepLargestComponentd",
@@ -83,7 +84,6 @@ _LABEL_CLEANUP: tuple[str, ...] = (
 )
 """Post-processing steps that change which voxels carry a label after the argmax: ``medseg evaluate``
 must score the same ones ``medseg segment`` applies, or its Dice describes labels nobody ships."""
-"""Postprocessing transforms that return the prediction to the input's grid (MONAI's, ours)."""
 
 
 class BundleFiles:
