@@ -33,7 +33,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts" / "bench"))  # machine.py: one definition of the CPU model for benchmarks
-from machine import cpu_kind, cpu_model  # noqa: E402
+from machine import cpu_kind, cpu_model, without_machine_paths  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,26 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     outside = {Path(b).resolve().parent: "$BUNDLES" for b in bundles if not Path(b).resolve().is_relative_to(REPO)}
     if not args.results.resolve().is_relative_to(REPO):
         outside[args.results] = "$RESULTS"
-    # the longest first, so that a folder inside another is named by its own placeholder
-    roots = dict(sorted({**roots, **outside}.items(), key=lambda item: -len(str(item[0].resolve()))))
-    write_json(_relative_paths(document, roots), path)
+    write_json(without_machine_paths(document, {**roots, **outside}), path)
     print(f"\nwrote {path}")
     failed = [f"{b['bundle']} on {c['case']}" for b in report["bundles"] for c in b["cases"] if c["status"] == "failed"]
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
-
-
-def _relative_paths(value, roots: dict[Path, str]):
-    """The results with every path under a root written from that root: a committed result names no machine."""
-    if isinstance(value, dict):
-        return {key: _relative_paths(item, roots) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_relative_paths(item, roots) for item in value]
-    if isinstance(value, str):
-        for root, name in roots.items():
-            value = value.replace(str(root.resolve()), name).replace(str(root), name)
-    return value
 
 
 if __name__ == "__main__":

@@ -51,7 +51,15 @@ def main() -> int:
         val_interval=16,
         finetune=finetune,
     )
+    parser.add_argument(
+        "--perirenal-fat",
+        action="store_true",
+        help="phantoms with the kidneys and adrenal glands in their perirenal fat, the right adrenal gland "
+        "out of the liver (give them their own --data-dir: cases on disk are known by geometry only)",
+    )
     args = parser.parse_args()
+    if args.perirenal_fat and args.data_dir.resolve() == DEFAULT_DATA.resolve():
+        parser.error("--perirenal-fat: give the phantoms their own --data-dir (the default holds those without)")
 
     def make_data(counts: dict[str, int]) -> Path:
         return make_phantom_dataset(
@@ -61,6 +69,7 @@ def main() -> int:
             name="ct_multiorgan_phantoms",
             fov_scale=args.fov_scale,
             counts=counts,
+            perirenal_fat=args.perirenal_fat,
         )
 
     example = REPO / "data_manifests" / "ct_multiorgan_phantoms.json"

@@ -170,6 +170,7 @@ def make_phantom_dataset(
     name: str | None = None,
     channels: int = 1,
     fov_scale: float = 1.0,
+    perirenal_fat: bool = False,
 ) -> Path:
     """Generate CT or brain tumour MR phantoms labelled for a bundle and write their manifest.
 
@@ -186,17 +187,23 @@ def make_phantom_dataset(
             ``image.nii.gz``; several as ``image_<contrast>.nii.gz`` each, listed in the manifest
             entry's ``image`` (loaded and stacked as channels by ``LoadImaged``).
         fov_scale: shrink the field of view (see :func:`scale_geometry`); 1 for realistic cases.
+        perirenal_fat: CT only: kidneys and adrenal glands in their perirenal fat, apart from the liver
+            (see :func:`~pipelines.data.phantoms.make.make_ct_phantom`). Cases on disk are recognised by
+            their geometry only, so phantoms with and without it belong in different folders.
 
     Returns:
         The manifest path. Cases already on disk with the same geometry are not generated again.
 
     Raises:
-        ValueError: unknown ``kind`` or split, ``channels`` with CT, bad ``fov_scale``.
+        ValueError: unknown ``kind`` or split, ``channels`` or ``perirenal_fat`` with brain phantoms, bad
+            ``fov_scale``.
     """
     if kind not in _PHANTOM_KINDS:
         raise ValueError(f"kind {kind!r}: expected one of {', '.join(_PHANTOM_KINDS)}")
     if kind == "ct" and channels != 1:
         raise ValueError(f"channels: CT phantoms have one channel, got {channels!r}")
+    if kind != "ct" and perirenal_fat:
+        raise ValueError("perirenal_fat: only CT phantoms have kidneys")
     if isinstance(channels, bool) or not isinstance(channels, int) or not 1 <= channels <= len(MR_CONTRASTS):
         raise ValueError(f"channels: expected an int in 1..{len(MR_CONTRASTS)}, got {channels!r}")
     scale_geometry(ct_case_geometry(0), fov_scale)  # validates fov_scale before any work
@@ -233,7 +240,9 @@ def make_phantom_dataset(
                     "orientation": geometry.orientation,
                 }
                 if kind == "ct":
-                    phantom = make_ct_phantom(seed, label_ids=bundle_label_ids(bundle), **common)
+                    phantom = make_ct_phantom(
+                        seed, label_ids=bundle_label_ids(bundle), perirenal_fat=perirenal_fat, **common
+                    )
                 else:
                     phantom = make_brain_tumor_phantom(seed, channels=channels, **common)
                 if channels == 1:

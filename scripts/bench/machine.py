@@ -8,6 +8,7 @@ import platform
 import re
 import shlex
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 
@@ -67,3 +68,32 @@ def parse_overrides(items: list[str]) -> dict:
         except json.JSONDecodeError:
             overrides[key] = value
     return overrides
+
+
+def without_machine_paths(value, roots: Mapping[Path, str]):
+    """``value`` (a record: dicts, lists, strings) with every path under a root written from that root's
+    placeholder (``$RESULTS/x.json``, ``./data_manifests/...``), so that a committed record names no machine.
+
+    The longest root goes first, so that a folder inside another (an output folder inside the repository)
+    keeps its own placeholder. Each root is matched resolved, and as given when that is absolute too (a
+    relative path names no machine, and replacing it would rewrite any text that happens to contain it).
+    """
+    ordered = sorted(roots.items(), key=lambda item: -len(str(Path(item[0]).resolve())))
+    forms = [
+        (form, name)
+        for root, name in ordered
+        for form in dict.fromkeys((str(Path(root).resolve()), str(root) if Path(root).is_absolute() else None))
+        if form is not None
+    ]
+
+    def shown(item):
+        if isinstance(item, Mapping):
+            return {key: shown(v) for key, v in item.items()}
+        if isinstance(item, list | tuple):
+            return [shown(v) for v in item]
+        if isinstance(item, str):
+            for form, name in forms:
+                item = item.replace(form, name)
+        return item
+
+    return shown(value)

@@ -24,7 +24,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
-from machine import command_line, cpu_model, write_report  # noqa: E402
+from machine import command_line, cpu_model, without_machine_paths, write_report  # noqa: E402
 
 VARIANTS = {
     "largest only (before)": (None, ()),
@@ -34,14 +34,6 @@ VARIANTS = {
     "tubes, 20 mm": (20.0, ("esophagus", "aorta", "inferior_vena_cava", "portal_vein")),
     "tubes, 30 mm": (30.0, ("esophagus", "aorta", "inferior_vena_cava", "portal_vein")),
 }
-
-
-def _shown(path: Path, placeholder: str) -> str:
-    """``path`` relative to the repository when it lies inside it, else ``placeholder``."""
-    try:
-        return str(path.resolve().relative_to(REPO))
-    except ValueError:
-        return placeholder
 
 
 def main() -> int:
@@ -89,11 +81,7 @@ def main() -> int:
         print(f"{name:24s} mean Dice {summary[name]['mean_dice']:.4f}; {tubes}")
     report = {
         "benchmark": "tube_gap",
-        # folders outside the repository are written as placeholders, never as this machine's paths
-        "command": command_line("scripts/bench/tube_gap.py")
-        .replace(str(args.predictions), "$PREDICTIONS")
-        .replace(str(args.manifest), _shown(args.manifest, "$MANIFEST"))
-        .replace(str(args.json), _shown(args.json, "$JSON") if args.json else "None"),
+        "command": command_line("scripts/bench/tube_gap.py"),
         "date": datetime.date.today().isoformat(),
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -101,7 +89,12 @@ def main() -> int:
         "cases": len(next(iter(per_variant.values()))),
         "variants": summary,
     }
-    write_report(report, args.json, "tube-gap")
+    # folders outside the repository are written as placeholders, never as this machine's paths
+    roots = {args.predictions: "$PREDICTIONS", args.manifest.parent: "$MANIFESTS", REPO: "."}
+    if args.json is not None:
+        roots[args.json.parent] = "$JSON_DIR"
+    inside = {root: name for root, name in roots.items() if root == REPO or not root.resolve().is_relative_to(REPO)}
+    write_report(without_machine_paths(report, inside), args.json, "tube-gap")
     return 0
 
 

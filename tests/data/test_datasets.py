@@ -128,6 +128,18 @@ def test_ct_dataset_holds_the_seeded_phantoms_labelled_for_the_bundle(tmp_path: 
     assert "".join(nib.aff2axcodes(image.affine)) == geometry.orientation
 
 
+def test_ct_dataset_with_perirenal_fat_holds_those_phantoms(tmp_path: Path) -> None:
+    """``perirenal_fat`` reaches the phantoms: each case is its seed's phantom made with the option."""
+    manifest = make_phantom_dataset(tmp_path, CT_BUNDLE, counts={"test": 1}, fov_scale=0.2, perirenal_fat=True)
+    entry = json.loads(manifest.read_text())["test"][0]
+    geometry = scale_geometry(ct_case_geometry(50_000), 0.2)
+    grid = {"shape": geometry.shape, "spacing_mm": geometry.spacing_mm, "orientation": geometry.orientation}
+    ids = bundle_label_ids(load_bundle(CT_BUNDLE))
+    expected = make_ct_phantom(50_000, label_ids=ids, perirenal_fat=True, **grid)
+    assert not np.array_equal(expected.image, make_ct_phantom(50_000, label_ids=ids, **grid).image)
+    np.testing.assert_array_equal(np.asanyarray(nib.load(tmp_path / entry["image"]).dataobj), expected.image)
+
+
 def test_existing_cases_are_kept_and_changed_ones_regenerated(tmp_path: Path) -> None:
     make_phantom_dataset(tmp_path, CT_BUNDLE, counts={"test": 1}, fov_scale=0.12)
     image = tmp_path / "test" / "ct_50000" / "image.nii.gz"
@@ -237,6 +249,7 @@ def test_brain_dataset_geometry_is_seeded_and_regenerated_when_it_changes(tmp_pa
         ({"kind": "brain", "channels": 5}, r"channels: expected an int in 1..4, got 5"),
         ({"kind": "brain", "fov_scale": 1.5}, r"fov_scale: expected a number in \(0, 1\], got 1.5"),
         ({"kind": "brain", "counts": {"holdout": 1}}, "split 'holdout': expected one of training"),
+        ({"kind": "brain", "perirenal_fat": True}, "perirenal_fat: only CT phantoms have kidneys"),
     ],
 )
 def test_phantom_dataset_bad_arguments(tmp_path: Path, kwargs: dict, message: str) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipelines.data.phantoms.anatomy_facts import FACTS
 from pipelines.data.phantoms.render import Canvas, Op, paint
 from pipelines.data.phantoms.shapes import CanonicalGrid, Ellipsoid, Tube, Warp, capped, rotation_matrix
 from pipelines.data.phantoms.tissues import CT_STRUCTURES, TISSUES
@@ -24,10 +25,12 @@ __all__ = [
     "KIDNEYS_MM",
     "PANCREAS_PATH_MM",
     "PANCREAS_RADII_MM",
+    "PERIRENAL_DISPLACES",
     "SMALL_VESSELS_MM",
     "Abdomen",
     "abdomen_anatomy",
     "paint_in_slabs",
+    "perirenal_fat_ops",
     "random_modulation",
     "render_abdomen",
     "small_bowel_loop",
@@ -87,6 +90,41 @@ SMALL_VESSELS_MM: tuple[tuple[tuple[tuple[float, float, float], ...], float | tu
     (((-8, 2, -2), (-4, 20, -45), (-2, 28, -100)), (4.5, 3.5, 3.0), "artery"),  # superior mesenteric artery
 )
 """Unlabelled vessels: (centreline, radii, tissue)."""
+
+# What the perirenal fat displaces: the intraperitoneal organs and bowel drawn before it (so the liver and
+# the spleen lie *against* the kidney's fat, not around the kidney), never muscle, bone or vessels.
+PERIRENAL_DISPLACES = (
+    "liver",
+    "hepatic_vein",
+    "spleen",
+    "gallbladder",
+    "stomach_wall",
+    "stomach_content",
+    "bowel_wall",
+    "bowel_content",
+    "gas",
+    "visceral_fat",
+)
+
+
+def perirenal_fat_ops(
+    kidneys: Sequence[Ellipsoid], adrenals: Sequence[Ellipsoid], margin_mm: float, clip: str
+) -> list[Op]:
+    """The perirenal fat of each kidney and adrenal gland, as a layer of ``visceral_fat`` around them.
+
+    Facts: the kidneys and adrenal glands are retroperitoneal; each lies in its own perirenal space, a fat
+    pad closed by the renal (Gerota's) fascia, so on CT a fat plane separates the kidney and the adrenal
+    from the liver, the spleen and the bowel, thicker in heavier patients (``perirenal_fat_thickness``
+    in :data:`~pipelines.data.phantoms.anatomy_facts.FACTS`). The right adrenal gland lies behind the
+    inferior vena cava, medial to the liver's bare area and above the kidney: in fat, not in the liver.
+    Without this layer the upper poles and the right adrenal lie *inside* the liver and the spleen, an
+    anatomy no scan shows. Painted before the kidneys and adrenals (``margin_mm`` beyond a kidney, half
+    that and at least 4 mm beyond an adrenal), over the organs of :data:`PERIRENAL_DISPLACES` only.
+    """
+    shapes = [Ellipsoid(k.center, k.semi + margin_mm, k.rotation, k.modulation) for k in kidneys]
+    shapes += [Ellipsoid(a.center, a.semi + max(0.5 * margin_mm, 4.0), a.rotation) for a in adrenals]
+    layers = ((1.0, "visceral_fat", None),)
+    return [Op(shape, layers, only_in=PERIRENAL_DISPLACES, clip=clip) for shape in shapes]
 
 
 @dataclass
@@ -171,9 +209,18 @@ def small_bowel_loop(rng: np.random.Generator, z_low_mm: float) -> list[np.ndarr
     return [start, middle, end]
 
 
-def abdomen_anatomy(rng: np.random.Generator, lesion_rng: np.random.Generator, grid: CanonicalGrid) -> Abdomen:
+def abdomen_anatomy(
+    rng: np.random.Generator, lesion_rng: np.random.Generator, grid: CanonicalGrid, perirenal_fat: bool = False
+) -> Abdomen:
     """Draw one abdomen. Reference coordinates: mm, RAS (+x = patient's right), origin at the
-    centre of a 290 x 230 x 190 mm field of view from the lung bases to the iliac crests."""
+    centre of a 290 x 230 x 190 mm field of view from the lung bases to the iliac crests.
+
+    ``perirenal_fat``: the kidneys and adrenal glands lie in their perirenal fat, apart from the liver and
+    the spleen (:func:`perirenal_fat_ops`, a thin patient's layer of about 8 mm). Off by default: the
+    kidneys' upper poles and the right adrenal gland are then painted inside the liver, the anatomy the
+    shipped weights were first trained on. Nothing more is drawn from the random streams for the fat, so
+    the organs are the same either way; the liver lesions may move, since they keep clear of the fat.
+    """
     s_xy = min(1.0, *(grid.fov_mm[:2] / _ABDOMEN_FOV_MM[:2]))
     s_z = min(1.0, grid.fov_mm[2] / _ABDOMEN_FOV_MM[2])
     habitus = rng.uniform(0.93, 1.04)
@@ -298,23 +345,26 @@ def abdomen_anatomy(rng: np.random.Generator, lesion_rng: np.random.Generator, g
         [(1.0, "gallbladder", "gallbladder")],
     )
     # kidneys: hilum turned anteromedially, upper poles medial, right one lower
+    perirenal_at = len(ops)  # the perirenal fat goes here, under the kidneys and adrenals (below)
+    retroperitoneal: list[Ellipsoid] = []
     for side, name, z in KIDNEYS_MM:
-        add(
+        retroperitoneal.append(
             b.ellipsoid(
                 (side * 60, -30, z), (28, 22, 56), (side * 35, side * 10, 0), size_range=(0.85, 1.25), modulation=0.06
-            ),
-            [(1.0, "kidney_cortex", name), (0.66, "kidney_medulla", name)],
+            )
         )
+        add(retroperitoneal[-1], [(1.0, "kidney_cortex", name), (0.66, "kidney_medulla", name)])
     # adrenal glands: two thin limbs each, above and medial to the upper poles
     for side, name, center, limb in ADRENALS_MM:
-        add(
-            b.ellipsoid(center, (3.5, 12, 15), (side * 20, 0, 0), jitter_mm=2.0, modulation=0.05),
-            [(1.0, "adrenal", name)],
-        )
-        add(
-            b.ellipsoid(limb, (3.0, 10, 11), (-side * 25, 0, 0), jitter_mm=2.0, modulation=0.05),
-            [(1.0, "adrenal", name)],
-        )
+        retroperitoneal.append(b.ellipsoid(center, (3.5, 12, 15), (side * 20, 0, 0), jitter_mm=2.0, modulation=0.05))
+        add(retroperitoneal[-1], [(1.0, "adrenal", name)])
+        retroperitoneal.append(b.ellipsoid(limb, (3.0, 10, 11), (-side * 25, 0, 0), jitter_mm=2.0, modulation=0.05))
+        add(retroperitoneal[-1], [(1.0, "adrenal", name)])
+    if perirenal_fat:
+        fact = FACTS["perirenal_fat_thickness"]
+        margin = (fact.low + 0.2 * (fact.high - fact.low)) * b.radius_scale  # a thin patient's fat
+        fat = perirenal_fat_ops(retroperitoneal[:2], retroperitoneal[2:], margin, clip="cavity")
+        ops[perirenal_at:perirenal_at] = fat
     # pancreas: head in the duodenal sweep, body across the spine, tail at the splenic hilum
     add(
         b.tube(PANCREAS_PATH_MM, PANCREAS_RADII_MM, jitter_mm=3.0, size_range=(0.9, 1.15)),
@@ -355,7 +405,7 @@ def abdomen_anatomy(rng: np.random.Generator, lesion_rng: np.random.Generator, g
 
     # liver lesions, from their own stream so that lesions=False keeps the same anatomy
     after_liver = ops[ops.index(next(op for op in ops if op.shape is liver_left)) + 1 :]
-    carving = [op.shape for op in after_liver if op.only_in is None]
+    carving = [op.shape for op in after_liver if op.only_in is None or op.only_in is PERIRENAL_DISPLACES]
     wall_mm = body["skin"] + body["fat"] + body["muscle"] + warp.max_mm
     lesion_ops = []
     for _ in range(int(lesion_rng.integers(1, 4))):

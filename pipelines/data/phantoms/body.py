@@ -29,6 +29,7 @@ from pipelines.data.phantoms.abdomen import (
     PANCREAS_PATH_MM,
     PANCREAS_RADII_MM,
     SMALL_VESSELS_MM,
+    perirenal_fat_ops,
     random_modulation,
     small_bowel_loop,
 )
@@ -503,39 +504,13 @@ def _renal_sinus(kidney: Ellipsoid, side: int) -> tuple[Ellipsoid, Ellipsoid]:
     return sinus, pelvis
 
 
-# What the perirenal fat displaces: the intraperitoneal organs and bowel drawn before it (so the liver and
-# the spleen lie *against* the kidney's fat, not around the kidney), never muscle, bone or vessels.
-_PERIRENAL_DISPLACES = (
-    "liver",
-    "hepatic_vein",
-    "spleen",
-    "gallbladder",
-    "stomach_wall",
-    "stomach_content",
-    "bowel_wall",
-    "bowel_content",
-    "gas",
-    "visceral_fat",
-)
-
-
 def _perirenal_fat(kidneys: Sequence[Ellipsoid], adrenals: Sequence[Ellipsoid], habitus: float) -> list[Op]:
-    """The perirenal fat of each kidney and adrenal gland, as a layer of ``visceral_fat`` around them.
-
-    Facts: the kidneys and adrenal glands are retroperitoneal; each lies in its own perirenal space, a fat
-    pad closed by the renal (Gerota's) fascia, so on CT a fat plane separates the kidney and the adrenal
-    from the liver, the spleen and the bowel, thicker in heavier patients (``perirenal_fat_thickness``
-    in :data:`~pipelines.data.phantoms.anatomy_facts.FACTS`). Without it (the default) the upper poles and
-    the right adrenal lie *inside* the liver and the spleen, an anatomy no scan shows. The thickness follows
-    the patient size; nothing is drawn from the random stream, so the rest of a seed's anatomy is unchanged.
-    Painted before the kidneys and adrenals, over the organs of :data:`_PERIRENAL_DISPLACES` only.
-    """
+    """The perirenal fat of each kidney and adrenal gland (:func:`~pipelines.data.phantoms.abdomen.perirenal_fat_ops`),
+    its thickness following the patient size. Nothing is drawn from the random stream, so the rest of a
+    seed's anatomy is unchanged."""
     fact = FACTS["perirenal_fat_thickness"]
     margin = fact.low + (fact.high - fact.low) * 0.6 * habitus  # slim .. obese, short of the extreme
-    shapes = [Ellipsoid(k.center, k.semi + margin, k.rotation, k.modulation) for k in kidneys]
-    shapes += [Ellipsoid(a.center, a.semi + max(0.5 * margin, 4.0), a.rotation) for a in adrenals]
-    layers = ((1.0, "visceral_fat", None),)
-    return [Op(shape, layers, only_in=_PERIRENAL_DISPLACES, clip="abdomen") for shape in shapes]
+    return perirenal_fat_ops(kidneys, adrenals, margin, clip="abdomen")
 
 
 def _lesions(rng: np.random.Generator, liver: Sequence[Ellipsoid | Tube], carving: Sequence, dome: float) -> list[Op]:

@@ -155,8 +155,8 @@ def _check_anatomy(
         raise ValueError(f"anatomy: expected one of {', '.join(ANATOMIES)}, got {anatomy!r}")
     if not isinstance(perirenal_fat, bool):
         raise ValueError(f"perirenal_fat: expected true or false, got {perirenal_fat!r}")
-    if anatomy == "classic" and (region is not None or patient_size is not None or perirenal_fat):
-        raise ValueError('region, patient_size and perirenal_fat need anatomy="body"; the classic anatomy has none')
+    if anatomy == "classic" and (region is not None or patient_size is not None):
+        raise ValueError('region and patient_size need anatomy="body"; the classic anatomy has neither')
     check_body_options(region, patient_size)
 
 
@@ -203,10 +203,11 @@ def make_ct_phantom(
             None draws it from the seed.
         patient_size: With "body": "slim", "average", "overweight", "obese" or an index 0..1 (fat
             thickness); None draws it from the seed.
-        perirenal_fat: With "body": kidneys with a renal sinus, lying with the adrenal glands in their
-            perirenal fat apart from the liver and the spleen (off: solid kidneys painted over their
-            neighbours, what the shipped CT weights were trained on; see
-            :func:`~pipelines.data.phantoms.body.body_anatomy`).
+        perirenal_fat: The kidneys lie with the adrenal glands in their perirenal fat, apart from the liver
+            and the spleen (off: painted over their neighbours, the right adrenal gland inside the liver,
+            what the shipped CT U-Net weights were trained on). With "body" the kidneys also get a renal
+            sinus (:func:`~pipelines.data.phantoms.body.body_anatomy`); the classic anatomy keeps its organs
+            and adds only the fat (:func:`~pipelines.data.phantoms.abdomen.abdomen_anatomy`).
 
     Returns:
         A :class:`Phantom` with an int16 HU image in [-1024, 3071], uint8 labels, its RAS affine
@@ -219,7 +220,9 @@ def make_ct_phantom(
     ids = _check_label_ids(label_ids, CT_STRUCTURES)
     _check_anatomy(anatomy, region, patient_size, perirenal_fat)
     body = (region, patient_size, perirenal_fat) if anatomy == "body" else None
-    tissue, label, grid, transform, streams = _abdomen_maps(seed, shape, spacing, codes, ids, lesions, body)
+    tissue, label, grid, transform, streams = _abdomen_maps(
+        seed, shape, spacing, codes, ids, lesions, body, perirenal_fat
+    )
     intensity_rng, noise_rng = streams
     names = TISSUES if body is None else BODY_TISSUES
     hu = lookup(intensity_rng, CT_HU, names)
@@ -247,14 +250,17 @@ def _abdomen_maps(
     ids: Mapping[str, int],
     lesions: bool,
     body: tuple[str | None, str | float | None, bool] | None = None,
+    perirenal_fat: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, CanonicalGrid, np.ndarray, tuple[np.random.Generator, np.random.Generator]]:
     """Tissue and label maps of a seed's abdomen (canonical grid), the grid, its reorientation
     and the intensity and noise random streams, in that order. ``body``: (region, patient_size, perirenal_fat) for
-    the "body" anatomy, None for the classic one."""
+    the "body" anatomy, None for the classic one, whose perirenal fat is ``perirenal_fat``."""
     grid, transform = canonical_grid(shape, spacing, codes)
     anatomy_ss, lesion_ss, intensity_ss, noise_ss = np.random.SeedSequence(seed).spawn(4)
     if body is None:
-        anatomy = abdomen_anatomy(np.random.default_rng(anatomy_ss), np.random.default_rng(lesion_ss), grid)
+        anatomy = abdomen_anatomy(
+            np.random.default_rng(anatomy_ss), np.random.default_rng(lesion_ss), grid, perirenal_fat
+        )
         tissue, label = render_abdomen(anatomy, grid, ids, lesions)
     else:
         placement_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(5)[4])
@@ -308,7 +314,9 @@ def make_mr_phantom(
     ids = _check_label_ids(label_ids, default)
     _check_anatomy(anatomy, region, patient_size, perirenal_fat)
     body = (region, patient_size, perirenal_fat) if anatomy == "body" else None
-    tissue, label, grid, transform, streams = _abdomen_maps(seed, shape, spacing, codes, ids, lesions, body)
+    tissue, label, grid, transform, streams = _abdomen_maps(
+        seed, shape, spacing, codes, ids, lesions, body, perirenal_fat
+    )
     intensity_rng, noise_rng = streams
     names = TISSUES if body is None else BODY_TISSUES
     signal = lookup(intensity_rng, MR_T1, names)

@@ -10,7 +10,7 @@ from scipy.spatial import Delaunay
 
 from pipelines.data.phantoms.anatomy_facts import FACTS
 from pipelines.data.phantoms.make import Phantom, make_ct_phantom, make_mr_phantom
-from pipelines.data.phantoms.tissues import BODY_TISSUES, CT_HU, CT_STRUCTURES, MR_T1
+from pipelines.data.phantoms.tissues import BODY_TISSUES, CT_HU, CT_STRUCTURES, MR_T1, TISSUES
 
 # a realistic 5 mm grid: 400 x 320 mm in-plane, 300 mm long (an abdominal CT field of view)
 GRID = {"shape": (80, 64, 60), "spacing_mm": (5.0, 5.0, 5.0)}
@@ -142,7 +142,7 @@ def test_same_seed_same_anatomy_in_any_field_of_view() -> None:
         ({"anatomy": "body", "patient_size": 1.5}, "patient_size"),
         ({"anatomy": "body", "patient_size": "huge"}, "patient_size"),
         ({"region": "chest"}, 'anatomy="body"'),
-        ({"perirenal_fat": True}, 'anatomy="body"'),
+        ({"perirenal_fat": "yes"}, "perirenal_fat"),
         ({"anatomy": "body", "perirenal_fat": "yes"}, "perirenal_fat"),
     ],
 )
@@ -212,3 +212,24 @@ def test_without_perirenal_fat_the_right_kidney_lies_against_the_liver() -> None
     p = make_ct_phantom(0, **{**DETAILED, "perirenal_fat": False})
     kidney = p.label == CT_STRUCTURES["kidney_right"]
     assert (p.tissue[_shell(kidney, 1)] == BODY_TISSUES["liver"]).mean() > 0.3
+
+
+CLASSIC_FINE = {"lesions": False, **FINE_GRID}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_classic_perirenal_fat_takes_the_right_adrenal_out_of_the_liver(seed: int) -> None:
+    """The classic anatomy paints the right adrenal gland inside the liver; with ``perirenal_fat`` it and the
+    kidneys lie in fat, and the organs themselves are the same voxels (no extra draws from the seed)."""
+    plain = make_ct_phantom(seed, **CLASSIC_FINE)
+    fat = make_ct_phantom(seed, perirenal_fat=True, **CLASSIC_FINE)
+    liver = fat.tissue == TISSUES["liver"]
+    adrenal = plain.label == CT_STRUCTURES["adrenal_gland_right"]
+    assert (plain.tissue[_shell(adrenal, 1)] == TISSUES["liver"]).mean() > 0.5  # what the option mends
+    for name in RETROPERITONEAL:
+        organ = fat.label == CT_STRUCTURES[name]
+        np.testing.assert_array_equal(organ, plain.label == CT_STRUCTURES[name], err_msg=name)
+        touching = _shell(organ, 1)
+        assert liver[touching].mean() < 0.02, f"{name}: {liver[touching].mean():.0%} of its surface on the liver"
+        assert (fat.tissue[touching] == TISSUES["visceral_fat"]).mean() > 0.5, name
+    assert (fat.label == CT_STRUCTURES["liver"]).sum() < (plain.label == CT_STRUCTURES["liver"]).sum()

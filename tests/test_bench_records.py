@@ -1,0 +1,34 @@
+"""scripts/bench/machine.py: what the benchmark and real-scan records write instead of this machine's paths."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tests.helpers import REPO
+
+sys.path.insert(0, str(REPO / "scripts" / "bench"))
+from machine import without_machine_paths
+
+
+def test_paths_under_a_root_become_its_placeholder_the_innermost_root_first(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    record = {
+        "command": f"python x.py --out {results} --bundle {tmp_path}/copy --manifest {REPO}/data_manifests/a.json",
+        "cases": [{"prediction": str(results / "case" / "labels.nii.gz")}, ("kept", 3)],
+        "count": 3,
+    }
+    shown = without_machine_paths(record, {tmp_path: "$BUNDLES", REPO: ".", results: "$RESULTS"})
+    assert shown == {
+        "command": "python x.py --out $RESULTS --bundle $BUNDLES/copy --manifest ./data_manifests/a.json",
+        "cases": [{"prediction": "$RESULTS/case/labels.nii.gz"}, ["kept", 3]],
+        "count": 3,
+    }
+    assert str(tmp_path) not in repr(shown)
+
+
+def test_a_relative_root_is_matched_only_where_it_resolves(tmp_path: Path, monkeypatch) -> None:
+    """A relative folder names no machine: text that merely contains its name stays as it was."""
+    monkeypatch.chdir(tmp_path)
+    shown = without_machine_paths({"a": f"{tmp_path}/out/x", "b": "routes out"}, {Path("out"): "$OUT"})
+    assert shown == {"a": "$OUT/x", "b": "routes out"}
