@@ -8,6 +8,8 @@ the seeds it uses.
     python scripts/train_mri_tumor.py --stage evaluate    # evaluate models/model.pt only
     python scripts/train_mri_tumor.py --stage finetune --init-weights models/model.pt
                                                           # the domain-randomised stage 2 (an experiment, not shipped)
+    python scripts/train_mri_tumor.py --varied-heads --data-dir /tmp/varied
+                                                          # heads with scalp fat, tumours of three kinds
     python scripts/train_mri_tumor.py --channels 4        # T1c, T1, T2, FLAIR; set num_channels to 4
                                                           # in inference.json, train.json, metadata.json first
     python scripts/train_mri_tumor.py --bundle /tmp/mri_copy --data-dir /tmp/mri_data \\
@@ -57,7 +59,15 @@ def main() -> int:
     parser.add_argument(
         "--channels", type=int, default=None, help="MR contrasts per case, 1-4 (default: the bundle's num_channels)"
     )
+    parser.add_argument(
+        "--varied-heads",
+        action="store_true",
+        help="heads with T1-bright scalp fat and diploe, and ring, solid or patchy tumours reaching the cortex "
+        "(give them their own --data-dir: cases on disk are known by geometry only)",
+    )
     args = parser.parse_args()
+    if args.varied_heads and args.data_dir.resolve() == DEFAULT_DATA.resolve():
+        parser.error("--varied-heads: give the phantoms their own --data-dir (the default holds the default heads)")
 
     stated = bundle_channels(args.bundle)
     channels = args.channels if args.channels is not None else stated["inference"]
@@ -71,7 +81,13 @@ def main() -> int:
 
     def make_data(counts: dict[str, int]) -> Path:
         return make_brain_dataset(
-            args.data_dir, args.bundle, channels=channels, name=name, fov_scale=args.fov_scale, counts=counts
+            args.data_dir,
+            args.bundle,
+            channels=channels,
+            name=name,
+            fov_scale=args.fov_scale,
+            counts=counts,
+            varied=args.varied_heads,
         )
 
     example = REPO / "data_manifests" / f"{name}.json"

@@ -132,18 +132,21 @@ def test_recipe_finetune_without_stage1_weights_stops_before_any_data(
     assert not data.exists()
 
 
-def test_unetr_recipe_refuses_perirenal_fat_phantoms_in_the_default_data_folder(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("script", "option"), [("train_unetr.py", "--perirenal-fat"), ("train_mri_tumor.py", "--varied-heads")]
+)
+def test_recipe_refuses_phantoms_of_another_kind_in_the_default_data_folder(
+    script: str, option: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Cases on disk are known by their geometry only: phantoms with perirenal fat in the folder of those
-    without would be mixed up with them, so the option needs its own --data-dir (checked before any work)."""
+    """Cases on disk are known by their geometry only: phantoms drawn with another option in the folder of the
+    default ones would be mixed up with them, so the option needs its own --data-dir (checked before any work)."""
     import runpy
 
-    monkeypatch.setattr(sys, "argv", ["train_unetr.py", "--stage", "data", "--perirenal-fat"])
+    monkeypatch.setattr(sys, "argv", [script, "--stage", "data", option])
     with pytest.raises(SystemExit) as stop:
-        runpy.run_path(str(REPO / "scripts" / "train_unetr.py"), run_name="__main__")
+        runpy.run_path(str(REPO / "scripts" / script), run_name="__main__")
     assert stop.value.code == 2
-    assert "--perirenal-fat: give the phantoms their own --data-dir" in capsys.readouterr().err
+    assert f"{option}: give the phantoms their own --data-dir" in capsys.readouterr().err
 
 
 def _recorded_chain(

@@ -171,6 +171,7 @@ def make_phantom_dataset(
     channels: int = 1,
     fov_scale: float = 1.0,
     perirenal_fat: bool = False,
+    varied: bool = False,
 ) -> Path:
     """Generate CT or brain tumour MR phantoms labelled for a bundle and write their manifest.
 
@@ -190,13 +191,15 @@ def make_phantom_dataset(
         perirenal_fat: CT only: kidneys and adrenal glands in their perirenal fat, apart from the liver
             (see :func:`~pipelines.data.phantoms.make.make_ct_phantom`). Cases on disk are recognised by
             their geometry only, so phantoms with and without it belong in different folders.
+        varied: brain only: heads with T1-bright scalp fat and diploe and tumours of several kinds (see
+            :func:`~pipelines.data.phantoms.make.make_brain_tumor_phantom`); a folder of their own, as above.
 
     Returns:
         The manifest path. Cases already on disk with the same geometry are not generated again.
 
     Raises:
-        ValueError: unknown ``kind`` or split, ``channels`` or ``perirenal_fat`` with brain phantoms, bad
-            ``fov_scale``.
+        ValueError: unknown ``kind`` or split, ``channels`` or ``perirenal_fat`` with brain phantoms,
+            ``varied`` with CT, bad ``fov_scale``.
     """
     if kind not in _PHANTOM_KINDS:
         raise ValueError(f"kind {kind!r}: expected one of {', '.join(_PHANTOM_KINDS)}")
@@ -204,6 +207,8 @@ def make_phantom_dataset(
         raise ValueError(f"channels: CT phantoms have one channel, got {channels!r}")
     if kind != "ct" and perirenal_fat:
         raise ValueError("perirenal_fat: only CT phantoms have kidneys")
+    if kind != "brain" and varied:
+        raise ValueError("varied: only brain phantoms have it")
     if isinstance(channels, bool) or not isinstance(channels, int) or not 1 <= channels <= len(MR_CONTRASTS):
         raise ValueError(f"channels: expected an int in 1..{len(MR_CONTRASTS)}, got {channels!r}")
     scale_geometry(ct_case_geometry(0), fov_scale)  # validates fov_scale before any work
@@ -244,7 +249,7 @@ def make_phantom_dataset(
                         seed, label_ids=bundle_label_ids(bundle), perirenal_fat=perirenal_fat, **common
                     )
                 else:
-                    phantom = make_brain_tumor_phantom(seed, channels=channels, **common)
+                    phantom = make_brain_tumor_phantom(seed, channels=channels, varied=varied, **common)
                 if channels == 1:
                     write_nifti(phantom, case_dir)
                 else:
@@ -266,6 +271,7 @@ def make_brain_dataset(
     channels: int = 1,
     name: str = "brain_tumor_phantoms",
     fov_scale: float = 1.0,
+    varied: bool = False,
 ) -> Path:
     """Generate brain tumour MR phantoms (label 1 = tumour) and their manifest.
 
@@ -279,7 +285,7 @@ def make_brain_dataset(
             f"{ {k: v for k, v in bundle.labels.items() if k} }"
         )
     return make_phantom_dataset(
-        folder, bundle, counts=counts, kind="brain", name=name, channels=channels, fov_scale=fov_scale
+        folder, bundle, counts=counts, kind="brain", name=name, channels=channels, fov_scale=fov_scale, varied=varied
     )
 
 

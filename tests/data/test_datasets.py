@@ -250,6 +250,7 @@ def test_brain_dataset_geometry_is_seeded_and_regenerated_when_it_changes(tmp_pa
         ({"kind": "brain", "fov_scale": 1.5}, r"fov_scale: expected a number in \(0, 1\], got 1.5"),
         ({"kind": "brain", "counts": {"holdout": 1}}, "split 'holdout': expected one of training"),
         ({"kind": "brain", "perirenal_fat": True}, "perirenal_fat: only CT phantoms have kidneys"),
+        ({"kind": "ct", "varied": True}, "varied: only brain phantoms have it"),
     ],
 )
 def test_phantom_dataset_bad_arguments(tmp_path: Path, kwargs: dict, message: str) -> None:

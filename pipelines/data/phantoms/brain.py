@@ -5,17 +5,32 @@ from __future__ import annotations
 import numpy as np
 
 from pipelines.data.phantoms.shapes import CanonicalGrid, Ellipsoid, capped, rotation_matrix
-from pipelines.data.phantoms.tissues import BRAIN_TISSUES
+from pipelines.data.phantoms.tissues import BRAIN_TISSUES, VARIED_BRAIN_TISSUES
 
-__all__ = ["brain_tissue"]
+__all__ = ["TUMOUR_KINDS", "brain_tissue"]
+
+TUMOUR_KINDS: dict[str, float] = {"ring": 0.35, "solid": 0.4, "patchy": 0.25}
+"""The tumours a ``varied`` head draws, with their probabilities: ring-enhancing round a necrotic core (the
+only kind of the default phantom), solidly enhancing with a mottled texture, and enhancing with several
+small necrotic pockets. Facts: glioblastomas typically enhance in a ring round necrosis; lower-grade and
+many other enhancing tumours (metastases, lymphoma, meningioma) enhance solidly or patchily, without one
+central core."""
 
 # Reference field of view (mm, RAS axes) the head is drawn for; smaller fields of view shrink it.
 _HEAD_FOV_MM = np.array([160.0, 196.0, 172.0])
 
 
-def brain_tissue(rng: np.random.Generator, grid: CanonicalGrid) -> np.ndarray:
+def brain_tissue(
+    rng: np.random.Generator, grid: CanonicalGrid, varied: np.random.Generator | None = None
+) -> np.ndarray:
     """Tissue map (canonical grid, uint8) of a head: scalp, skull, CSF, cortex, white matter,
-    lateral ventricles, midline fissure and a tumour with mass effect."""
+    lateral ventricles, midline fissure and a tumour with mass effect.
+
+    ``varied`` (a random stream of its own; the tissue classes are then :data:`VARIED_BRAIN_TISSUES`): the
+    scalp holds a layer of subcutaneous fat and the skull its diploe (fatty marrow), both bright on T1;
+    the tumour may reach the cortex and is one of :data:`TUMOUR_KINDS`. Everything else is drawn from
+    ``rng`` exactly as without it.
+    """
     # in-plane scale fits the head to the field of view; along z the head may be up to 1.4x
     # taller than the in-plane scale implies, so thick-slice stacks are not mostly empty
     s_xy = min(1.0, *(grid.fov_mm[:2] / _HEAD_FOV_MM[:2]))
@@ -40,7 +55,12 @@ def brain_tissue(rng: np.random.Generator, grid: CanonicalGrid) -> np.ndarray:
     t_center = center + head.rotation @ (t_local * semi)
     t_level = float(head.level(*(np.float32(v) for v in t_center)))
     radius = rng.uniform(12.0, 24.0) * scale
-    radius = max(4.0 * scale, min(radius, (0.7 - t_level) * semi.min() / 1.35))
+    if varied is not None:  # anywhere in a hemisphere, up to the cortex (the rng above is drawn all the same)
+        t_local = np.array([side * varied.uniform(0.2, 0.6), varied.uniform(-0.5, 0.5), varied.uniform(-0.1, 0.45)])
+        t_center = center + head.rotation @ (t_local * semi)
+        t_level = float(head.level(*(np.float32(v) for v in t_center)))
+    reach = 0.7 if varied is None else 0.84  # how far out the tumour may reach (the cortex ends at 0.845)
+    radius = max(4.0 * scale, min(radius, (reach - t_level) * semi.min() / 1.35))
     t_shape = Ellipsoid(
         t_center,
         radius * np.exp(rng.normal(0, 0.1, 3)),
@@ -97,4 +117,52 @@ def brain_tissue(rng: np.random.Generator, grid: CanonicalGrid) -> np.ndarray:
     )
     tissue[(t_level_map <= 1.0) & inside] = t["tumor_rim"]
     tissue[(t_level_map <= core) & inside] = t["tumor_core"]
+    if varied is not None:
+        _vary(varied, tissue, level, t_level_map <= 1.0, t_shape, (x, y, z), scale)
     return tissue
+
+
+def _vary(
+    rng: np.random.Generator,
+    tissue: np.ndarray,
+    level: np.ndarray,
+    in_tumour: np.ndarray,
+    tumour: Ellipsoid,
+    axes: tuple[np.ndarray, np.ndarray, np.ndarray],
+    scale: float,
+) -> None:
+    """Paint the scalp fat, the diploe and a tumour of a drawn kind into ``tissue`` (in place).
+
+    Facts: the scalp's subcutaneous fat (a few mm) and the diploe's fatty marrow are the brightest tissues
+    of a T1-weighted head, brighter than enhancing tumour; the outer and inner tables of the skull are
+    dark cortical bone.
+    """
+    t = VARIED_BRAIN_TISSUES
+    fat_outer, fat_inner = 1.0 - rng.uniform(0.008, 0.015), rng.uniform(0.955, 0.965)
+    tissue[(level <= fat_outer) & (level > fat_inner)] = t["scalp_fat"]
+    tissue[(level <= rng.uniform(0.918, 0.925)) & (level > rng.uniform(0.885, 0.892))] = t["diploe"]
+    kind = str(rng.choice(list(TUMOUR_KINDS), p=list(TUMOUR_KINDS.values())))
+    if kind == "ring":
+        return
+    tumour_voxels = np.isin(tissue, [t["tumor_rim"], t["tumor_core"]]) & in_tumour
+    tissue[tumour_voxels] = t["tumor_solid"]
+    x, y, z = axes
+    # a mottled texture: the sum of two products of sines at 4-8 mm, its upper part less enhancing
+    mottle = sum(
+        np.sin(x / np.float32(rng.uniform(4.0, 8.0) * scale) + np.float32(rng.uniform(0, 6)))
+        * np.sin(y / np.float32(rng.uniform(4.0, 8.0) * scale) + np.float32(rng.uniform(0, 6)))
+        * np.sin(z / np.float32(rng.uniform(4.0, 8.0) * scale) + np.float32(rng.uniform(0, 6)))
+        for _ in range(2)
+    )
+    tissue[tumour_voxels & (mottle > rng.uniform(0.2, 0.6))] = t["tumor_mottled"]
+    if kind == "patchy":
+        for _ in range(int(rng.integers(2, 6))):
+            direction = rng.normal(size=3)
+            local = direction / np.linalg.norm(direction) * rng.uniform(0.0, 0.6)
+            pocket = Ellipsoid(
+                tumour.center + tumour.rotation @ (local * tumour.semi),
+                tumour.semi * rng.uniform(0.15, 0.3),
+                rotation_matrix(rng.uniform(0, 180)),
+                capped(rng.normal(0, 0.08, 9), 0.3),
+            )
+            tissue[tumour_voxels & (pocket.level(x, y, z) <= 1.0)] = t["tumor_core"]

@@ -25,6 +25,7 @@ from pipelines.data.phantoms.tissues import (
     BODY_TISSUES,
     BRAIN_SIGNAL,
     BRAIN_TISSUES,
+    BRAIN_TUMOUR_TISSUES,
     CT_CLIP_HU,
     CT_HU,
     CT_STRUCTURES,
@@ -32,6 +33,7 @@ from pipelines.data.phantoms.tissues import (
     MR_CONTRASTS,
     MR_T1,
     TISSUES,
+    VARIED_BRAIN_TISSUES,
 )
 
 logger = logging.getLogger(__name__)
@@ -343,6 +345,7 @@ def make_brain_tumor_phantom(
     channels: int = 1,
     blur_sigma_mm: float = 0.8,
     anatomy: str = "classic",
+    varied: bool = False,
 ) -> Phantom:
     """A head MR phantom with one glioma-like tumour (enhancing rim, necrotic core, edema).
 
@@ -360,6 +363,10 @@ def make_brain_tumor_phantom(
         anatomy: "classic" (default, unchanged) or "body": an adult head at real size (truncated by a
             small field of view) with literature-sized brain, ventricles and skull, deep grey nuclei, and
             a tumour anywhere in the hemispheres with mass effect (tissue map: :data:`HEAD_TISSUES`).
+        varied: With "classic": T1-bright scalp fat and diploe, and a tumour that may reach the cortex and
+            enhances in a ring, solidly or patchily (:func:`~pipelines.data.phantoms.brain.brain_tissue`;
+            tissue map: :data:`VARIED_BRAIN_TISSUES`). Drawn from a stream of its own, so the rest of the
+            head is the default phantom's.
 
     Returns:
         A :class:`Phantom` with a float32 image (i, j, k) for one channel or channel-first
@@ -376,12 +383,21 @@ def make_brain_tumor_phantom(
     ):
         raise ValueError(f"channels: expected an int in 1..{len(MR_CONTRASTS)}, got {channels!r}")
     _check_anatomy(anatomy)
+    if not isinstance(varied, bool):
+        raise ValueError(f"varied: expected true or false, got {varied!r}")
+    if varied and anatomy != "classic":
+        raise ValueError('varied: only the classic head (anatomy="classic") has it')
     grid, transform = canonical_grid(shape, spacing, codes)
-    anatomy_ss, intensity_ss, noise_ss = np.random.SeedSequence(seed).spawn(3)
-    names = BRAIN_TISSUES if anatomy == "classic" else HEAD_TISSUES
-    draw = brain_tissue if anatomy == "classic" else head_tissue
-    tissue = draw(np.random.default_rng(anatomy_ss), grid)
-    label = np.isin(tissue, [BRAIN_TISSUES["tumor_core"], BRAIN_TISSUES["tumor_rim"]]).astype(np.uint8)
+    # the first three streams are those of a default phantom; the fourth draws what ``varied`` adds
+    anatomy_ss, intensity_ss, noise_ss, varied_ss = np.random.SeedSequence(seed).spawn(4)
+    if varied:
+        names = VARIED_BRAIN_TISSUES
+        tissue = brain_tissue(np.random.default_rng(anatomy_ss), grid, np.random.default_rng(varied_ss))
+    else:
+        names = BRAIN_TISSUES if anatomy == "classic" else HEAD_TISSUES
+        draw = brain_tissue if anatomy == "classic" else head_tissue
+        tissue = draw(np.random.default_rng(anatomy_ss), grid)
+    label = np.isin(tissue, [names[n] for n in BRAIN_TUMOUR_TISSUES if n in names]).astype(np.uint8)
     intensity_rng = np.random.default_rng(intensity_ss)
     noise_rng = np.random.default_rng(noise_ss)
     bias = np.exp(smooth_field(intensity_rng, grid, intensity_rng.uniform(0.1, 0.25)))

@@ -121,6 +121,19 @@ HEAD_TISSUES: dict[str, int] = {**BRAIN_TISSUES, "deep_grey_matter": len(BRAIN_T
 """Tissue classes of the ``anatomy="body"`` brain tumour phantom: :data:`BRAIN_TISSUES` (same ids) and
 the deep grey nuclei (thalami, basal ganglia)."""
 
+VARIED_BRAIN_TISSUES: dict[str, int] = {
+    **BRAIN_TISSUES,
+    **{
+        name: len(BRAIN_TISSUES) + index
+        for index, name in enumerate(("scalp_fat", "diploe", "tumor_solid", "tumor_mottled"))
+    },
+}
+"""Tissue classes of the ``varied`` brain tumour phantom: :data:`BRAIN_TISSUES` (same ids), the scalp's fat,
+the diploe, and the solidly enhancing tumour with its less enhancing mottle."""
+BRAIN_TUMOUR_TISSUES: tuple[str, ...] = ("tumor_core", "tumor_rim", "tumor_solid", "tumor_mottled")
+"""The tissues labelled tumour (label 1) in the brain tumour phantoms."""
+
+
 CT_CLIP_HU: tuple[int, int] = (-1024, 3071)
 """HU range a CT series stores as uint16 with intercept -1024; CT phantoms are clipped to it."""
 
@@ -216,6 +229,11 @@ BRAIN_SIGNAL: dict[str, dict[str, float]] = {
         "tumor_rim": 900,
         "edema": 420,
         "deep_grey_matter": 540,
+        # classes of the ``varied`` head only (scalp fat and diploe: fat, the brightest on T1)
+        "scalp_fat": 1150,
+        "diploe": 820,
+        "tumor_solid": 820,
+        "tumor_mottled": 700,
     },
     "T1": {
         "air": 0,
@@ -229,6 +247,11 @@ BRAIN_SIGNAL: dict[str, dict[str, float]] = {
         "tumor_rim": 430,
         "edema": 410,
         "deep_grey_matter": 530,
+        # classes of the ``varied`` head only (scalp fat and diploe: fat, the brightest on T1)
+        "scalp_fat": 1150,
+        "diploe": 820,
+        "tumor_solid": 450,
+        "tumor_mottled": 420,
     },
     "T2": {
         "air": 0,
@@ -242,6 +265,11 @@ BRAIN_SIGNAL: dict[str, dict[str, float]] = {
         "tumor_rim": 620,
         "edema": 780,
         "deep_grey_matter": 480,
+        # classes of the ``varied`` head only (scalp fat and diploe: fat, the brightest on T1)
+        "scalp_fat": 700,
+        "diploe": 500,
+        "tumor_solid": 650,
+        "tumor_mottled": 720,
     },
     "FLAIR": {
         "air": 0,
@@ -255,5 +283,10 @@ BRAIN_SIGNAL: dict[str, dict[str, float]] = {
         "tumor_rim": 700,
         "edema": 850,
         "deep_grey_matter": 520,
+        # classes of the ``varied`` head only (scalp fat and diploe: fat, the brightest on T1)
+        "scalp_fat": 600,
+        "diploe": 450,
+        "tumor_solid": 700,
+        "tumor_mottled": 720,
     },
 }
