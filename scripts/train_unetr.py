@@ -29,19 +29,24 @@ and mean metrics to ``<data-dir>/eval/`` and prints the mean per structure.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / "data_manifests" / "phantoms" / "ct_multiorgan"
+PERIRENAL = "perirenal_fat"
 
 
 def main() -> int:
     from pipelines.cli.recipe import FineTune, recipe_parser, run_recipe_from_args
     from pipelines.data.datasets import make_phantom_dataset
 
-    finetune = FineTune(
+    stage2 = FineTune(
         layers=("train_small_structures",), max_epochs=8, val_interval=4, learning_rate=3e-4, sample_keys=()
     )
+    # stage 3: stage 2's schedule again, on phantoms whose kidneys and adrenal glands lie in their perirenal
+    # fat (the right adrenal gland out of the liver), in <data-dir>/perirenal_fat
+    finetune = replace(stage2, then=replace(stage2, phantoms=PERIRENAL, in_all=False))
     parser = recipe_parser(
         __doc__.splitlines()[0],
         bundle=REPO / "bundles" / "ct_multiorgan_unetr",
@@ -51,25 +56,18 @@ def main() -> int:
         val_interval=16,
         finetune=finetune,
     )
-    parser.add_argument(
-        "--perirenal-fat",
-        action="store_true",
-        help="phantoms with the kidneys and adrenal glands in their perirenal fat, the right adrenal gland "
-        "out of the liver (give them their own --data-dir: cases on disk are known by geometry only)",
-    )
     args = parser.parse_args()
-    if args.perirenal_fat and args.data_dir.resolve() == DEFAULT_DATA.resolve():
-        parser.error("--perirenal-fat: give the phantoms their own --data-dir (the default holds those without)")
 
-    def make_data(counts: dict[str, int]) -> Path:
+    def make_data(counts: dict[str, int], phantoms: str | None = None) -> Path:
+        # cases on disk are known by their geometry only: each kind of phantom has a folder of its own
         return make_phantom_dataset(
-            args.data_dir,
+            args.data_dir if phantoms is None else args.data_dir / phantoms,
             args.bundle,
             kind="ct",
             name="ct_multiorgan_phantoms",
             fov_scale=args.fov_scale,
             counts=counts,
-            perirenal_fat=args.perirenal_fat,
+            perirenal_fat=phantoms == PERIRENAL,
         )
 
     example = REPO / "data_manifests" / "ct_multiorgan_phantoms.json"

@@ -132,9 +132,7 @@ def test_recipe_finetune_without_stage1_weights_stops_before_any_data(
     assert not data.exists()
 
 
-@pytest.mark.parametrize(
-    ("script", "option"), [("train_unetr.py", "--perirenal-fat"), ("train_mri_tumor.py", "--varied-heads")]
-)
+@pytest.mark.parametrize(("script", "option"), [("train_mri_tumor.py", "--varied-heads")])
 def test_recipe_refuses_phantoms_of_another_kind_in_the_default_data_folder(
     script: str, option: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -150,16 +148,27 @@ def test_recipe_refuses_phantoms_of_another_kind_in_the_default_data_folder(
 
 
 def _recorded_chain(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], third_in_all: bool = True
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    third_in_all: bool = True,
+    third_phantoms: str | None = None,
+    calls: list | None = None,
 ) -> tuple[list, Path]:
-    """Run a three-stage recipe's command line with training replaced by a recorder; return what it trained."""
+    """Run a three-stage recipe's command line with training replaced by a recorder; return what it trained.
+    ``calls`` (if given) receives (stage, manifest, eval_dir) of every training and evaluation run."""
     from types import SimpleNamespace
 
     import pipelines.train
     from pipelines.cli.recipe import FineTune, recipe_parser, run_recipe_from_args
 
     third = FineTune(
-        layers=("train_randomised", "train_more"), max_epochs=4, val_interval=2, learning_rate=3e-4, in_all=third_in_all
+        layers=("train_randomised", "train_more"),
+        max_epochs=4,
+        val_interval=2,
+        learning_rate=3e-4,
+        in_all=third_in_all,
+        phantoms=third_phantoms,
     )
     finetune = FineTune(layers=("train_randomised",), max_epochs=8, val_interval=2, learning_rate=5e-4, then=third)
     data = tmp_path / "data"
@@ -170,6 +179,8 @@ def _recorded_chain(
     trained: list = []
 
     def fake_run_recipe(bundle, manifest, *, stage, options=None, eval_dir, device="auto"):
+        if calls is not None:
+            calls.append((stage, Path(manifest), Path(eval_dir)))
         if stage == "evaluate":
             return {"evaluation": {"mean": {}}}
         weights = tmp_path / "bundle_model.pt"
@@ -182,9 +193,10 @@ def _recorded_chain(
 
     monkeypatch.setattr(pipelines.train, "run_recipe", fake_run_recipe)
 
-    def make_data(counts: dict[str, int]) -> Path:
-        data.mkdir(parents=True, exist_ok=True)
-        return data / "manifest.json"
+    def make_data(counts: dict[str, int], phantoms: str | None = None) -> Path:
+        folder = data if phantoms is None else data / phantoms
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / "manifest.json"
 
     run_recipe_from_args(
         parser.parse_args(argv), make_data, example_manifest=tmp_path / "x.json", default_data_dir=tmp_path / "other",
@@ -233,6 +245,32 @@ def test_an_experimental_stage_runs_only_when_named(tmp_path: Path, monkeypatch:
     argv = ["--stage", "finetune", "--from-stage", "3", "--init-weights", str(given)]
     trained, _ = _recorded_chain(tmp_path / "stage3", monkeypatch, argv, third_in_all=False)
     assert [o.layers for o in trained] == [("train_randomised", "train_more")]
+
+
+def test_a_stage_with_phantoms_of_its_own_trains_on_them_and_both_kinds_are_scored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list = []
+    _recorded_chain(tmp_path / "all", monkeypatch, ["--stage", "all"], third_phantoms="fat", calls=calls)
+    data = tmp_path / "all" / "data"
+    base, fat = data / "manifest.json", data / "fat" / "manifest.json"
+    assert [(stage, manifest) for stage, manifest, _ in calls] == [
+        ("train", base), ("train", base), ("train", fat), ("evaluate", base), ("evaluate", fat)
+    ]  # fmt: skip
+    assert calls[3][2] == data / "eval" and calls[4][2] == data / "eval" / "fat"  # each kind scored apart
+
+    calls.clear()  # an experiment's phantoms are drawn only where it runs, and are not scored by --stage all
+    _recorded_chain(
+        tmp_path / "exp", monkeypatch, ["--stage", "all"], third_in_all=False, third_phantoms="fat", calls=calls
+    )
+    assert not (tmp_path / "exp" / "data" / "fat").exists()
+    assert [stage for stage, _, _ in calls] == ["train", "train", "evaluate"]
+    given = tmp_path / "given.pt"
+    given.write_text("given")
+    calls.clear()
+    argv = ["--stage", "finetune", "--from-stage", "3", "--init-weights", str(given)]
+    _recorded_chain(tmp_path / "s3", monkeypatch, argv, third_in_all=False, third_phantoms="fat", calls=calls)
+    assert calls == [("train", tmp_path / "s3" / "data" / "fat" / "manifest.json", tmp_path / "s3" / "data" / "eval")]
 
 
 def test_recipe_from_stage_three_without_stage_two_weights_stops(

@@ -42,6 +42,10 @@ class FineTune:
         sample_keys: the layers' ids that ``--finetune-samples`` sets (none: the option is not offered,
             as for a layer that trains on the stage-1 phantoms rather than synthesised samples).
         then: the next stage, which starts from this one's weights (stage 3 after stage 2, ...).
+        phantoms: phantoms of the script's own that the stage trains and validates on, by name (the script's
+            ``make_data(counts, phantoms)`` draws them, in a folder of their own); None: the stage-1 phantoms.
+            Where a shipped stage has them, ``--stage all`` and ``--stage evaluate`` score the held-out
+            phantoms of both kinds.
     """
 
     layers: tuple[str, ...]
@@ -51,6 +55,7 @@ class FineTune:
     in_all: bool = True
     sample_keys: tuple[str, ...] = FINETUNE_SAMPLE_KEYS
     then: FineTune | None = None
+    phantoms: str | None = None
 
     def chain(self) -> list[FineTune]:
         """This stage and every one after it, in order."""
@@ -159,7 +164,7 @@ def recipe_parser(
 
 def run_recipe_from_args(
     args: argparse.Namespace,
-    make_data: Callable[[dict[str, int]], Path],
+    make_data: Callable[..., Path],
     *,
     example_manifest: Path,
     default_data_dir: Path,
@@ -170,7 +175,8 @@ def run_recipe_from_args(
     Args:
         args: parsed from :func:`recipe_parser`.
         make_data: ``make_data(counts) -> manifest``, the script's phantom generator, given the
-            cases per split from ``--train/--val/--test``.
+            cases per split from ``--train/--val/--test``; ``make_data(counts, name)`` for the phantoms a
+            fine-tuning stage names (:attr:`FineTune.phantoms`).
         example_manifest: the example manifest in ``data_manifests/`` that documents the dataset; it is
             rewritten to point at the phantoms when they went to ``default_data_dir`` at full field
             of view.
@@ -205,9 +211,18 @@ def run_recipe_from_args(
                 f"{init}: no stage-{first - 1} weights to fine-tune from; run the stage before first or pass "
                 "--init-weights FILE"
             )
+    counts = {"training": args.train, "validation": args.val, "test": args.test}
     start = time.perf_counter()
-    manifest = make_data({"training": args.train, "validation": args.val, "test": args.test})
+    manifest = make_data(counts)
     print(f"data: {manifest} ({time.perf_counter() - start:.0f} s)")
+    kinds = {stage.phantoms for _, stage in runs}
+    if args.stage in ("all", "data", "evaluate"):  # and those the shipped weights were trained on, to score them
+        kinds |= {f.phantoms for f in _shipped(chain)}
+    manifests = {None: manifest}
+    for kind in sorted(kinds - {None}):  # the phantoms of fine-tuning stages, drawn before any training
+        start = time.perf_counter()
+        manifests[kind] = make_data(counts, kind)
+        print(f"data ({kind}): {manifests[kind]} ({time.perf_counter() - start:.0f} s)")
     if Path(args.data_dir).resolve() == default_data_dir.resolve() and args.fov_scale == 1.0:
         write_manifest(relocated(manifest, example_manifest.parent), example_manifest)
     if args.stage == "data":
@@ -243,16 +258,32 @@ def run_recipe_from_args(
                 "learning_rate": stage.learning_rate if args.finetune_lr is None else args.finetune_lr,
             },
         )
-        figures = run_recipe(args.bundle, manifest, stage="train", options=options_n, eval_dir=eval_dir)
+        figures = run_recipe(
+            args.bundle, manifests[stage.phantoms], stage="train", options=options_n, eval_dir=eval_dir
+        )
         _print_training(f"stage {number}", figures)
         init = stage_weights(args.data_dir, number)
         if stage.then is not None:  # kept for the next stage, and for a later --from-stage
             shutil.copyfile(figures["train"].weights, init)
             print(f"stage {number} weights: {init}")
     if args.stage in ("all", "evaluate"):
-        figures = run_recipe(args.bundle, manifest, stage="evaluate", eval_dir=eval_dir, device=args.device)
-        print(json.dumps(figures["evaluation"]["mean"], indent=1))
+        for kind, held_out in manifests.items():  # the stage-1 phantoms, then those of a shipped stage
+            folder = eval_dir if kind is None else eval_dir / kind
+            figures = run_recipe(args.bundle, held_out, stage="evaluate", eval_dir=folder, device=args.device)
+            if len(manifests) > 1:
+                print(f"held-out phantoms: {'stage 1' if kind is None else kind}")
+            print(json.dumps(figures["evaluation"]["mean"], indent=1))
     return 0
+
+
+def _shipped(chain: list[FineTune]) -> list[FineTune]:
+    """The fine-tuning stages ``--stage all`` runs: those before the first experiment."""
+    shipped = []
+    for stage in chain:
+        if not stage.in_all:
+            break
+        shipped.append(stage)
+    return shipped
 
 
 def _per_stage(chain: list[FineTune], attribute: str) -> str:
