@@ -12,10 +12,14 @@ validation. Stage 2 (``configs/train_small_structures.json``) continues from sta
 for 8 epochs at AdamW 3e-4, with patch centres and DiceCE class weights tilted towards the
 esophagus and adrenal glands, on volumes cropped to the body. The best checkpoint by validation
 Dice is stored in float16 (``medseg_weights_dtype`` in the bundle's metadata), then the held-out
-phantoms are scored with those stored weights.
+phantoms are scored with those stored weights. Stage 3, an experiment whose weights are not shipped,
+runs stage 2's schedule again from its weights on phantoms whose kidneys and adrenal glands lie in their
+perirenal fat (the right adrenal gland out of the liver; ``<data-dir>/perirenal_fat/``).
 
-    python scripts/train_unetr.py                         # the documented CPU recipe (both stages)
+    python scripts/train_unetr.py                         # the documented CPU recipe (stages 1 and 2)
     python scripts/train_unetr.py --stage finetune --init-weights STAGE1.pt   # stage 2 alone
+    python scripts/train_unetr.py --stage finetune --from-stage 3 --init-weights models/model.pt
+                                                          # the stage-3 experiment
     python scripts/train_unetr.py --device cuda --max-epochs 200 --val-interval 10
     python scripts/train_unetr.py --stage evaluate        # evaluate models/model.pt only
     python scripts/train_unetr.py --bundle /tmp/unetr_copy --data-dir /tmp/unetr_data \\
@@ -46,6 +50,7 @@ def main() -> int:
     )
     # stage 3: stage 2's schedule again, on phantoms whose kidneys and adrenal glands lie in their perirenal
     # fat (the right adrenal gland out of the liver), in <data-dir>/perirenal_fat
+    # an experiment, its weights not shipped: they would not fit the repository's budget for this bundle (docs)
     finetune = replace(stage2, then=replace(stage2, phantoms=PERIRENAL, in_all=False))
     parser = recipe_parser(
         __doc__.splitlines()[0],
