@@ -18,8 +18,8 @@ perirenal fat (the right adrenal gland out of the liver; ``<data-dir>/perirenal_
 
     python scripts/train_unetr.py                         # the documented CPU recipe (stages 1 and 2)
     python scripts/train_unetr.py --stage finetune --init-weights STAGE1.pt   # stage 2 alone
-    python scripts/train_unetr.py --stage finetune --from-stage 3 --init-weights models/model.pt
-                                                          # the stage-3 experiment
+    python scripts/train_unetr.py --stage finetune --from-stage 3 --bundle COPY --data-dir DIR \\
+        --init-weights bundles/ct_multiorgan_unetr/models/model.pt   # the stage-3 experiment, on a copy
     python scripts/train_unetr.py --device cuda --max-epochs 200 --val-interval 10
     python scripts/train_unetr.py --stage evaluate        # evaluate models/model.pt only
     python scripts/train_unetr.py --bundle /tmp/unetr_copy --data-dir /tmp/unetr_data \\
