@@ -93,8 +93,9 @@ def main() -> int:
     roots = {args.predictions: "$PREDICTIONS", args.manifest.parent: "$MANIFESTS", REPO: "."}
     if args.json is not None:
         roots[args.json.parent] = "$JSON_DIR"
-    inside = {root: name for root, name in roots.items() if root == REPO or not root.resolve().is_relative_to(REPO)}
-    write_report(without_machine_paths(report, inside), args.json, "tube-gap")
+    # a folder inside the repository is shown from "." instead
+    shown = {root: name for root, name in roots.items() if root == REPO or not root.resolve().is_relative_to(REPO)}
+    write_report(without_machine_paths(report, shown), args.json, "tube-gap")
     return 0
 
 

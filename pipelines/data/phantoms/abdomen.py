@@ -405,7 +405,7 @@ def abdomen_anatomy(
 
     # liver lesions, from their own stream so that lesions=False keeps the same anatomy
     after_liver = ops[ops.index(next(op for op in ops if op.shape is liver_left)) + 1 :]
-    carving = [op.shape for op in after_liver if op.only_in is None or op.only_in is PERIRENAL_DISPLACES]
+    carving = [op.shape for op in after_liver if op.only_in is None or op.only_in == PERIRENAL_DISPLACES]
     wall_mm = body["skin"] + body["fat"] + body["muscle"] + warp.max_mm
     lesion_ops = []
     for _ in range(int(lesion_rng.integers(1, 4))):

@@ -265,7 +265,7 @@ BRAIN_SIGNAL: dict[str, dict[str, float]] = {
         "tumor_rim": 620,
         "edema": 780,
         "deep_grey_matter": 480,
-        # classes of the ``varied`` head only (scalp fat and diploe: fat, the brightest on T1)
+        # classes of the ``varied`` head only
         "scalp_fat": 700,
         "diploe": 500,
         "tumor_solid": 650,
@@ -283,7 +283,7 @@ BRAIN_SIGNAL: dict[str, dict[str, float]] = {
         "tumor_rim": 700,
         "edema": 850,
         "deep_grey_matter": 520,
-        # classes of the ``varied`` head only (scalp fat and diploe: fat, the brightest on T1)
+        # classes of the ``varied`` head only
         "scalp_fat": 600,
         "diploe": 450,
         "tumor_solid": 700,
