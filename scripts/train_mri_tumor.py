@@ -8,8 +8,9 @@ the seeds it uses.
     python scripts/train_mri_tumor.py --stage evaluate    # evaluate models/model.pt only
     python scripts/train_mri_tumor.py --stage finetune --init-weights models/model.pt
                                                           # the domain-randomised stage 2 (an experiment, not shipped)
-    python scripts/train_mri_tumor.py --varied-heads --data-dir /tmp/varied
-                                                          # heads with scalp fat, tumours of three kinds
+    python scripts/train_mri_tumor.py --phantoms varied_heads
+                                                          # heads with scalp fat, tumours of three kinds, all in
+                                                          # <data-dir>/varied_heads/ (phantoms, stage weights, eval)
     python scripts/train_mri_tumor.py --channels 4        # T1c, T1, T2, FLAIR; set num_channels to 4
                                                           # in inference.json, train.json, metadata.json first
     python scripts/train_mri_tumor.py --bundle /tmp/mri_copy --data-dir /tmp/mri_data \\
@@ -28,6 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / "data_manifests" / "phantoms" / "brain_tumor"
 FINETUNE_EPOCHS = 6
+VARIED_HEADS = "varied_heads"
+"""``--phantoms`` name of the heads with T1-bright scalp fat and diploe, and ring, solid or patchy tumours."""
 
 
 def bundle_channels(bundle: Path) -> dict[str, int]:
@@ -55,19 +58,12 @@ def main() -> int:
         data_dir=DEFAULT_DATA,
         counts={"training": 16, "validation": 4, "test": 8},
         finetune=finetune,
+        phantoms=(VARIED_HEADS,),
     )
     parser.add_argument(
         "--channels", type=int, default=None, help="MR contrasts per case, 1-4 (default: the bundle's num_channels)"
     )
-    parser.add_argument(
-        "--varied-heads",
-        action="store_true",
-        help="heads with T1-bright scalp fat and diploe, and ring, solid or patchy tumours reaching the cortex "
-        "(give them their own --data-dir: cases on disk are known by geometry only)",
-    )
     args = parser.parse_args()
-    if args.varied_heads and args.data_dir.resolve() == DEFAULT_DATA.resolve():
-        parser.error("--varied-heads: give the phantoms their own --data-dir (the default holds the default heads)")
 
     stated = bundle_channels(args.bundle)
     channels = args.channels if args.channels is not None else stated["inference"]
@@ -79,15 +75,16 @@ def main() -> int:
         )
     name = "brain_tumor_phantoms" if channels == 1 else f"brain_tumor_phantoms_{channels}ch"
 
-    def make_data(counts: dict[str, int]) -> Path:
+    def make_data(counts: dict[str, int], phantoms: str | None = None) -> Path:
+        # cases on disk are known by their geometry only: each kind of phantom has a folder of its own
         return make_brain_dataset(
-            args.data_dir,
+            args.data_dir if phantoms is None else args.data_dir / phantoms,
             args.bundle,
             channels=channels,
             name=name,
             fov_scale=args.fov_scale,
             counts=counts,
-            varied=args.varied_heads,
+            varied=phantoms == VARIED_HEADS,
         )
 
     example = REPO / "data_manifests" / f"{name}.json"

@@ -8,6 +8,7 @@ grids (the shipped layer draws realistic acquisitions, seconds per sample).
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -132,19 +133,29 @@ def test_recipe_finetune_without_stage1_weights_stops_before_any_data(
     assert not data.exists()
 
 
-@pytest.mark.parametrize(("script", "option"), [("train_mri_tumor.py", "--varied-heads")])
-def test_recipe_refuses_phantoms_of_another_kind_in_the_default_data_folder(
-    script: str, option: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_mri_recipe_draws_varied_heads_in_a_folder_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Cases on disk are known by their geometry only: phantoms drawn with another option in the folder of the
-    default ones would be mixed up with them, so the option needs its own --data-dir (checked before any work)."""
+    """Cases on disk are known by their geometry only: --phantoms puts the other kind in <data-dir>/<name>, never
+    among the default heads (the same convention as a fine-tuning stage's phantoms)."""
     import runpy
 
-    monkeypatch.setattr(sys, "argv", [script, "--stage", "data", option])
+    data = tmp_path / "data"
+    argv = ["train_mri_tumor.py", "--stage", "data", "--phantoms", "varied_heads", "--data-dir", str(data)]
+    argv += ["--train", "1", "--val", "1", "--test", "1", "--fov-scale", "0.3"]
+    monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as stop:
-        runpy.run_path(str(REPO / "scripts" / script), run_name="__main__")
-    assert stop.value.code == 2
-    assert f"{option}: give the phantoms their own --data-dir" in capsys.readouterr().err
+        runpy.run_path(str(REPO / "scripts" / "train_mri_tumor.py"), run_name="__main__")
+    assert stop.value.code == 0
+    assert sorted(p.name for p in data.iterdir()) == ["varied_heads"]
+    manifests = list((data / "varied_heads").glob("*.json"))
+    assert len(manifests) == 1
+    written = json.loads(manifests[0].read_text())
+    cases = [case for split in ("training", "validation", "test") for case in written[split]]
+    assert len(cases) == 3
+    for case in cases:
+        image = (manifests[0].parent / case["image"]).resolve()
+        assert image.is_file() and image.is_relative_to((data / "varied_heads").resolve())
 
 
 def _recorded_chain(
@@ -154,6 +165,7 @@ def _recorded_chain(
     third_in_all: bool = True,
     third_phantoms: str | None = None,
     calls: list | None = None,
+    phantoms: tuple[str, ...] = (),
 ) -> tuple[list, Path]:
     """Run a three-stage recipe's command line with training replaced by a recorder; return what it trained.
     ``calls`` (if given) receives (stage, manifest, eval_dir) of every training and evaluation run."""
@@ -174,7 +186,7 @@ def _recorded_chain(
     data = tmp_path / "data"
     parser = recipe_parser(
         "three stages", bundle=tmp_path / "bundle", data_dir=data, counts={"training": 1, "validation": 1, "test": 1},
-        finetune=finetune,
+        finetune=finetune, phantoms=phantoms,
     )  # fmt: skip
     trained: list = []
 
@@ -271,6 +283,28 @@ def test_a_stage_with_phantoms_of_its_own_trains_on_them_and_both_kinds_are_scor
     argv = ["--stage", "finetune", "--from-stage", "3", "--init-weights", str(given)]
     _recorded_chain(tmp_path / "s3", monkeypatch, argv, third_in_all=False, third_phantoms="fat", calls=calls)
     assert calls == [("train", tmp_path / "s3" / "data" / "fat" / "manifest.json", tmp_path / "s3" / "data" / "eval")]
+
+
+def test_a_run_on_phantoms_of_another_kind_keeps_everything_in_their_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--phantoms NAME: stage 1 trains on them, and its weights, the later stages' and the evaluation stay in
+    <data-dir>/NAME, so a default run's stage weights in <data-dir> are neither used nor overwritten."""
+    calls: list = []
+    trained, data = _recorded_chain(
+        tmp_path, monkeypatch, ["--stage", "all", "--phantoms", "other"], calls=calls, phantoms=("other",)
+    )
+    other = data / "other"
+    assert [(stage, manifest, folder) for stage, manifest, folder in calls] == [
+        ("train", other / "manifest.json", other / "eval"),
+        ("train", other / "manifest.json", other / "eval"),
+        ("train", other / "manifest.json", other / "eval"),
+        ("evaluate", other / "manifest.json", other / "eval"),
+    ]
+    assert trained[1].overrides["init_weights"] == str((other / "stage1_model.pt").resolve())
+    assert sorted(p.name for p in data.iterdir()) == ["other"]
+    with pytest.raises(SystemExit):  # only the names the script draws
+        _recorded_chain(tmp_path / "bad", monkeypatch, ["--phantoms", "nope"], phantoms=("other",))
 
 
 def test_recipe_from_stage_three_without_stage_two_weights_stops(

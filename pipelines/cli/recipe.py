@@ -71,6 +71,7 @@ def recipe_parser(
     max_epochs: int | None = None,
     val_interval: int | None = None,
     finetune: FineTune | None = None,
+    phantoms: tuple[str, ...] = (),
 ) -> argparse.ArgumentParser:
     """The command line every weights script shares; a script adds its own options to it.
 
@@ -81,6 +82,9 @@ def recipe_parser(
         max_epochs, val_interval: defaults; None keeps the bundle's train.json values.
         finetune: the recipe's first fine-tuning stage (stage 2) and, through its ``then``, the ones
             after it, if it has any (adds ``--stage finetune`` and its options).
+        phantoms: names of other phantoms the script draws (adds ``--phantoms``): the whole run, stage 1
+            included, then uses ``<data-dir>/<name>``, as a fine-tuning stage's phantoms do
+            (:attr:`FineTune.phantoms`), so that they are never mixed with the default ones.
     """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--bundle", type=Path, default=bundle)
@@ -100,6 +104,14 @@ def recipe_parser(
         "--fov-scale", type=float, default=1.0, help="shrink the phantoms' field of view (0-1] for quick smoke runs"
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    if phantoms:
+        parser.add_argument(
+            "--phantoms",
+            choices=phantoms,
+            default=None,
+            help="train and evaluate on these phantoms instead of the default ones; data, stage weights and "
+            "evaluation go to <data-dir>/<name> (cases on disk are known by their geometry only)",
+        )
     stages = (
         ("all", "data", "train", "evaluate") if finetune is None else ("all", "data", "train", "finetune", "evaluate")
     )
@@ -176,7 +188,8 @@ def run_recipe_from_args(
         args: parsed from :func:`recipe_parser`.
         make_data: ``make_data(counts) -> manifest``, the script's phantom generator, given the
             cases per split from ``--train/--val/--test``; ``make_data(counts, name)`` for the phantoms a
-            fine-tuning stage names (:attr:`FineTune.phantoms`).
+            fine-tuning stage names (:attr:`FineTune.phantoms`) or ``--phantoms`` names, which it draws in
+            ``<data-dir>/<name>``.
         example_manifest: the example manifest in ``data_manifests/`` that documents the dataset; it is
             rewritten to point at the phantoms when they went to ``default_data_dir`` at full field
             of view.
@@ -189,7 +202,9 @@ def run_recipe_from_args(
     from pipelines.train import TrainOptions, run_recipe
 
     setup_logging(verbose=0, quiet=False)
-    stage1 = stage_weights(args.data_dir, 1)
+    own = getattr(args, "phantoms", None)  # the whole run's phantoms (--phantoms), when not the default ones
+    root = Path(args.data_dir) if own is None else Path(args.data_dir) / own
+    stage1 = stage_weights(root, 1)
     chain = finetune.chain() if finetune is not None else []
     first = getattr(args, "from_stage", 2)  # the first fine-tuning stage to run
     if finetune is not None and args.stage != "finetune":
@@ -197,7 +212,7 @@ def run_recipe_from_args(
             if value != default:
                 raise SystemExit(f"{option} {value}: only with --stage finetune (else the stages before decide)")
     runs: list[tuple[int, FineTune]] = []  # (stage number, stage) to run after stage 1
-    init = stage_weights(args.data_dir, first - 1)
+    init = stage_weights(root, first - 1)
     if finetune is not None and args.stage in ("finetune", "all"):
         for number, stage in enumerate(chain, start=2):
             if number < first:
@@ -213,7 +228,7 @@ def run_recipe_from_args(
             )
     counts = {"training": args.train, "validation": args.val, "test": args.test}
     start = time.perf_counter()
-    manifest = make_data(counts)
+    manifest = make_data(counts) if own is None else make_data(counts, own)
     print(f"data: {manifest} ({time.perf_counter() - start:.0f} s)")
     kinds = {stage.phantoms for _, stage in runs}
     if args.stage in ("all", "data", "evaluate"):  # and those the shipped weights were trained on, to score them
@@ -223,7 +238,7 @@ def run_recipe_from_args(
         start = time.perf_counter()
         manifests[kind] = make_data(counts, kind)
         print(f"data ({kind}): {manifests[kind]} ({time.perf_counter() - start:.0f} s)")
-    if Path(args.data_dir).resolve() == default_data_dir.resolve() and args.fov_scale == 1.0:
+    if own is None and Path(args.data_dir).resolve() == default_data_dir.resolve() and args.fov_scale == 1.0:
         write_manifest(relocated(manifest, example_manifest.parent), example_manifest)
     if args.stage == "data":
         return 0
@@ -231,7 +246,7 @@ def run_recipe_from_args(
     options = TrainOptions(
         max_epochs=args.max_epochs, val_interval=args.val_interval, device=args.device, seed=0, overrides=overrides
     )
-    eval_dir = Path(args.data_dir) / "eval"
+    eval_dir = root / "eval"
     if args.stage in ("all", "train"):
         figures = run_recipe(args.bundle, manifest, stage="train", options=options, eval_dir=eval_dir)
         _print_training("stage 1" if finetune is not None and finetune.in_all else "train", figures)
@@ -239,7 +254,7 @@ def run_recipe_from_args(
             shutil.copyfile(figures["train"].weights, stage1)
             print(f"stage 1 weights: {stage1}")
     for number, stage in runs:
-        previous = stage_weights(args.data_dir, number - 1)
+        previous = stage_weights(root, number - 1)
         if init.resolve() != previous.resolve():
             shutil.copyfile(init, previous)  # the bundle's model.pt is overwritten while the stage trains
         samples = {}
@@ -262,7 +277,7 @@ def run_recipe_from_args(
             args.bundle, manifests[stage.phantoms], stage="train", options=options_n, eval_dir=eval_dir
         )
         _print_training(f"stage {number}", figures)
-        init = stage_weights(args.data_dir, number)
+        init = stage_weights(root, number)
         if stage.then is not None:  # kept for the next stage, and for a later --from-stage
             shutil.copyfile(figures["train"].weights, init)
             print(f"stage {number} weights: {init}")
