@@ -11,6 +11,8 @@ the seeds it uses.
     python scripts/train_mri_tumor.py --phantoms varied_heads
                                                           # heads with scalp fat, tumours of three kinds, all in
                                                           # <data-dir>/varied_heads/ (phantoms, stage weights, eval)
+    python scripts/train_mri_tumor.py --phantoms mixed_heads --max-epochs 60
+                                                          # the default and the varied heads together
     python scripts/train_mri_tumor.py --channels 4        # T1c, T1, T2, FLAIR; set num_channels to 4
                                                           # in inference.json, train.json, metadata.json first
     python scripts/train_mri_tumor.py --bundle /tmp/mri_copy --data-dir /tmp/mri_data \\
@@ -31,6 +33,8 @@ DEFAULT_DATA = REPO / "data_manifests" / "phantoms" / "brain_tumor"
 FINETUNE_EPOCHS = 6
 VARIED_HEADS = "varied_heads"
 """``--phantoms`` name of the heads with T1-bright scalp fat and diploe, and ring, solid or patchy tumours."""
+MIXED_HEADS = "mixed_heads"
+"""``--phantoms`` name of the default heads and the varied ones together (each split holds both)."""
 
 
 def bundle_channels(bundle: Path) -> dict[str, int]:
@@ -45,7 +49,7 @@ def bundle_channels(bundle: Path) -> dict[str, int]:
 
 def main() -> int:
     from pipelines.cli.recipe import FineTune, recipe_parser, run_recipe_from_args
-    from pipelines.data.datasets import make_brain_dataset
+    from pipelines.data.datasets import make_brain_dataset, merged_manifest
 
     # stage 2 is an experiment here, its weights not shipped (see the bundle's docs): only --stage finetune runs it
     finetune = FineTune(
@@ -58,7 +62,7 @@ def main() -> int:
         data_dir=DEFAULT_DATA,
         counts={"training": 16, "validation": 4, "test": 8},
         finetune=finetune,
-        phantoms=(VARIED_HEADS,),
+        phantoms=(VARIED_HEADS, MIXED_HEADS),
     )
     parser.add_argument(
         "--channels", type=int, default=None, help="MR contrasts per case, 1-4 (default: the bundle's num_channels)"
@@ -77,14 +81,15 @@ def main() -> int:
 
     def make_data(counts: dict[str, int], phantoms: str | None = None) -> Path:
         # cases on disk are known by their geometry only: each kind of phantom has a folder of its own
+        folder = args.data_dir if phantoms is None else args.data_dir / phantoms
+        if phantoms == MIXED_HEADS:  # the same seeds drawn both ways, in one manifest
+            parts = {kind: make_heads(folder / kind, counts, kind == "varied") for kind in ("classic", "varied")}
+            return merged_manifest(parts, folder / f"{name}.json")
+        return make_heads(folder, counts, phantoms == VARIED_HEADS)
+
+    def make_heads(folder: Path, counts: dict[str, int], varied: bool) -> Path:
         return make_brain_dataset(
-            args.data_dir if phantoms is None else args.data_dir / phantoms,
-            args.bundle,
-            channels=channels,
-            name=name,
-            fov_scale=args.fov_scale,
-            counts=counts,
-            varied=phantoms == VARIED_HEADS,
+            folder, args.bundle, channels=channels, name=name, fov_scale=args.fov_scale, counts=counts, varied=varied
         )
 
     example = REPO / "data_manifests" / f"{name}.json"

@@ -133,29 +133,32 @@ def test_recipe_finetune_without_stage1_weights_stops_before_any_data(
     assert not data.exists()
 
 
-def test_mri_recipe_draws_varied_heads_in_a_folder_of_their_own(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("phantoms", "ids"), [("varied_heads", {""}), ("mixed_heads", {"classic_", "varied_"})])
+def test_mri_recipe_draws_other_heads_in_a_folder_of_their_own(
+    phantoms: str, ids: set[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Cases on disk are known by their geometry only: --phantoms puts the other kind in <data-dir>/<name>, never
-    among the default heads (the same convention as a fine-tuning stage's phantoms)."""
+    among the default heads (the same convention as a fine-tuning stage's phantoms). The mixed heads hold both
+    kinds of each seed in every split."""
     import runpy
 
     data = tmp_path / "data"
-    argv = ["train_mri_tumor.py", "--stage", "data", "--phantoms", "varied_heads", "--data-dir", str(data)]
+    argv = ["train_mri_tumor.py", "--stage", "data", "--phantoms", phantoms, "--data-dir", str(data)]
     argv += ["--train", "1", "--val", "1", "--test", "1", "--fov-scale", "0.3"]
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as stop:
         runpy.run_path(str(REPO / "scripts" / "train_mri_tumor.py"), run_name="__main__")
     assert stop.value.code == 0
-    assert sorted(p.name for p in data.iterdir()) == ["varied_heads"]
-    manifests = list((data / "varied_heads").glob("*.json"))
+    assert sorted(p.name for p in data.iterdir()) == [phantoms]
+    manifests = list((data / phantoms).glob("*.json"))
     assert len(manifests) == 1
     written = json.loads(manifests[0].read_text())
-    cases = [case for split in ("training", "validation", "test") for case in written[split]]
-    assert len(cases) == 3
-    for case in cases:
-        image = (manifests[0].parent / case["image"]).resolve()
-        assert image.is_file() and image.is_relative_to((data / "varied_heads").resolve())
+    for split in ("training", "validation", "test"):
+        cases = written[split]
+        assert {case["case_id"].removesuffix(case["case_id"][-11:]) for case in cases} == ids, split
+        for case in cases:
+            image = (manifests[0].parent / case["image"]).resolve()
+            assert image.is_file() and image.is_relative_to((data / phantoms).resolve())
 
 
 def _recorded_chain(

@@ -38,6 +38,7 @@ __all__ = [
     "make_brain_dataset",
     "make_ct_dataset",
     "make_phantom_dataset",
+    "merged_manifest",
     "relocated",
     "scale_geometry",
 ]
@@ -308,3 +309,28 @@ def relocated(manifest: str | Path, folder: str | Path) -> dict[str, Any]:
                 elif isinstance(entry.get(key), list):
                     entry[key] = [move(v) for v in entry[key]]
     return data
+
+
+def merged_manifest(parts: Mapping[str, str | Path], path: str | Path) -> Path:
+    """One manifest holding every split of several phantom manifests (cases with ids), written to ``path``.
+
+    Each part's case ids get its name as a prefix (``varied_brain_00003``): two kinds of phantoms drawn
+    from the same seeds have the same ids. Paths are rewritten relative to ``path``'s folder. The first
+    part's name, description, modality and labels head the result; every part must have the same labels.
+    """
+    path = Path(path)
+    merged: dict[str, Any] = {}
+    for name, manifest in parts.items():
+        data = relocated(manifest, path.parent)
+        if not merged:
+            merged = {**data, "training": [], "validation": [], "test": []}
+        elif data.get("labels") != merged.get("labels"):
+            raise ValueError(f"{manifest}: labels {data.get('labels')}, the first part has {merged.get('labels')}")
+        for split in ("training", "validation", "test"):
+            for entry in data.get(split, []):
+                if not isinstance(entry, dict) or "case_id" not in entry:
+                    raise ValueError(
+                        f"{manifest}: a {split} case without a case_id ({entry!r}); phantom manifests have them"
+                    )
+                merged[split].append({**entry, "case_id": f"{name}_{entry['case_id']}"})
+    return write_manifest(merged, path)

@@ -20,6 +20,7 @@ from pipelines.data.datasets import (
     make_brain_dataset,
     make_ct_dataset,
     make_phantom_dataset,
+    merged_manifest,
     relocated,
     scale_geometry,
 )
@@ -262,3 +263,29 @@ def test_phantom_dataset_bad_arguments(tmp_path: Path, kwargs: dict, message: st
 def test_brain_dataset_needs_a_tumour_bundle(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"brain tumour phantoms label \{1: 'tumor'\}; the bundle's channel_def has"):
         make_brain_dataset(tmp_path, BUNDLES / "ct_abdomen_unet", counts={"training": 1})
+
+
+def test_merged_manifest_keeps_both_kinds_of_the_same_seeds_apart(tmp_path: Path) -> None:
+    """The default and the varied heads of one seed share a case id; merged, each keeps its own files."""
+    counts = {"training": 1, "validation": 1, "test": 0}
+    parts = {
+        kind: make_brain_dataset(tmp_path / kind, BRAIN_BUNDLE, counts=counts, fov_scale=0.3, varied=kind == "varied")
+        for kind in ("classic", "varied")
+    }
+    merged = merged_manifest(parts, tmp_path / "m.json")  # beside the parts: manifest paths stay inside its folder
+    manifest = load_manifest(merged)
+    training = {case.case_id: case for case in manifest.cases if case.split == "training"}
+    assert sorted(training) == ["classic_brain_00000", "varied_brain_00000"]
+    validation = [case.case_id for case in manifest.cases if case.split == "validation"]
+    assert validation == ["classic_brain_10000", "varied_brain_10000"]
+    classic, varied = training["classic_brain_00000"], training["varied_brain_00000"]
+    assert classic.image == (tmp_path / "classic" / "training" / "brain_00000" / "image.nii.gz").resolve()
+    assert varied.image == (tmp_path / "varied" / "training" / "brain_00000" / "image.nii.gz").resolve()
+    # the same seed's head, drawn two ways: the varied one has its scalp fat, so the images differ
+    a, b = (np.asarray(nib.load(c.image).dataobj) for c in (classic, varied))
+    assert a.shape == b.shape and not np.array_equal(a, b)
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**json.loads(parts["varied"].read_text()), "labels": {"0": "background", "1": "x"}}))
+    with pytest.raises(ValueError, match="labels"):
+        merged_manifest({"classic": parts["classic"], "other": bad}, tmp_path / "n.json")
