@@ -12,6 +12,7 @@ What a bundle declares in its ``configs/metadata.json`` (all optional; README "Q
         "min_tta_agreement": 0.8,                           # mean pairwise Dice between TTA passes
         "max_removed_fraction": 0.2,                        # share of a structure removed as islands by the clean-up
         "min_edge_area_fraction": 0.2,                      # truncation: cut face vs. largest cross-section
+        "min_depth_mm": {"tumor": 5},                       # median depth under the body's surface at least
         "structures": {"liver_tumor": {"min_confidence": 0.5}}  # per-structure overrides of the five above
     }
 
@@ -26,6 +27,11 @@ result); ``warn`` flags are reported the same way (terminal, stats, run.json ``w
 but do not flag the case: an organ cut by the edge of the field of view (``truncated``: its volume is
 unreliable, its outline may be fine), and a volume outside the plausible range of an organ so cut
 (``volume_range`` with severity ``warn``: a cut organ is expected to be small).
+
+``min_depth_mm`` is for structures that cannot reach the skin (a brain tumour lies inside the skull): a
+structure whose voxels lie a median depth under the body's surface below the value is flagged
+``too_superficial``, whatever the network's confidence (:mod:`pipelines.outputs.depth` finds the body
+from the input).
 """
 
 from __future__ import annotations
@@ -86,6 +92,7 @@ class QualitySpec:
     min_edge_area_fraction: float = 0.2
     entropy_threshold_nats: float = ENTROPY_THRESHOLD_NATS
     structures: dict[str, dict[str, float]] = field(default_factory=dict)
+    min_depth_mm: dict[str, float] = field(default_factory=dict)
 
     def threshold(self, structure: str, key: str) -> float:
         """Threshold ``key`` (a per-structure key) for ``structure``: its override, else the case-wide value."""
@@ -125,12 +132,19 @@ def read_quality_spec(metadata: Mapping[str, Any], where: str = "metadata.json")
         raise ValueError(f"{where}: {QC_KEY}.input_range: expected [low, high] (null for open), got {span!r}")
     bounds = tuple(None if b is None else _number(b, f"{where}: {QC_KEY}.input_range") for b in span)
     numbers = {k: _number(raw[k], f"{where}: {QC_KEY}.{k}") for k in _NUMBERS if raw.get(k) is not None}
+    depths = raw.get("min_depth_mm", {})
+    if not isinstance(depths, Mapping):
+        raise ValueError(f"{where}: {QC_KEY}.min_depth_mm: expected {{structure: mm}}, got {depths!r}")
+    depth = {str(n): _number(v, f"{where}: {QC_KEY}.min_depth_mm.{n}") for n, v in depths.items()}
+    if any(v < 0 for v in depth.values()):
+        raise ValueError(f"{where}: {QC_KEY}.min_depth_mm: expected depths >= 0 mm, got {dict(depths)!r}")
     return QualitySpec(
         modality=modality,
         expected_structures=tuple(expected),
         volume_ml=volumes,
         input_range=bounds,  # type: ignore[arg-type]
         structures=_per_structure(raw.get("structures", {}), where),
+        min_depth_mm=depth,
         **numbers,  # type: ignore[arg-type]
     )
 
@@ -232,6 +246,7 @@ def assess_case(
     image: np.ndarray,
     input_modality: str = "",
     tta: str = "none",
+    spacing: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Per-structure confidence and QC flags of one case; adds them to each ``stats`` entry in place.
 
@@ -247,6 +262,7 @@ def assess_case(
         image: the input image ``(i, j, k)`` (for the input checks).
         input_modality: what the input says it is (DICOM Modality), ``""`` when unknown.
         tta: the TTA mode of the run.
+        spacing: the grid's voxel spacing in mm (for ``min_depth_mm``; without it that check is skipped).
 
     Returns:
         The run.json ``quality`` record: ``flagged``, ``reasons`` (fail flags in words), ``warnings``,
@@ -264,6 +280,7 @@ def assess_case(
         else {}
     )
     agreement = signals.tta_agreement if signals is not None else {}
+    superficial = _depth_flags(stats, labels, image, spacing, spec)
     for entry in stats:
         label, name = int(entry["label"]), str(entry["name"])
         found = confidence.get(label, {})
@@ -271,7 +288,7 @@ def assess_case(
         entry["high_entropy_fraction"] = found.get("high_entropy_fraction")
         entry["tta_agreement"] = agreement.get(label)
         entry["removed_fraction"] = removed.get(label, 0.0) if removed else None
-        own = _structure_flags(entry, labels, spec)
+        own = _structure_flags(entry, labels, spec) + [f for f in superficial if f["structure"] == name]
         entry["flags"] = list(dict.fromkeys(f["code"] for f in own))
         entry["qc"] = "; ".join(f["reason"] for f in own)
         flags += own
@@ -294,12 +311,44 @@ def assess_case(
             "min_tta_agreement": spec.min_tta_agreement,
             "max_removed_fraction": spec.max_removed_fraction,
             "min_edge_area_fraction": spec.min_edge_area_fraction,
+            "min_depth_mm": spec.min_depth_mm,
             "structures": spec.structures,
         },
     }
     if failing:
         logger.warning("QC: result flagged (%d reason(s), the first: %s)", len(failing), record["reasons"][0])
     return record
+
+
+def _depth_flags(
+    stats: Sequence[Mapping[str, Any]],
+    labels: np.ndarray,
+    image: np.ndarray,
+    spacing: Sequence[float] | None,
+    spec: QualitySpec,
+) -> list[dict[str, Any]]:
+    """``too_superficial`` flags of the structures with a declared ``min_depth_mm``, present in ``labels``."""
+    declared = [(int(e["label"]), str(e["name"])) for e in stats if str(e["name"]) in spec.min_depth_mm]
+    if not declared or spacing is None:
+        return []
+    from pipelines.outputs.depth import body_depth_mm
+
+    plane = image[0] if image.ndim == labels.ndim + 1 else image  # the first channel of a multi-contrast input
+    depth = body_depth_mm(plane, spacing) if plane.shape == labels.shape else None
+    if depth is None:
+        logger.info("QC: no body found in the input; min_depth_mm not checked")
+        return []
+    flags = []
+    for label, name in declared:
+        median = float(np.median(depth[labels == label]))
+        least = spec.min_depth_mm[name]
+        if median < least:
+            reason = (
+                f"its voxels lie a median {median:.1f} mm under the body's surface, less than the {least:g} mm the "
+                "bundle declares for it (it cannot reach the skin: e.g. the scalp called tumour)"
+            )
+            flags.append(_flag("too_superficial", reason, name))
+    return flags
 
 
 def _with_structure(flag: Mapping[str, Any]) -> str:
@@ -392,7 +441,10 @@ def stats_and_quality(
     from pipelines.outputs.stats import compute_stats
 
     stats = compute_stats(labels, image, affine, names)
-    quality = assess_case(stats, labels, signals, spec, image=image, input_modality=input_modality, tta=tta)
+    spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    quality = assess_case(
+        stats, labels, signals, spec, image=image, input_modality=input_modality, tta=tta, spacing=spacing
+    )
     return stats, quality
 
 

@@ -11,7 +11,7 @@ import pytest
 from pipelines.batch.flags import quality_cell
 from pipelines.cli.main import main
 from pipelines.data.phantoms.degrade import degrade_ct, make_head_ct_phantom
-from pipelines.data.phantoms.make import make_ct_phantom, make_mr_phantom
+from pipelines.data.phantoms.make import make_brain_tumor_phantom, make_ct_phantom, make_mr_phantom
 from pipelines.data.phantoms.write import write_nifti
 from pipelines.outputs.confidence import ConfidenceMaps, PostprocessSignals
 from pipelines.outputs.quality import banner, read_quality_spec, stats_and_quality
@@ -210,6 +210,9 @@ def test_without_signals_confidence_columns_are_empty() -> None:
         ({"structures": {"liver": 0.5}}, "medseg_qc.structures.liver must be an object of thresholds"),
         ({"structures": {"liver": {"min_volume": 1}}}, "medseg_qc.structures.liver: unknown threshold.s. min_volume"),
         ({"structures": {"liver": {"min_confidence": None}}}, "medseg_qc.structures.liver.min_confidence: expected a"),
+        ({"min_depth_mm": 8}, r"medseg_qc.min_depth_mm: expected \{structure: mm\}, got 8"),
+        ({"min_depth_mm": {"tumor": "deep"}}, "medseg_qc.min_depth_mm.tumor: expected a finite number"),
+        ({"min_depth_mm": {"tumor": -1}}, "medseg_qc.min_depth_mm: expected depths >= 0 mm"),
     ],
 )
 def test_bad_declarations_are_refused_with_the_key(qc: object, message: str) -> None:
@@ -271,3 +274,39 @@ def test_segment_prints_a_flagged_summary_for_a_head_ct_and_an_mr_image(
     assert "no air (about -1000 HU) around or inside the body: an MR image, or a CT window that is not HU?" in printed
     stats = json.loads((tmp_path / "out_mr" / "image" / "stats.json").read_text())
     assert all("flags" in s and "confidence" in s for s in stats)
+
+
+@pytest.mark.parametrize("varied", [False, True])
+def test_a_tumour_in_the_scalp_is_flagged_whatever_the_confidence(varied: bool) -> None:
+    """min_depth_mm: a brain tumour lies under the scalp and the skull. On a head phantom (1 x 1 x 4 mm voxels,
+    the body found from the image alone) the true tumour passes and the scalp called tumour is flagged
+    too_superficial, although the network would be sure of it (confidence 0.98)."""
+    phantom = make_brain_tumor_phantom(10001, varied=varied)
+    spec = read_quality_spec({"medseg_qc": {"min_depth_mm": {"tumor": 8}}})
+    tissue = {name: index for index, name in phantom.tissue_names.items()}
+    scalp = (phantom.tissue == tissue["scalp"]).astype(np.uint8)
+    for labels, flagged in ((phantom.label, False), (scalp, True)):
+        maps = ConfidenceMaps(np.full(labels.shape, 250, np.uint8), np.zeros(labels.shape, np.uint8), classes=2)
+        signals = PostprocessSignals(maps, labels.copy(), labels.copy(), {}, [])
+        stats, quality = stats_and_quality(labels, phantom.image, phantom.affine, {1: "tumor"}, signals, spec)
+        assert quality["flagged"] is flagged
+        assert stats[0]["flags"] == (["too_superficial"] if flagged else [])
+        if flagged:
+            assert "tumor: its voxels lie a median" in quality["reasons"][0] and "8 mm" in quality["reasons"][0]
+    assert quality["thresholds"]["min_depth_mm"] == {"tumor": 8.0}
+
+
+def test_depth_is_measured_in_mm_and_a_cut_face_is_not_a_surface() -> None:
+    """A box of tissue in air: depth is the distance in mm to the air, along the coarse axis too; where the box
+    runs out of the field of view (the k faces) nothing is superficial for that."""
+    from pipelines.outputs.depth import body_depth_mm
+
+    image = np.zeros((40, 40, 10), np.float32)
+    image[5:35, 5:35, :] = 100.0  # the body fills k entirely: cut by the field of view there
+    depth = body_depth_mm(image, (1.0, 1.0, 6.0))
+    assert depth is not None and depth[0, 0, 0] == 0
+    assert depth[20, 5, 0] == pytest.approx(1.0) and depth[20, 20, 0] == pytest.approx(15.0)
+    assert depth[20, 20, :].min() == pytest.approx(15.0)  # the k faces are not skin
+    image[18:22, 18:22, 4:6] = 0.0  # a dark cavity inside the body (skull, CSF) is not a surface either
+    assert body_depth_mm(image, (1.0, 1.0, 6.0))[20, 20, 5] == pytest.approx(depth[20, 20, 5])
+    assert body_depth_mm(np.ones((8, 8, 8)), (1.0, 1.0, 1.0)) is None  # no background: nothing to measure

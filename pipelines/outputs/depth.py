@@ -1,0 +1,63 @@
+"""How deep a structure lies under the body's surface, for the ``too_superficial`` QC flag.
+
+Some structures cannot touch the skin: a brain tumour lies inside the skull, under the scalp and the
+bone. A network that has learned "bright ring = tumour" can paint the scalp of a scan with another
+contrast at high confidence, so its own probabilities do not catch it; where the structure lies does.
+The body is found from the input alone: foreground by Otsu's threshold (scikit-image), the holes of
+every slice filled along each axis (the dark skull and CSF of a T1 head lie inside the bright scalp
+ring; a head cut by the field of view is open in 3-D, never in every slice), its largest connected
+component kept. The depth of a voxel is its distance in mm to the nearest voxel outside the body
+(SciPy's Euclidean distance transform with the grid's spacing); the faces of the field of view are
+not a surface, so a structure at a cut face is not called superficial for that.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["body_depth_mm", "body_mask"]
+
+_SAMPLE_VOXELS = 2_000_000
+
+
+def body_mask(image: np.ndarray) -> np.ndarray | None:
+    """Boolean mask ``(i, j, k)`` of the body in ``image``; None when no background can be told apart
+    (a constant image, or one without a single voxel of background)."""
+    from skimage.filters import threshold_otsu
+
+    step = max(1, math.ceil((image.size / _SAMPLE_VOXELS) ** (1 / 3)))
+    sample = np.asarray(image[::step, ::step, ::step], dtype=np.float64).ravel()
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0 or sample.min() == sample.max():
+        return None
+    foreground = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=-np.inf) > threshold_otsu(sample)
+    filled = foreground.copy()
+    for axis in range(3):
+        moved = np.moveaxis(foreground, axis, 0)
+        target = np.moveaxis(filled, axis, 0)
+        for index in range(moved.shape[0]):
+            target[index] |= ndimage.binary_fill_holes(moved[index])
+    components, count = ndimage.label(filled)
+    if count == 0:
+        return None
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    body = components == int(np.argmax(sizes))
+    return None if body.all() else body
+
+
+def body_depth_mm(image: np.ndarray, spacing: Sequence[float]) -> np.ndarray | None:
+    """Depth (mm) of every voxel under the body's surface: 0 outside the body; None without a body.
+
+    Args:
+        image: the input ``(i, j, k)`` on the label map's grid.
+        spacing: voxel spacing in mm along ``i, j, k``.
+    """
+    body = body_mask(image)
+    if body is None:
+        return None
+    return ndimage.distance_transform_edt(body, sampling=[float(s) for s in spacing]).astype(np.float32)
