@@ -331,16 +331,18 @@ def _depth_flags(
     declared = [(int(e["label"]), str(e["name"])) for e in stats if str(e["name"]) in spec.min_depth_mm]
     if not declared or spacing is None:
         return []
-    from pipelines.outputs.depth import body_depth_mm
+    from pipelines.outputs.depth import body_depth_mm, qc_step
 
     plane = image[0] if image.ndim == labels.ndim + 1 else image  # the first channel of a multi-contrast input
-    depth = body_depth_mm(plane, spacing) if plane.shape == labels.shape else None
+    step = qc_step(spacing)
+    depth = body_depth_mm(plane, spacing, step) if plane.shape == labels.shape else None
     if depth is None:
         logger.info("QC: no body found in the input; min_depth_mm not checked")
         return []
     flags = []
     for label, name in declared:
-        median = float(np.median(depth[labels == label]))
+        where = np.nonzero(labels == label)
+        median = float(np.median(depth[tuple(axis // n for axis, n in zip(where, step, strict=True))]))
         least = spec.min_depth_mm[name]
         if median < least:
             reason = (

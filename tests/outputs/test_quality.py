@@ -310,3 +310,19 @@ def test_depth_is_measured_in_mm_and_a_cut_face_is_not_a_surface() -> None:
     image[18:22, 18:22, 4:6] = 0.0  # a dark cavity inside the body (skull, CSF) is not a surface either
     assert body_depth_mm(image, (1.0, 1.0, 6.0))[20, 20, 5] == pytest.approx(depth[20, 20, 5])
     assert body_depth_mm(np.ones((8, 8, 8)), (1.0, 1.0, 1.0)) is None  # no background: nothing to measure
+
+
+def test_the_qc_measures_depth_on_a_grid_of_about_one_and_a_half_mm() -> None:
+    """Fine grids are taken every few voxels (the fill and the distance transform cost seconds on 512 x 512 x 200);
+    the depth found there is the fine grid's within a coarse voxel."""
+    from pipelines.outputs.depth import body_depth_mm, qc_step
+
+    assert qc_step((0.5, 0.78, 1.0)) == (3, 1, 1) and qc_step((0.4, 0.4, 6.5)) == (3, 3, 1)
+    image = np.zeros((120, 120, 12), np.float32)
+    image[10:110, 10:110, :] = 100.0
+    fine = body_depth_mm(image, (0.5, 0.5, 5.0))
+    coarse = body_depth_mm(image, (0.5, 0.5, 5.0), qc_step((0.5, 0.5, 5.0)))
+    assert fine is not None and coarse is not None and coarse.shape == (40, 40, 12)
+    inside = np.argwhere(fine[:, :, :1] > 0)
+    looked_up = coarse[inside[:, 0] // 3, inside[:, 1] // 3, 0]
+    assert np.abs(looked_up - fine[inside[:, 0], inside[:, 1], 0]).max() <= 1.5
