@@ -12,7 +12,7 @@ What a bundle declares in its ``configs/metadata.json`` (all optional; README "Q
         "min_tta_agreement": 0.8,                           # mean pairwise Dice between TTA passes
         "max_removed_fraction": 0.2,                        # share of a structure removed as islands by the clean-up
         "min_edge_area_fraction": 0.2,                      # truncation: cut face vs. largest cross-section
-        "min_depth_mm": {"tumor": 5},                       # median depth under the body's surface at least
+        "min_depth_mm": {"tumor": 8},                       # median depth under the body's surface at least
         "structures": {"liver_tumor": {"min_confidence": 0.5}}  # per-structure overrides of the five above
     }
 
@@ -336,9 +336,9 @@ def _depth_flags(
     plane = image[0] if image.ndim == labels.ndim + 1 else image  # the first channel of a multi-contrast input
     step = qc_step(spacing)
     depth = body_depth_mm(plane, spacing, step) if plane.shape == labels.shape else None
-    if depth is None:
-        logger.info("QC: no body found in the input; min_depth_mm not checked")
-        return []
+    if depth is None:  # said, not skipped in silence: the bundle asked for this check
+        reason = "not checked for depth under the body's surface: no body could be told from the background"
+        return [_flag("depth_unchecked", reason, name, severity="warn") for _, name in declared]
     flags = []
     for label, name in declared:
         where = np.nonzero(labels == label)
@@ -347,7 +347,7 @@ def _depth_flags(
         if median < least:
             reason = (
                 f"its voxels lie a median {median:.1f} mm under the body's surface, less than the {least:g} mm the "
-                "bundle declares for it (it cannot reach the skin: e.g. the scalp called tumour)"
+                "bundle declares for it (it lies deeper than that: is it the skin, the scalp or the fat under them?)"
             )
             flags.append(_flag("too_superficial", reason, name))
     return flags

@@ -294,6 +294,11 @@ def test_a_tumour_in_the_scalp_is_flagged_whatever_the_confidence(varied: bool) 
         if flagged:
             assert "tumor: its voxels lie a median" in quality["reasons"][0] and "8 mm" in quality["reasons"][0]
     assert quality["thresholds"]["min_depth_mm"] == {"tumor": 8.0}
+    flat = np.full(phantom.image.shape, 7.0, np.float32)  # no background to find a body in: said, as a warning
+    stats, quality = stats_and_quality(phantom.label, flat, phantom.affine, {1: "tumor"}, None, spec)
+    assert not quality["flagged"] and stats[0]["flags"] == ["depth_unchecked"]
+    assert quality["warnings"] == ["tumor: not checked for depth under the body's surface: no body could be told "
+                                   "from the background"]  # fmt: skip
 
 
 def test_depth_is_measured_in_mm_and_a_cut_face_is_not_a_surface() -> None:
