@@ -21,9 +21,10 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from pipelines.outputs.stats import finite_sample
+
 __all__ = ["body_depth_mm", "body_mask", "qc_step"]
 
-_SAMPLE_VOXELS = 2_000_000
 QC_GRID_MM = 1.5
 """Grid the QC measures depth on: the input's voxels taken every ``step`` along each axis, about this fine."""
 
@@ -38,9 +39,7 @@ def body_mask(image: np.ndarray) -> np.ndarray | None:
     (a constant image, or one without a single voxel of background)."""
     from skimage.filters import threshold_otsu
 
-    step = max(1, math.ceil((image.size / _SAMPLE_VOXELS) ** (1 / 3)))
-    sample = np.asarray(image[::step, ::step, ::step], dtype=np.float64).ravel()
-    sample = sample[np.isfinite(sample)]
+    sample = finite_sample(image)
     if sample.size == 0 or sample.min() == sample.max():
         return None
     foreground = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=-np.inf) > threshold_otsu(sample)

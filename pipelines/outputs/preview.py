@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from pipelines.io.writers import Written, write_bytes
 from pipelines.outputs.names import label_colour, name_of
-from pipelines.outputs.stats import check_image_and_labels, present_structures
+from pipelines.outputs.stats import check_image_and_labels, finite_sample, present_structures
 
 logger = logging.getLogger(__name__)
 
@@ -171,9 +171,7 @@ def display_window(image: np.ndarray, modality: str) -> tuple[float, float]:
     if modality.upper() == "CT":
         level, width = CT_WINDOW_HU
         return level - width / 2, level + width / 2
-    step = max(1, math.ceil((image.size / 2e6) ** (1 / 3)))
-    sample = np.asarray(image[::step, ::step, ::step], dtype=np.float64)
-    sample = sample[np.isfinite(sample)]
+    sample = finite_sample(image)
     if sample.size == 0:
         return 0.0, 1.0
     low, high = np.percentile(sample, [1.0, 99.0])

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.geometry import spacing_from_affine
 from pipelines.outputs.confidence import (
     ENTROPY_THRESHOLD_NATS,
     PostprocessSignals,
@@ -73,7 +74,6 @@ _PER_STRUCTURE = (
     "max_removed_fraction",
     "min_edge_area_fraction",
 )
-_SAMPLE_VOXELS = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -188,9 +188,9 @@ def input_flags(image: np.ndarray, input_modality: str, spec: QualitySpec) -> li
     low, high = spec.input_range
     if low is None and high is None and spec.input_background_at_most is None:
         return flags
-    step = max(1, math.ceil((image.size / _SAMPLE_VOXELS) ** (1 / 3)))
-    sample = np.asarray(image[::step, ::step, ::step], dtype=np.float64).ravel()
-    sample = sample[np.isfinite(sample)]
+    from pipelines.outputs.stats import finite_sample
+
+    sample = finite_sample(image)
     if not sample.size:
         return flags
     p_low, p1, p_high = np.percentile(sample, [0.5, 1.0, 99.5])
@@ -443,7 +443,7 @@ def stats_and_quality(
     from pipelines.outputs.stats import compute_stats
 
     stats = compute_stats(labels, image, affine, names)
-    spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    spacing = spacing_from_affine(affine)
     quality = assess_case(
         stats, labels, signals, spec, image=image, input_modality=input_modality, tta=tta, spacing=spacing
     )
