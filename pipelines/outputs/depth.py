@@ -3,14 +3,13 @@
 Some structures cannot touch the skin: a brain tumour lies inside the skull, under the scalp and the
 bone. A network that has learned "bright ring = tumour" can paint the scalp of a scan with another
 contrast at high confidence, so its own probabilities do not catch it; where the structure lies does.
-The body is found from the input alone: foreground by Otsu's threshold (scikit-image), the holes of
-every slice filled along each axis (the dark skull and CSF of a T1 head lie inside the bright scalp
-ring; a head cut by the field of view is open in 3-D, never in every slice), its largest connected
-component kept. The depth of a voxel is its distance in mm to the nearest voxel outside the body
-(SciPy's Euclidean distance transform with the grid's spacing); the faces of the field of view are
-not a surface, so a structure at a cut face is not called superficial for that. The QC measures it on
-the input's grid taken every ``step`` voxels (:func:`qc_step`: about 1.5 mm), since the filling and the
-distance transform cost seconds on a fine 512 x 512 x 200 grid and an 8 mm limit needs no finer.
+The body is found from the input alone (:func:`pipelines.foreground.body_mask`: Otsu's foreground,
+each slice's holes filled, the largest component). The depth of a voxel is its distance in mm to the
+nearest voxel outside the body (SciPy's Euclidean distance transform with the grid's spacing); the
+faces of the field of view are not a surface, so a structure at a cut face is not called superficial
+for that. The QC measures it on the input's grid taken every ``step`` voxels (:func:`qc_step`: about
+1.5 mm), since the filling and the distance transform cost seconds on a fine 512 x 512 x 200 grid and
+an 8 mm limit needs no finer.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from pipelines.outputs.stats import finite_sample
+from pipelines.foreground import body_mask
 
 __all__ = ["body_depth_mm", "body_mask", "qc_step"]
 
@@ -32,30 +31,6 @@ QC_GRID_MM = 1.5
 def qc_step(spacing: Sequence[float]) -> tuple[int, ...]:
     """Voxels to step along each axis so that the grid is about :data:`QC_GRID_MM` (never coarser than the input)."""
     return tuple(max(1, math.floor(QC_GRID_MM / float(s))) for s in spacing)
-
-
-def body_mask(image: np.ndarray) -> np.ndarray | None:
-    """Boolean mask ``(i, j, k)`` of the body in ``image``; None when no background can be told apart
-    (a constant image, or one without a single voxel of background)."""
-    from skimage.filters import threshold_otsu
-
-    sample = finite_sample(image)
-    if sample.size == 0 or sample.min() == sample.max():
-        return None
-    foreground = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=-np.inf) > threshold_otsu(sample)
-    filled = foreground.copy()
-    for axis in range(3):
-        moved = np.moveaxis(foreground, axis, 0)
-        target = np.moveaxis(filled, axis, 0)
-        for index in range(moved.shape[0]):
-            target[index] |= ndimage.binary_fill_holes(moved[index])
-    components, count = ndimage.label(filled)
-    if count == 0:
-        return None
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
-    body = components == int(np.argmax(sizes))
-    return None if body.all() else body
 
 
 def body_depth_mm(image: np.ndarray, spacing: Sequence[float], step: Sequence[int] = (1, 1, 1)) -> np.ndarray | None:

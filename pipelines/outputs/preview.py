@@ -19,9 +19,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from scipy import ndimage
 
+from pipelines.foreground import finite_sample
 from pipelines.io.writers import Written, write_bytes
 from pipelines.outputs.names import label_colour, name_of
-from pipelines.outputs.stats import check_image_and_labels, finite_sample, present_structures
+from pipelines.outputs.stats import check_image_and_labels, present_structures
 
 logger = logging.getLogger(__name__)
 

@@ -188,7 +188,7 @@ def input_flags(image: np.ndarray, input_modality: str, spec: QualitySpec) -> li
     low, high = spec.input_range
     if low is None and high is None and spec.input_background_at_most is None:
         return flags
-    from pipelines.outputs.stats import finite_sample
+    from pipelines.foreground import finite_sample
 
     sample = finite_sample(image)
     if not sample.size:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,22 +26,9 @@ __all__ = [
     "STATS_CSV_COLUMNS",
     "check_image_and_labels",
     "compute_stats",
-    "finite_sample",
     "present_structures",
     "write_stats",
 ]
-
-SAMPLE_VOXELS = 2_000_000
-"""About how many voxels :func:`finite_sample` reads: image-wide percentiles within a voxel's worth."""
-
-
-def finite_sample(image: np.ndarray, max_voxels: int = SAMPLE_VOXELS) -> np.ndarray:
-    """The finite voxels (float64, flat) of ``image`` taken every ``step`` along each axis, ``step`` chosen so that
-    at most about ``max_voxels`` are read: image-wide percentiles without sorting a whole 512x512x200 volume."""
-    step = max(1, math.ceil((image.size / max_voxels) ** (1 / 3)))
-    sample = np.asarray(image[::step, ::step, ::step], dtype=np.float64).ravel()
-    return sample[np.isfinite(sample)]
-
 
 STATS_CSV_COLUMNS = (
     "label", "name", "voxels", "volume_ml", "mean", "median", "std", "components",

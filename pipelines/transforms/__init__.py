@@ -14,7 +14,8 @@ Post-processing of integer label maps (after argmax and a cast to uint8 / uint16
 
 Pre-processing: :class:`SeparableSpacingd`, MONAI's ``Spacingd`` (same arguments, same geometry)
 with its bilinear resampling done one axis at a time; :class:`CropForegroundOrKeepd`, MONAI's
-``CropForegroundd`` that leaves an image without foreground whole.
+``CropForegroundd`` that leaves an image without foreground whole; :class:`NormalizeOverBody` /
+:class:`NormalizeOverBodyd`, zero mean and unit variance over the body instead of every non-zero voxel.
 
 Randomised appearance for synthetic training (:mod:`pipelines.transforms.randomise`,
 :mod:`pipelines.transforms.randomise_artefacts`; chained by :mod:`pipelines.data.synthetic`):
@@ -25,6 +26,7 @@ Randomised appearance for synthetic training (:mod:`pipelines.transforms.randomi
 from __future__ import annotations
 
 from pipelines.geometry import spacing_from_affine
+from pipelines.transforms.body import NormalizeOverBody, NormalizeOverBodyd
 from pipelines.transforms.crop import CropForegroundOrKeepd
 from pipelines.transforms.grid import (
     ResampleLabelsToGrid,
@@ -63,6 +65,8 @@ __all__ = [
     "FillHolesd",
     "KeepLargestComponent",
     "KeepLargestComponentd",
+    "NormalizeOverBody",
+    "NormalizeOverBodyd",
     "RandMetal",
     "RandMetald",
     "RandPartialVolume",
