@@ -3,13 +3,12 @@
 
 This is how ``bundles/ct_abdomen_unet/models/model.pt`` was made. Every step is deterministic
 under the seeds it uses. Stage 1 trains on the classic phantoms of the manifest (``train.json``),
-stage 2 on synthesised, domain-randomised phantoms (``configs/train_randomised.json``); times and
-figures are in the bundle's docs. Stage 3, the same with the kidneys and adrenal glands in their
-perirenal fat (``configs/train_perirenal.json`` over it), is an experiment whose weights are not
-shipped (the docs say why): only ``--from-stage 3`` runs it.
+stage 2 on synthesised, domain-randomised phantoms (``configs/train_randomised.json``), stage 3 the
+same with the kidneys and adrenal glands in their perirenal fat (``configs/train_perirenal.json`` over
+it); times and figures are in the bundle's docs.
 
-    python scripts/train_ct_unet.py                      # generate data, stages 1-2, evaluate
-    python scripts/train_ct_unet.py --stage finetune --from-stage 3 --init-weights STAGE2.pt   # the experiment
+    python scripts/train_ct_unet.py                      # generate data, stages 1-3, evaluate
+    python scripts/train_ct_unet.py --stage finetune --from-stage 3 --init-weights STAGE2.pt   # stage 3 alone
     python scripts/train_ct_unet.py --stage evaluate     # evaluate the shipped weights only
 
 Phantoms go to ``data_manifests/phantoms/ct/`` (not tracked by git); the evaluation writes per-case and
@@ -24,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / "data_manifests" / "phantoms" / "ct"
 FINETUNE_EPOCHS = 8
-PERIRENAL_EPOCHS = 4
+PERIRENAL_EPOCHS = 8
 
 
 def main() -> int:
@@ -36,7 +35,6 @@ def main() -> int:
         max_epochs=PERIRENAL_EPOCHS,
         val_interval=2,
         learning_rate=3e-4,
-        in_all=False,
     )
     finetune = FineTune(
         layers=("train_randomised",), max_epochs=FINETUNE_EPOCHS, val_interval=2, learning_rate=5e-4, then=perirenal
