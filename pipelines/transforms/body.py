@@ -36,7 +36,8 @@ def body_statistics(channel: np.ndarray, max_voxels: int = SAMPLE_VOXELS) -> tup
     if body is None:
         return None
     values = grid[body].astype(np.float64)
-    return float(values.mean()), float(values.std())
+    values = values[np.isfinite(values)]  # a NaN inside the body (the holes are filled) counts for nothing
+    return (float(values.mean()), float(values.std())) if values.size else None
 
 
 class NormalizeOverBody(Transform):
@@ -64,7 +65,7 @@ class NormalizeOverBody(Transform):
                 logger.warning(
                     "channel %d: no body told apart from its background; normalised over the non-zero voxels", index
                 )
-                nonzero = array[index][array[index] != 0].astype(np.float64)
+                nonzero = array[index][(array[index] != 0) & np.isfinite(array[index])].astype(np.float64)
                 stats = (float(nonzero.mean()), float(nonzero.std())) if nonzero.size else (0.0, 1.0)
             means.append(stats[0])
             stds.append(stats[1] if stats[1] > 0 else 1.0)

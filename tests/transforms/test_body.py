@@ -73,6 +73,17 @@ def test_a_constant_or_empty_image_has_no_body_and_gives_zeros(caplog: pytest.Lo
         assert "no body" in caplog.text and np.all(out == 0), value
 
 
+def test_a_nan_inside_the_body_does_not_spoil_the_statistics() -> None:
+    image, _, _ = _head(8, seed=2)
+    clean = np.asarray(NormalizeOverBody()(image[None].copy()))[0]
+    holed = image.copy()
+    holed[20, 20, 20:23] = np.nan  # inside the head
+    out = np.asarray(NormalizeOverBody()(holed[None]))[0]
+    finite = np.isfinite(out)
+    assert finite.sum() == out.size - 3
+    np.testing.assert_allclose(out[finite], clean[finite], atol=2e-3)
+
+
 def test_a_flat_image_is_refused() -> None:
     with pytest.raises(ValueError, match="expects a \\(C, i, j, k\\) image"):
         NormalizeOverBody()(np.zeros((6, 6, 6), dtype=np.float32))
