@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from pipelines.foreground import body_mask
 
-__all__ = ["body_depth_mm", "body_mask", "qc_step"]
+__all__ = ["body_depth_mm", "qc_step"]
 
 QC_GRID_MM = 1.5
 """Grid the QC measures depth on: the input's voxels taken every ``step`` along each axis, about this fine."""
