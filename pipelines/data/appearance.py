@@ -224,6 +224,11 @@ class CTAppearance:
         slice_thickness_prob, slice_thickness_mm: Thick-slice acquisition along the slice axis.
         streak_prob, ring_prob, metal_prob: Streak, ring and metal artefacts.
         noise_prob, noise_std_hu: Gaussian noise, std drawn in [0, noise_std_hu].
+        offset_prob, offset_hu: One HU offset added to every voxel, drawn uniformly in ``offset_hu``:
+            a scanner's calibration and tube voltage move every tissue's CT number together (water
+            is held within about +-5 HU, soft tissue differs by 10-20 HU between tube voltages and
+            reconstructions), which per-tissue ranges drawn independently do not model. Off by
+            default (``offset_prob`` 0), so the default samples stay as they were drawn before.
     """
 
     phases: tuple[str, ...] = CT_PHASES
@@ -238,6 +243,8 @@ class CTAppearance:
     metal_prob: float = 0.1
     noise_prob: float = 0.9
     noise_std_hu: float = 35.0
+    offset_prob: float = 0.0
+    offset_hu: Range = (-25.0, 25.0)
 
 
 @dataclass(frozen=True)

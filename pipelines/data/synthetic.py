@@ -10,8 +10,9 @@ Sample ``index`` in epoch ``epoch``:
 2. the appearance, drawn from a seed made of ``(seed, index, epoch)``, so it changes every epoch
    and is the same on every run: CT in HU (a random contrast phase of
    :data:`~pipelines.data.appearance.CT_HU_BY_PHASE`, texture, partial volume, blur, slice
-   thickness, streaks, rings, metal, noise; clipped to -1024..3071 HU), MR as float (a random
-   contrast per channel, partial volume, bias field, gamma, blur, slice thickness, Rician noise).
+   thickness, streaks, rings, metal, noise, optionally a global calibration offset; clipped to
+   -1024..3071 HU), MR as float (a random contrast per channel, partial volume, bias field,
+   gamma, blur, slice thickness, Rician noise).
    The settings are :class:`~pipelines.data.appearance.CTAppearance` /
    :class:`~pipelines.data.appearance.MRAppearance`, changed with ``appearance`` (plain JSON).
 
@@ -59,6 +60,7 @@ from monai.transforms import (
     RandGaussianSmoothd,
     Randomizable,
     RandRicianNoised,
+    RandShiftIntensityd,
     ThresholdIntensityd,
     apply_transform,
 )
@@ -260,6 +262,8 @@ class SyntheticPhantomDataset(Dataset):
                 RandRingsd(IMAGE, axis=axis, prob=s.ring_prob),
                 RandMetald(IMAGE, axis=axis, prob=s.metal_prob),
                 RandGaussianNoised(IMAGE, prob=s.noise_prob, std=s.noise_std_hu, sample_std=True),
+                # only when asked: one more randomised step would reseed every step after it
+                *([RandShiftIntensityd(IMAGE, offsets=s.offset_hu, prob=s.offset_prob)] if s.offset_prob > 0 else []),
                 ThresholdIntensityd(IMAGE, threshold=float(CT_CLIP_HU[0]), above=True, cval=float(CT_CLIP_HU[0])),
                 ThresholdIntensityd(IMAGE, threshold=float(CT_CLIP_HU[1]), above=False, cval=float(CT_CLIP_HU[1])),
             ]

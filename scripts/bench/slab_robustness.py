@@ -58,9 +58,10 @@ def coarsen(sample: dict, voxel_mm: float) -> dict:
     return resample({"image": image, "label": sample["label"]})
 
 
-def synthetic_abdomens(bundle: Path, samples: int, perirenal_fat: bool = False):
+def synthetic_abdomens(bundle: Path, samples: int, perirenal_fat: bool = False, phases: list[str] | None = None):
     """The stage-2 validation abdomens of the CT recipe, as ``{"image", "label"}`` MetaTensors; with
-    ``perirenal_fat``, stage 3's (``configs/train_perirenal.json``): the same seeds, the kidneys in their fat."""
+    ``perirenal_fat``, stage 3's (``configs/train_perirenal.json``): the same seeds, the kidneys in their fat;
+    with ``phases``, drawn in those contrast phases only (default: every phase, as validation draws them)."""
     from pipelines.bundles.bundle import load_bundle
     from pipelines.data.datasets import bundle_label_ids
     from pipelines.data.synthetic import SyntheticPhantomDataset
@@ -71,6 +72,7 @@ def synthetic_abdomens(bundle: Path, samples: int, perirenal_fat: bool = False):
         seed=VALIDATION_SEED,
         label_ids=bundle_label_ids(load_bundle(bundle)),
         phantom_options={"anatomy": "body", "region": "abdomen", "perirenal_fat": perirenal_fat},
+        appearance={"phases": list(phases)} if phases else None,
     )
     for index in range(samples):
         yield dataset[index]
@@ -96,10 +98,14 @@ def manifest_cases(manifest: Path, split: str, samples: int):
         yield load({"image": case["image"], "label": case["label"]})
 
 
-def make_slabs(samples_iter, slabs_mm: list[float], folder: Path, voxel_mm: float = 0.0) -> list[dict]:
+def make_slabs(
+    samples_iter, slabs_mm: list[float], folder: Path, voxel_mm: float = 0.0, offsets_hu: tuple[float, ...] = (0.0,)
+) -> list[dict]:
     """Write each abdomen whole and cut to each slab length; return the cases.
 
-    ``voxel_mm`` > 0 coarsens each abdomen to that isotropic voxel size first (:func:`coarsen`)."""
+    ``voxel_mm`` > 0 coarsens each abdomen to that isotropic voxel size first (:func:`coarsen`). Each
+    of ``offsets_hu`` writes every case again with that many HU added to every voxel (clipped at
+    -1024 HU): a scanner whose calibration sits that far from the phantoms' literature values."""
     import nibabel as nib
     import numpy as np
 
@@ -119,12 +125,16 @@ def make_slabs(samples_iter, slabs_mm: list[float], folder: Path, voxel_mm: floa
             start = int(np.clip(centre - depth // 2, 0, label.shape[2] - depth))
             shifted = affine.copy()
             shifted[:3, 3] = affine[:3, 3] + affine[:3, 2] * start  # the slab keeps its place in space
-            name = f"val{index:02d}_{'whole' if length <= 0 else f'{int(length)}mm'}"
-            case = folder / name
-            case.mkdir(parents=True, exist_ok=True)
-            nib.save(nib.Nifti1Image(image[:, :, start : start + depth], shifted), case / "image.nii.gz")
-            nib.save(nib.Nifti1Image(label[:, :, start : start + depth], shifted), case / "label.nii.gz")
-            cases.append({"case": name, "slab_mm": length, "slices": depth, "dir": case})
+            for offset in offsets_hu:
+                name = f"val{index:02d}_{'whole' if length <= 0 else f'{int(length)}mm'}"
+                name += f"_{offset:+g}HU" if offset else ""
+                case = folder / name
+                case.mkdir(parents=True, exist_ok=True)
+                slab = image[:, :, start : start + depth]
+                slab = np.maximum(slab + np.float32(offset), np.float32(-1024)) if offset else slab
+                nib.save(nib.Nifti1Image(slab, shifted), case / "image.nii.gz")
+                nib.save(nib.Nifti1Image(label[:, :, start : start + depth], shifted), case / "label.nii.gz")
+                cases.append({"case": name, "slab_mm": length, "offset_hu": offset, "slices": depth, "dir": case})
     return cases
 
 
@@ -164,6 +174,16 @@ def main() -> int:
     parser.add_argument(
         "--perirenal-fat", action="store_true", help="abdomens with the kidneys in their perirenal fat (stage 3's)"
     )
+    parser.add_argument(
+        "--phases", nargs="+", default=None, help="draw the abdomens in these CT phases only (e.g. non_contrast)"
+    )
+    parser.add_argument(
+        "--offset-hu",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="also score each case with these global HU offsets (a scanner's calibration; default 0 only)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     overrides = parse_overrides(args.override)
@@ -185,11 +205,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         source = (
-            synthetic_abdomens(args.bundle, args.samples, args.perirenal_fat)
+            synthetic_abdomens(args.bundle, args.samples, args.perirenal_fat, args.phases)
             if args.manifest is None
             else manifest_cases(args.manifest, args.split, args.samples)
         )
-        cases = make_slabs(source, args.slabs, work / "cases", args.voxel_mm)
+        cases = make_slabs(source, args.slabs, work / "cases", args.voxel_mm, tuple(args.offset_hu))
         for wname, wpath in weights.items():
             copy = work / "bundles" / wname / args.bundle.name
             shutil.copytree(args.bundle, copy, ignore=shutil.ignore_patterns("*.pt", "eval"))
@@ -207,6 +227,7 @@ def main() -> int:
                         "weights": wname,
                         "case": case["case"],
                         "slab_mm": case["slab_mm"],
+                        "offset_hu": case["offset_hu"],
                         "dice": dice,
                         "false_organs_ml": false,
                     }
@@ -214,14 +235,17 @@ def main() -> int:
     summary: dict[str, dict] = {}
     for wname in weights:
         for length in [0.0, *args.slabs]:
-            picked = [r for r in rows if r["weights"] == wname and r["slab_mm"] == length]
-            per_organ = {n: [r["dice"][n] for r in picked if n in r["dice"]] for n in names.values()}
-            key = "whole" if length <= 0 else f"{int(length)} mm"
-            summary.setdefault(wname, {})[key] = {
-                "dice": {n: round(statistics.fmean(v), 3) for n, v in per_organ.items() if v},
-                "organs_scored": sum(len(v) for v in per_organ.values()),
-                "false_organs": sum(len(r["false_organs_ml"]) for r in picked),
-            }
+            for offset in args.offset_hu:
+                picked = [
+                    r for r in rows if r["weights"] == wname and r["slab_mm"] == length and r["offset_hu"] == offset
+                ]
+                per_organ = {n: [r["dice"][n] for r in picked if n in r["dice"]] for n in names.values()}
+                key = ("whole" if length <= 0 else f"{int(length)} mm") + (f" {offset:+g} HU" if offset else "")
+                summary.setdefault(wname, {})[key] = {
+                    "dice": {n: round(statistics.fmean(v), 3) for n, v in per_organ.items() if v},
+                    "organs_scored": sum(len(v) for v in per_organ.values()),
+                    "false_organs": sum(len(r["false_organs_ml"]) for r in picked),
+                }
     bundle = args.bundle.resolve()
     report = {
         "benchmark": "slab_robustness",
@@ -235,6 +259,8 @@ def main() -> int:
         "voxel_mm": args.voxel_mm or None,
         "validation_seed": VALIDATION_SEED if args.manifest is None else None,
         "perirenal_fat": args.perirenal_fat if args.manifest is None else None,
+        "phases": args.phases if args.manifest is None else None,
+        "offsets_hu": args.offset_hu,
         "manifest": None if args.manifest is None else f"{args.manifest.name}, split {args.split}",
         "summary": summary,
         "cases": rows,

@@ -51,6 +51,27 @@ def test_ct_is_in_hu_of_the_drawn_phase_before_artefacts() -> None:
         assert values.size == 1 and low - 1e-3 <= values[0] <= high + 1e-3, names[int(tissue_id)]
 
 
+def test_ct_calibration_offset_moves_every_tissue_together_and_is_off_by_default() -> None:
+    plain = _ct(appearance=NO_ARTEFACTS)
+    default_off = _ct(appearance={**NO_ARTEFACTS, "offset_hu": [-40.0, -30.0]})  # offset_prob 0: no offset
+    shifted = _ct(appearance={**NO_ARTEFACTS, "offset_prob": 1.0, "offset_hu": [-40.0, -30.0]})
+    offsets = []
+    for index in range(3):
+        before, after = plain[index], shifted[index]
+        np.testing.assert_array_equal(default_off[index]["image"].numpy(), before["image"].numpy())
+        np.testing.assert_array_equal(after["label"].numpy(), before["label"].numpy())
+        assert after["phase"] == before["phase"]  # the draws before the offset are untouched
+        image, moved = before["image"].numpy(), after["image"].numpy()
+        inside = image > -1024 + 40  # air is clipped at -1024 HU and cannot move down
+        difference = moved[inside] - image[inside]
+        offset = float(np.median(difference))
+        np.testing.assert_allclose(difference, offset, atol=1e-3)  # one offset for the whole image (float32)
+        assert -40.0 <= offset <= -30.0
+        np.testing.assert_allclose(moved[~inside], np.maximum(image[~inside] + offset, -1024), atol=1e-3)
+        offsets.append(offset)
+    assert len(set(offsets)) == 3  # drawn per sample
+
+
 def test_reproducible_and_different_per_index_and_epoch() -> None:
     a, b = _ct(), _ct()
     np.testing.assert_array_equal(a[2]["image"].numpy(), b[2]["image"].numpy())
