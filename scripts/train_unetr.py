@@ -20,6 +20,7 @@ perirenal fat (the right adrenal gland out of the liver; ``<data-dir>/perirenal_
     python scripts/train_unetr.py --stage finetune --init-weights STAGE1.pt   # stage 2 alone
     python scripts/train_unetr.py --stage finetune --from-stage 3 --bundle COPY --data-dir DIR \\
         --init-weights bundles/ct_multiorgan_unetr/models/model.pt   # the stage-3 experiment, on a copy
+    python scripts/train_unetr.py --phantoms perirenal_fat   # every stage on them (in <data-dir>/perirenal_fat)
     python scripts/train_unetr.py --device cuda --max-epochs 200 --val-interval 10
     python scripts/train_unetr.py --stage evaluate        # evaluate models/model.pt only
     python scripts/train_unetr.py --bundle /tmp/unetr_copy --data-dir /tmp/unetr_data \\
@@ -60,6 +61,7 @@ def main() -> int:
         max_epochs=64,
         val_interval=16,
         finetune=finetune,
+        phantoms=(PERIRENAL,),
     )
     args = parser.parse_args()
 

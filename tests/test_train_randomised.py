@@ -320,9 +320,11 @@ def test_recipe_from_stage_three_without_stage_two_weights_stops(
         _recorded_chain(tmp_path, monkeypatch, ["--from-stage", "3"])
 
 
-def test_ct_perirenal_layer_draws_bodies_with_perirenal_fat_for_training_and_validation() -> None:
-    """Stage 3 of the CT recipe: train_perirenal.json over train_randomised.json changes only the body anatomy."""
+def test_ct_perirenal_layer_draws_bodies_with_perirenal_fat_and_a_calibration_offset() -> None:
+    """Stage 3 of the CT recipe: train_perirenal.json over train_randomised.json changes the body anatomy of
+    training and validation, and adds a scanner calibration offset to the training samples (not to validation)."""
     from pipelines.bundles.bundle import config_parser
+    from pipelines.data.appearance import appearance_settings
 
     root = BUNDLES / "ct_abdomen_unet"
     configs = [root / "configs" / f"{name}.json" for name in ("train", "train_randomised", "train_perirenal")]
@@ -331,13 +333,19 @@ def test_ct_perirenal_layer_draws_bodies_with_perirenal_fat_for_training_and_val
     body, classic = stage3["train#dataset#datasets"]
     assert body["phantom_options"] == {"anatomy": "body", "perirenal_fat": True}
     assert "phantom_options" not in classic  # the classic anatomy has no perirenal space to draw
+    for dataset in (body, classic):
+        settings = appearance_settings("CT", dataset["appearance"])
+        assert settings.offset_prob == 0.8 and settings.offset_hu == (-25.0, 25.0)
+    assert "appearance" not in stage3["validate#dataset#data"]  # chosen on the abdomens as drawn
     assert stage3["validate#dataset#data#phantom_options"] == {
         "anatomy": "body",
         "region": "abdomen",
         "perirenal_fat": True,
     }
-    # everything else is stage 2's: the same seeds, samples, appearance and schedule
+    # everything else is stage 2's: the same seeds, samples, phases and schedule
     for part in (stage3, stage2):
         part["train#dataset#datasets#0#phantom_options"] = None
         part["validate#dataset#data#phantom_options"] = None
+        for index in (0, 1):
+            part[f"train#dataset#datasets#{index}#appearance"] = None
     assert stage3.config == stage2.config
