@@ -21,6 +21,8 @@ scan is run:
     python scripts/bench/slab_robustness.py                                  # the bundle's weights
     python scripts/bench/slab_robustness.py --weights old=OLD.pt new=NEW.pt  # two weights side by side
     python scripts/bench/slab_robustness.py --perirenal-fat --weights old=OLD.pt new=NEW.pt  # stage 3's abdomens
+    python scripts/bench/slab_robustness.py --perirenal-fat --phases non_contrast --offset-hu 0 -20 20
+                                                   # unenhanced, and a scanner reading 20 HU low or high
     python scripts/bench/slab_robustness.py --bundle bundles/ct_multiorgan_unetr \
         --manifest data_manifests/ct_multiorgan_phantoms.json --override 'inferer#padding_mode="replicate"'
 """
@@ -182,7 +184,8 @@ def main() -> int:
         type=float,
         nargs="+",
         default=[0.0],
-        help="also score each case with these global HU offsets (a scanner's calibration; default 0 only)",
+        help="score each case at each of these global HU offsets, a scanner's calibration (default: 0 only; "
+        "list 0 to keep the unshifted cases)",
     )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
