@@ -111,6 +111,8 @@ def make_slabs(
     import nibabel as nib
     import numpy as np
 
+    from pipelines.data.phantoms.tissues import CT_CLIP_HU  # the air the phantoms are clipped to
+
     cases = []
     for index, sample in enumerate(samples_iter):
         if voxel_mm > 0:
@@ -133,7 +135,7 @@ def make_slabs(
                 case = folder / name
                 case.mkdir(parents=True, exist_ok=True)
                 slab = image[:, :, start : start + depth]
-                slab = np.maximum(slab + np.float32(offset), np.float32(-1024)) if offset else slab
+                slab = np.maximum(slab + np.float32(offset), np.float32(CT_CLIP_HU[0])) if offset else slab
                 nib.save(nib.Nifti1Image(slab, shifted), case / "image.nii.gz")
                 nib.save(nib.Nifti1Image(label[:, :, start : start + depth], shifted), case / "label.nii.gz")
                 cases.append({"case": name, "slab_mm": length, "offset_hu": offset, "slices": depth, "dir": case})
