@@ -23,6 +23,7 @@ scan is run:
     python scripts/bench/slab_robustness.py --perirenal-fat --weights old=OLD.pt new=NEW.pt  # stage 3's abdomens
     python scripts/bench/slab_robustness.py --perirenal-fat --phases non_contrast --offset-hu 0 -20 20
                                                    # unenhanced, and a scanner reading 20 HU low or high
+    python scripts/bench/slab_robustness.py --perirenal-fat --renal-sinus varied   # kidneys with larger sinuses
     python scripts/bench/slab_robustness.py --bundle bundles/ct_multiorgan_unetr \
         --manifest data_manifests/ct_multiorgan_phantoms.json --override 'inferer#padding_mode="replicate"'
 """
@@ -60,10 +61,17 @@ def coarsen(sample: dict, voxel_mm: float) -> dict:
     return resample({"image": image, "label": sample["label"]})
 
 
-def synthetic_abdomens(bundle: Path, samples: int, perirenal_fat: bool = False, phases: list[str] | None = None):
+def synthetic_abdomens(
+    bundle: Path,
+    samples: int,
+    perirenal_fat: bool = False,
+    phases: list[str] | None = None,
+    renal_sinus: str = "small",
+):
     """The stage-2 validation abdomens of the CT recipe, as ``{"image", "label"}`` MetaTensors; with
-    ``perirenal_fat``, stage 3's (``configs/train_perirenal.json``): the same seeds, the kidneys in their fat;
-    with ``phases``, drawn in those contrast phases only (default: every phase, as validation draws them)."""
+    ``perirenal_fat``, stage 3's (``configs/train_perirenal.json``): the same seeds, the kidneys in their fat
+    (and their renal sinus ``renal_sinus``, see ``make_ct_phantom``); with ``phases``, drawn in those contrast
+    phases only (default: every phase, as validation draws them)."""
     from pipelines.bundles.bundle import load_bundle
     from pipelines.data.datasets import bundle_label_ids
     from pipelines.data.synthetic import SyntheticPhantomDataset
@@ -73,7 +81,12 @@ def synthetic_abdomens(bundle: Path, samples: int, perirenal_fat: bool = False, 
         num_samples=samples,
         seed=VALIDATION_SEED,
         label_ids=bundle_label_ids(load_bundle(bundle)),
-        phantom_options={"anatomy": "body", "region": "abdomen", "perirenal_fat": perirenal_fat},
+        phantom_options={
+            "anatomy": "body",
+            "region": "abdomen",
+            "perirenal_fat": perirenal_fat,
+            **({"renal_sinus": renal_sinus} if perirenal_fat else {}),
+        },
         appearance={"phases": list(phases)} if phases else None,
     )
     for index in range(samples):
@@ -179,6 +192,12 @@ def main() -> int:
         "--perirenal-fat", action="store_true", help="abdomens with the kidneys in their perirenal fat (stage 3's)"
     )
     parser.add_argument(
+        "--renal-sinus",
+        choices=("small", "varied"),
+        default="small",
+        help="with --perirenal-fat: the kidneys' renal sinus, small (default) or varied (larger in heavier patients)",
+    )
+    parser.add_argument(
         "--phases", nargs="+", default=None, help="draw the abdomens in these CT phases only (e.g. non_contrast)"
     )
     parser.add_argument(
@@ -191,6 +210,8 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if args.renal_sinus != "small" and not args.perirenal_fat:
+        parser.error("--renal-sinus needs --perirenal-fat: only those kidneys have a sinus")
     overrides = parse_overrides(args.override)
     weights = dict(w.split("=", 1) for w in args.weights) if args.weights else {"bundle": "models/model.pt"}
     for name, path in weights.items():
@@ -210,7 +231,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         source = (
-            synthetic_abdomens(args.bundle, args.samples, args.perirenal_fat, args.phases)
+            synthetic_abdomens(args.bundle, args.samples, args.perirenal_fat, args.phases, args.renal_sinus)
             if args.manifest is None
             else manifest_cases(args.manifest, args.split, args.samples)
         )
@@ -264,6 +285,7 @@ def main() -> int:
         "voxel_mm": args.voxel_mm or None,
         "validation_seed": VALIDATION_SEED if args.manifest is None else None,
         "perirenal_fat": args.perirenal_fat if args.manifest is None else None,
+        "renal_sinus": args.renal_sinus if args.manifest is None and args.perirenal_fat else None,
         "phases": args.phases if args.manifest is None else None,
         "offsets_hu": args.offset_hu,
         "manifest": None if args.manifest is None else f"{args.manifest.name}, split {args.split}",

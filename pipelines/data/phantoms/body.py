@@ -37,12 +37,17 @@ from pipelines.data.phantoms.anatomy_facts import FACTS, PATIENT_SIZES
 from pipelines.data.phantoms.render import Op
 from pipelines.data.phantoms.shapes import CanonicalGrid, Ellipsoid, Tube, Warp, capped, rotation_matrix
 
-__all__ = ["REGIONS", "Body", "body_anatomy", "check_body_options"]
+__all__ = ["REGIONS", "RENAL_SINUSES", "Body", "body_anatomy", "check_body_options"]
 
 REGIONS: tuple[str, ...] = ("chest", "abdomen", "pelvis", "trunk")
 """Where a field of view can be placed: ``chest`` (top at the lung apices), ``abdomen`` (top just above the
 diaphragm domes, like BTCV), ``pelvis`` (bottom just below the pubic symphysis), ``trunk`` (centred between
 the apices and the symphysis). How far a field reaches from there is set by its size (shape x spacing)."""
+
+RENAL_SINUSES: tuple[str, ...] = ("small", "varied")
+"""How large the renal sinus of the ``perirenal_fat`` kidneys is: ``small`` (0.45 of the kidney's semi-axes in
+every case, a young slim adult's) or ``varied`` (0.45 to 0.70, larger in heavier patients; see
+:func:`_sinus_scale`)."""
 
 _REGION_WEIGHTS = (0.15, 0.55, 0.15, 0.15)  # when the region is drawn from the seed
 _WARP_EXTENT_MM = np.array([400.0, 320.0, 700.0])  # body-frame extent of the deformation field
@@ -181,6 +186,7 @@ def body_anatomy(
     region: str | None = None,
     patient_size: str | float | None = None,
     perirenal_fat: bool = False,
+    renal_sinus: str = "small",
 ) -> Body:
     """Draw one trunk and place the field of view on it.
 
@@ -200,9 +206,14 @@ def body_anatomy(
             default: without it the kidneys are solid ellipsoids painted over their neighbours, the anatomy
             the shipped CT weights were trained on (their recipe stays reproducible); same anatomy stream
             either way.
+        renal_sinus: With ``perirenal_fat``, one of :data:`RENAL_SINUSES`. ``varied`` draws each sinus's size
+            from a stream of its own (spawned from ``placement_rng``), so the rest of the case is unchanged.
     """
     check_body_options(region, patient_size)
     d = _Draw(rng)
+    # the patient size is placement_rng's first draw wherever it is made; it is needed here for the sinus
+    habitus = _habitus(placement_rng, patient_size)
+    sinus_rng = placement_rng.spawn(1)[0] if renal_sinus == "varied" else None
     ops: list[Op] = []
 
     def add(shape, layers, **kwargs) -> None:
@@ -347,7 +358,8 @@ def body_anatomy(
         add(kidney, [(1.0, "kidney_cortex", name), (0.66, "kidney_medulla", name)], clip="abdomen")
         if not perirenal_fat:
             continue
-        sinus, pelvis = _renal_sinus(kidney, side)
+        scale = _SMALL_SINUS if sinus_rng is None else _sinus_scale(sinus_rng, habitus)
+        sinus, pelvis = _renal_sinus(kidney, side, scale)
         add(sinus, [(1.0, "visceral_fat", None)], only_in=("kidney_cortex", "kidney_medulla"), clip="abdomen")
         add(pelvis, [(1.0, "urine", None)], only_in=("visceral_fat",), clip="abdomen")
     adrenals: list[Ellipsoid] = []
@@ -444,8 +456,7 @@ def body_anatomy(
         bone_ops += [Op(s, tuple(bone), warp=False, clip="body") for s in shapes]
     bone_ops[0] = Op(bone_ops[0].shape, tuple(bone), warp=False, clip="body")
 
-    # --- patient size and body wall ---
-    habitus = _habitus(placement_rng, patient_size)
+    # --- body wall (the patient size was drawn above) ---
     frame = rng.uniform(0.95, 1.06, size=2)
     wall: dict[str, np.ndarray | float] = {
         # cavity (inner wall surface) semi-axes about y0 along z: (z, a, b_front, b_back)
@@ -486,7 +497,23 @@ def body_anatomy(
     return Body(ops, bone_ops, lesion_ops, warp, wall, landmarks, offset, region, habitus)
 
 
-def _renal_sinus(kidney: Ellipsoid, side: int) -> tuple[Ellipsoid, Ellipsoid]:
+_SMALL_SINUS = 0.45  # of the kidney's semi-axes across (0.1 more along its length)
+
+
+def _sinus_scale(rng: np.random.Generator, habitus: float) -> float:
+    """The size of one renal sinus, as a fraction of its kidney's semi-axes across: 0.45 to 0.70.
+
+    Facts: renal sinus fat grows with age and with visceral adiposity (Foster et al. 2011, Hypertension
+    58:784, Framingham Heart Study CT: sinus fat volume rises with body mass index and visceral fat),
+    while the parenchyma thins with age (normal adult parenchymal thickness about 15-20 mm, less in the
+    elderly). In an older or heavier adult the sinus fills much of the kidney's central cross-section and
+    the parenchyma is a rim around it. Here the size leans on the patient size and keeps a random part for
+    age, which the phantoms do not otherwise model.
+    """
+    return _SMALL_SINUS + 0.25 * float(np.clip(0.6 * habitus + 0.4 * rng.uniform(), 0.0, 1.0))
+
+
+def _renal_sinus(kidney: Ellipsoid, side: int, scale: float = _SMALL_SINUS) -> tuple[Ellipsoid, Ellipsoid]:
     """The renal sinus (fat) and pelvis (urine) of a kidney, which make it a bean, not a solid ellipsoid.
 
     Facts: the sinus is the cavity inside the kidney's medial border, opening at the hilum, which faces
@@ -494,12 +521,18 @@ def _renal_sinus(kidney: Ellipsoid, side: int) -> tuple[Ellipsoid, Ellipsoid]:
     system, whose pelvis leaves through the hilum into the ureter. Renal sinus fat on adult CT is of the
     order of 10 mL per kidney (more with age and body mass). The sinus and pelvis are not part of the
     kidney's label (the parenchyma is), and are painted only where the kidney is (the pelvis only into
-    the sinus fat). Derived from the kidney alone, so they draw nothing from the random stream.
+    the sinus fat). Derived from the kidney and ``scale`` (the sinus's semi-axes across, as a fraction of
+    the kidney's), so they draw nothing from the random stream. A larger sinus sits nearer the kidney's
+    centre, so that parenchyma encloses it above and below the hilum (a ring on axial slices) and it opens
+    medially at the hilum.
     """
     medial = np.array([-side * 0.87, 0.5, 0.0])  # towards the spine and a little anterior (RAS: +x right, +y anterior)
     local = kidney.rotation.T @ medial
     reach = 1.0 / float(np.sqrt(((local / kidney.semi) ** 2).sum()))  # the kidney's radius towards the hilum (mm)
-    sinus = Ellipsoid(kidney.center + medial * 0.72 * reach, kidney.semi * [0.45, 0.45, 0.55], kidney.rotation)
+    shift = 0.72 - 1.2 * (scale - _SMALL_SINUS)  # 0.72 of the way to the hilum for the small sinus
+    sinus = Ellipsoid(
+        kidney.center + medial * shift * reach, kidney.semi * [scale, scale, scale + 0.1], kidney.rotation
+    )
     pelvis = Ellipsoid(kidney.center + medial * 0.95 * reach, kidney.semi * [0.24, 0.24, 0.3], kidney.rotation)
     return sinus, pelvis
 

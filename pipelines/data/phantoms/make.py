@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipelines.data.phantoms.abdomen import abdomen_anatomy, render_abdomen
-from pipelines.data.phantoms.body import body_anatomy, check_body_options
+from pipelines.data.phantoms.body import RENAL_SINUSES, body_anatomy, check_body_options
 from pipelines.data.phantoms.body_paint import render_body
 from pipelines.data.phantoms.brain import brain_tissue
 from pipelines.data.phantoms.head import head_tissue
@@ -151,7 +151,11 @@ def _validated_common(
 
 
 def _check_anatomy(
-    anatomy: str, region: str | None = None, patient_size: str | float | None = None, perirenal_fat: bool = False
+    anatomy: str,
+    region: str | None = None,
+    patient_size: str | float | None = None,
+    perirenal_fat: bool = False,
+    renal_sinus: str = "small",
 ) -> None:
     if anatomy not in ANATOMIES:
         raise ValueError(f"anatomy: expected one of {', '.join(ANATOMIES)}, got {anatomy!r}")
@@ -160,6 +164,12 @@ def _check_anatomy(
     if anatomy == "classic" and (region is not None or patient_size is not None):
         raise ValueError('region and patient_size need anatomy="body"; the classic anatomy has neither')
     check_body_options(region, patient_size)
+    if renal_sinus not in RENAL_SINUSES:
+        raise ValueError(f"renal_sinus: expected one of {', '.join(RENAL_SINUSES)}, got {renal_sinus!r}")
+    if renal_sinus != "small" and not (anatomy == "body" and perirenal_fat):
+        raise ValueError(
+            f'renal_sinus={renal_sinus!r} needs anatomy="body" and perirenal_fat=true: only those kidneys have a sinus'
+        )
 
 
 def _labels_dict(label_ids: Mapping[str, int]) -> dict[int, str]:
@@ -185,6 +195,7 @@ def make_ct_phantom(
     region: str | None = None,
     patient_size: str | float | None = None,
     perirenal_fat: bool = False,
+    renal_sinus: str = "small",
 ) -> Phantom:
     """A contrast-enhanced abdominal CT phantom with its organ labels.
 
@@ -210,6 +221,9 @@ def make_ct_phantom(
             what the shipped CT U-Net weights were trained on). With "body" the kidneys also get a renal
             sinus (:func:`~pipelines.data.phantoms.body.body_anatomy`); the classic anatomy keeps its organs
             and adds only the fat (:func:`~pipelines.data.phantoms.abdomen.abdomen_anatomy`).
+        renal_sinus: With "body" and ``perirenal_fat``: "small" (default, every sinus 0.45 of its kidney's
+            semi-axes) or "varied" (0.45 to 0.70, larger in heavier patients, the parenchyma then a rim;
+            :data:`~pipelines.data.phantoms.body.RENAL_SINUSES`). The rest of the case is unchanged.
 
     Returns:
         A :class:`Phantom` with an int16 HU image in [-1024, 3071], uint8 labels, its RAS affine
@@ -220,8 +234,8 @@ def make_ct_phantom(
     """
     seed, shape, spacing, codes = _validated_common(seed, shape, spacing_mm, orientation)
     ids = _check_label_ids(label_ids, CT_STRUCTURES)
-    _check_anatomy(anatomy, region, patient_size, perirenal_fat)
-    body = (region, patient_size, perirenal_fat) if anatomy == "body" else None
+    _check_anatomy(anatomy, region, patient_size, perirenal_fat, renal_sinus)
+    body = (region, patient_size, perirenal_fat, renal_sinus) if anatomy == "body" else None
     tissue, label, grid, transform, streams = _abdomen_maps(
         seed, shape, spacing, codes, ids, lesions, body, perirenal_fat
     )
@@ -251,12 +265,12 @@ def _abdomen_maps(
     codes: tuple[str, str, str],
     ids: Mapping[str, int],
     lesions: bool,
-    body: tuple[str | None, str | float | None, bool] | None = None,
+    body: tuple[str | None, str | float | None, bool, str] | None = None,
     perirenal_fat: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, CanonicalGrid, np.ndarray, tuple[np.random.Generator, np.random.Generator]]:
     """Tissue and label maps of a seed's abdomen (canonical grid), the grid, its reorientation
-    and the intensity and noise random streams, in that order. ``body``: (region, patient_size, perirenal_fat) for
-    the "body" anatomy, None for the classic one, whose perirenal fat is ``perirenal_fat``."""
+    and the intensity and noise random streams, in that order. ``body``: (region, patient_size, perirenal_fat,
+    renal_sinus) for the "body" anatomy, None for the classic one, whose perirenal fat is ``perirenal_fat``."""
     grid, transform = canonical_grid(shape, spacing, codes)
     anatomy_ss, lesion_ss, intensity_ss, noise_ss = np.random.SeedSequence(seed).spawn(4)
     if body is None:
@@ -287,6 +301,7 @@ def make_mr_phantom(
     region: str | None = None,
     patient_size: str | float | None = None,
     perirenal_fat: bool = False,
+    renal_sinus: str = "small",
 ) -> Phantom:
     """A T1-weighted-like abdominal MR phantom: the anatomy of :func:`make_ct_phantom` for the
     same seed, with MR signal (fat bright, fluid and flowing blood dark), a smooth multiplicative
@@ -301,7 +316,7 @@ def make_mr_phantom(
             "liver_tumor" unless ``lesions``.
         lesions: Draw T1-hypointense liver lesions.
         blur_sigma_mm: Gaussian partial-volume blur (mm).
-        anatomy, region, patient_size, perirenal_fat: As for :func:`make_ct_phantom`.
+        anatomy, region, patient_size, perirenal_fat, renal_sinus: As for :func:`make_ct_phantom`.
 
     Returns:
         A :class:`Phantom` with an int16 image (signal >= 0), uint8 labels and its RAS affine.
@@ -314,8 +329,8 @@ def make_mr_phantom(
     if not lesions:
         default.pop("liver_tumor")
     ids = _check_label_ids(label_ids, default)
-    _check_anatomy(anatomy, region, patient_size, perirenal_fat)
-    body = (region, patient_size, perirenal_fat) if anatomy == "body" else None
+    _check_anatomy(anatomy, region, patient_size, perirenal_fat, renal_sinus)
+    body = (region, patient_size, perirenal_fat, renal_sinus) if anatomy == "body" else None
     tissue, label, grid, transform, streams = _abdomen_maps(
         seed, shape, spacing, codes, ids, lesions, body, perirenal_fat
     )

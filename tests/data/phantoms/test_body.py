@@ -144,6 +144,9 @@ def test_same_seed_same_anatomy_in_any_field_of_view() -> None:
         ({"region": "chest"}, 'anatomy="body"'),
         ({"perirenal_fat": "yes"}, "perirenal_fat"),
         ({"anatomy": "body", "perirenal_fat": "yes"}, "perirenal_fat"),
+        ({"anatomy": "body", "perirenal_fat": True, "renal_sinus": "huge"}, "renal_sinus"),
+        ({"anatomy": "body", "renal_sinus": "varied"}, "perirenal_fat=true"),
+        ({"perirenal_fat": True, "renal_sinus": "varied"}, 'anatomy="body"'),
     ],
 )
 def test_bad_body_options_raise_value_error_naming_them(kwargs, match: str) -> None:
@@ -204,6 +207,28 @@ def test_kidneys_are_beans_with_a_sinus_opening_medially() -> None:
         assert sinus.sum() > 0.04 * kidney.sum(), f"{name}: sinus {sinus.sum()} voxels, kidney {kidney.sum()}"
         towards_spine = medial_sign * (world_x[sinus].mean() - world_x[kidney].mean())
         assert towards_spine > 5.0, f"{name}: the sinus is not on the medial side ({towards_spine:.1f} mm)"
+
+
+def test_a_varied_renal_sinus_changes_only_the_kidneys_and_grows_with_the_patient() -> None:
+    """``renal_sinus="varied"`` draws a sinus of 0.45-0.70 of the kidney's semi-axes, larger in heavier
+    patients: the parenchyma becomes a rim. Nothing outside the kidneys changes, and "small" (the default)
+    is the sinus stage 3 of the shipped CT weights was trained on."""
+    lost = {}
+    for size in ("slim", "obese"):
+        small = make_ct_phantom(1, patient_size=size, **DETAILED)
+        varied = make_ct_phantom(1, patient_size=size, renal_sinus="varied", **DETAILED)
+        kidneys = np.isin(small.label, [CT_STRUCTURES[n] for n in ("kidney_right", "kidney_left")])
+        changed = small.tissue != varied.tissue
+        assert changed.any()
+        assert not (changed & ~kidneys).any(), "the sinus changed something outside the kidneys"
+        np.testing.assert_array_equal(small.label[~kidneys], varied.label[~kidneys])
+        # the parenchyma the larger sinus takes, as a share of the small sinus's kidney
+        lost[size] = [
+            1 - (varied.label == CT_STRUCTURES[n]).sum() / (small.label == CT_STRUCTURES[n]).sum()
+            for n in ("kidney_right", "kidney_left")
+        ]
+        assert min(lost[size]) > 0.02, lost
+    assert min(lost["obese"]) > max(lost["slim"]) + 0.05, lost  # measured: slim 0.06-0.07, obese 0.18-0.22
 
 
 def test_without_perirenal_fat_the_right_kidney_lies_against_the_liver() -> None:
