@@ -80,8 +80,10 @@ class Body:
     habitus: float
 
 
-def check_body_options(region: str | None, patient_size: str | float | None) -> None:
-    """Raise ValueError on a region or patient size :func:`body_anatomy` does not know."""
+def check_body_options(region: str | None, patient_size: str | float | None, renal_sinus: str = "small") -> None:
+    """Raise ValueError on a region, patient size or renal sinus :func:`body_anatomy` does not know."""
+    if renal_sinus not in RENAL_SINUSES:
+        raise ValueError(f"renal_sinus: expected one of {', '.join(RENAL_SINUSES)}, got {renal_sinus!r}")
     if region is not None and region not in REGIONS:
         raise ValueError(f"region: expected one of {', '.join(REGIONS)} or None (drawn from the seed), got {region!r}")
     if patient_size is None or patient_size in PATIENT_SIZES:
@@ -209,7 +211,7 @@ def body_anatomy(
         renal_sinus: With ``perirenal_fat``, one of :data:`RENAL_SINUSES`. ``varied`` draws each sinus's size
             from a stream of its own (spawned from ``placement_rng``), so the rest of the case is unchanged.
     """
-    check_body_options(region, patient_size)
+    check_body_options(region, patient_size, renal_sinus)
     d = _Draw(rng)
     # the patient size is placement_rng's first draw wherever it is made; it is needed here for the sinus
     habitus = _habitus(placement_rng, patient_size)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipelines.data.phantoms.abdomen import abdomen_anatomy, render_abdomen
-from pipelines.data.phantoms.body import RENAL_SINUSES, body_anatomy, check_body_options
+from pipelines.data.phantoms.body import body_anatomy, check_body_options
 from pipelines.data.phantoms.body_paint import render_body
 from pipelines.data.phantoms.brain import brain_tissue
 from pipelines.data.phantoms.head import head_tissue
@@ -163,9 +163,7 @@ def _check_anatomy(
         raise ValueError(f"perirenal_fat: expected true or false, got {perirenal_fat!r}")
     if anatomy == "classic" and (region is not None or patient_size is not None):
         raise ValueError('region and patient_size need anatomy="body"; the classic anatomy has neither')
-    check_body_options(region, patient_size)
-    if renal_sinus not in RENAL_SINUSES:
-        raise ValueError(f"renal_sinus: expected one of {', '.join(RENAL_SINUSES)}, got {renal_sinus!r}")
+    check_body_options(region, patient_size, renal_sinus)
     if renal_sinus != "small" and not (anatomy == "body" and perirenal_fat):
         raise ValueError(
             f'renal_sinus={renal_sinus!r} needs anatomy="body" and perirenal_fat=true: only those kidneys have a sinus'

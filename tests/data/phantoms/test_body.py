@@ -258,3 +258,11 @@ def test_classic_perirenal_fat_takes_the_right_adrenal_out_of_the_liver(seed: in
         assert liver[touching].mean() < 0.02, f"{name}: {liver[touching].mean():.0%} of its surface on the liver"
         assert (fat.tissue[touching] == TISSUES["visceral_fat"]).mean() > 0.5, name
     assert (fat.label == CT_STRUCTURES["liver"]).sum() < (plain.label == CT_STRUCTURES["liver"]).sum()
+
+
+def test_body_options_check_names_an_unknown_renal_sinus() -> None:
+    """body_anatomy's own check (not only make_ct_phantom's) refuses a sinus it does not know."""
+    from pipelines.data.phantoms.body import check_body_options
+
+    with pytest.raises(ValueError, match="renal_sinus: expected one of small, varied, got 'huge'"):
+        check_body_options(None, None, "huge")
