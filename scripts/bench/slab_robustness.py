@@ -67,11 +67,12 @@ def synthetic_abdomens(
     perirenal_fat: bool = False,
     phases: list[str] | None = None,
     renal_sinus: str = "small",
+    spleen: str = "typical",
 ):
     """The stage-2 validation abdomens of the CT recipe, as ``{"image", "label"}`` MetaTensors; with
     ``perirenal_fat``, stage 3's (``configs/train_perirenal.json``): the same seeds, the kidneys in their fat
     (and their renal sinus ``renal_sinus``, see ``make_ct_phantom``); with ``phases``, drawn in those contrast
-    phases only (default: every phase, as validation draws them)."""
+    phases only (default: every phase, as validation draws them); ``spleen`` as for ``make_ct_phantom``."""
     from pipelines.bundles.bundle import load_bundle
     from pipelines.data.datasets import bundle_label_ids
     from pipelines.data.synthetic import SyntheticPhantomDataset
@@ -86,6 +87,7 @@ def synthetic_abdomens(
             "region": "abdomen",
             "perirenal_fat": perirenal_fat,
             **({"renal_sinus": renal_sinus} if perirenal_fat else {}),
+            "spleen": spleen,
         },
         appearance={"phases": list(phases)} if phases else None,
     )
@@ -198,6 +200,12 @@ def main() -> int:
         help="with --perirenal-fat: the kidneys' renal sinus, small (default) or varied (larger in heavier patients)",
     )
     parser.add_argument(
+        "--spleen",
+        choices=("typical", "varied"),
+        default="typical",
+        help="the abdomens' spleen: typical (default) or varied (larger, longer and lower, see make_ct_phantom)",
+    )
+    parser.add_argument(
         "--phases", nargs="+", default=None, help="draw the abdomens in these CT phases only (e.g. non_contrast)"
     )
     parser.add_argument(
@@ -231,7 +239,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         source = (
-            synthetic_abdomens(args.bundle, args.samples, args.perirenal_fat, args.phases, args.renal_sinus)
+            synthetic_abdomens(
+                args.bundle, args.samples, args.perirenal_fat, args.phases, args.renal_sinus, args.spleen
+            )
             if args.manifest is None
             else manifest_cases(args.manifest, args.split, args.samples)
         )
@@ -286,6 +296,7 @@ def main() -> int:
         "validation_seed": VALIDATION_SEED if args.manifest is None else None,
         "perirenal_fat": args.perirenal_fat if args.manifest is None else None,
         "renal_sinus": args.renal_sinus if args.manifest is None and args.perirenal_fat else None,
+        "spleen": args.spleen if args.manifest is None else None,
         "phases": args.phases if args.manifest is None else None,
         "offsets_hu": args.offset_hu,
         "manifest": None if args.manifest is None else f"{args.manifest.name}, split {args.split}",

@@ -37,7 +37,7 @@ from pipelines.data.phantoms.anatomy_facts import FACTS, PATIENT_SIZES
 from pipelines.data.phantoms.render import Op
 from pipelines.data.phantoms.shapes import CanonicalGrid, Ellipsoid, Tube, Warp, capped, rotation_matrix
 
-__all__ = ["REGIONS", "RENAL_SINUSES", "Body", "body_anatomy", "check_body_options"]
+__all__ = ["REGIONS", "RENAL_SINUSES", "SPLEENS", "Body", "body_anatomy", "check_body_options"]
 
 REGIONS: tuple[str, ...] = ("chest", "abdomen", "pelvis", "trunk")
 """Where a field of view can be placed: ``chest`` (top at the lung apices), ``abdomen`` (top just above the
@@ -48,6 +48,11 @@ RENAL_SINUSES: tuple[str, ...] = ("small", "varied")
 """How large the renal sinus of the ``perirenal_fat`` kidneys is: ``small`` (0.45 of the kidney's semi-axes in
 every case, a young slim adult's) or ``varied`` (0.45 to 0.70, larger in heavier patients; see
 :func:`_sinus_scale`)."""
+
+SPLEENS: tuple[str, ...] = ("typical", "varied")
+"""How the spleen is sized and placed: ``typical`` (the anatomy stream's spleen, which renders at about
+70-130 mL and 65-85 mm craniocaudal, high under the left dome) or ``varied`` (larger, longer and lower
+over the literature's range; see :func:`_varied_spleen`)."""
 
 _REGION_WEIGHTS = (0.15, 0.55, 0.15, 0.15)  # when the region is drawn from the seed
 _WARP_EXTENT_MM = np.array([400.0, 320.0, 700.0])  # body-frame extent of the deformation field
@@ -80,10 +85,14 @@ class Body:
     habitus: float
 
 
-def check_body_options(region: str | None, patient_size: str | float | None, renal_sinus: str = "small") -> None:
-    """Raise ValueError on a region, patient size or renal sinus :func:`body_anatomy` does not know."""
+def check_body_options(
+    region: str | None, patient_size: str | float | None, renal_sinus: str = "small", spleen: str = "typical"
+) -> None:
+    """Raise ValueError on a region, patient size, renal sinus or spleen :func:`body_anatomy` does not know."""
     if renal_sinus not in RENAL_SINUSES:
         raise ValueError(f"renal_sinus: expected one of {', '.join(RENAL_SINUSES)}, got {renal_sinus!r}")
+    if spleen not in SPLEENS:
+        raise ValueError(f"spleen: expected one of {', '.join(SPLEENS)}, got {spleen!r}")
     if region is not None and region not in REGIONS:
         raise ValueError(f"region: expected one of {', '.join(REGIONS)} or None (drawn from the seed), got {region!r}")
     if patient_size is None or patient_size in PATIENT_SIZES:
@@ -189,6 +198,7 @@ def body_anatomy(
     patient_size: str | float | None = None,
     perirenal_fat: bool = False,
     renal_sinus: str = "small",
+    spleen: str = "typical",
 ) -> Body:
     """Draw one trunk and place the field of view on it.
 
@@ -210,12 +220,16 @@ def body_anatomy(
             either way.
         renal_sinus: With ``perirenal_fat``, one of :data:`RENAL_SINUSES`. ``varied`` draws each sinus's size
             from a stream of its own (spawned from ``placement_rng``), so the rest of the case is unchanged.
+        spleen: One of :data:`SPLEENS`. ``varied`` resizes, stretches and moves the anatomy stream's spleen
+            from a second stream of its own; the diaphragm's left dome follows it, nothing else changes.
     """
-    check_body_options(region, patient_size, renal_sinus)
+    check_body_options(region, patient_size, renal_sinus, spleen)
     d = _Draw(rng)
     # the patient size is placement_rng's first draw wherever it is made; it is needed here for the sinus
     habitus = _habitus(placement_rng, patient_size)
-    sinus_rng = placement_rng.spawn(1)[0] if renal_sinus == "varied" else None
+    # spawning draws nothing from placement_rng, and child k is the same however many are spawned
+    sinus_stream, spleen_stream = placement_rng.spawn(2) if "varied" in (renal_sinus, spleen) else (None, None)
+    sinus_rng = sinus_stream if renal_sinus == "varied" else None
     ops: list[Op] = []
 
     def add(shape, layers, **kwargs) -> None:
@@ -229,10 +243,12 @@ def body_anatomy(
         ],
         rng.uniform(*_inner("liver_volume", 0.3, 0.3)) / 0.76,  # neighbours and the diaphragm take ~25 %
     )
-    spleen = _fit_volume(
+    spleen_shape = _fit_volume(
         [d.ellipsoid((-68, -28, 44), (26, 56, 42), (30, 0, 10))],
         rng.uniform(*_inner("spleen_volume", 0.25, 0.2)) / 0.92,
     )[0]
+    if spleen_stream is not None and spleen == "varied":
+        spleen_shape = _varied_spleen(spleen_shape, spleen_stream)
     gallbladder = _fit_volume(
         [d.ellipsoid((38, 50, -14), (14, 15, 30), (20, 0, 25))], rng.uniform(*_inner("gallbladder_volume", 0.15, 0.2))
     )[0]
@@ -257,7 +273,9 @@ def body_anatomy(
     # --- landmarks: the diaphragm domes hug the liver and the spleen / fundus ---
     fundus = d.ellipsoid((-50, 28, 52), (36, 30, 42), (-25, 0, 0))
     dome_r = float(liver[0].center[2] + np.abs(liver[0].rotation[2] * liver[0].semi).max() + 8.0)
-    dome_l = float(max(spleen.center[2] + 0.8 * spleen.semi[2], fundus.center[2] + 0.8 * fundus.semi[2]) + 4.0)
+    dome_l = float(
+        max(spleen_shape.center[2] + 0.8 * spleen_shape.semi[2], fundus.center[2] + 0.8 * fundus.semi[2]) + 4.0
+    )
     dome_l = min(dome_l, dome_r - 5.0)  # the left dome is lower
     apex = dome_r + rng.uniform(180.0, 230.0)
     crest = rng.uniform(-115.0, -95.0)
@@ -352,7 +370,7 @@ def body_anatomy(
         gas=stomach_gas,
         clip="abdomen",
     )
-    add(spleen, [(1.0, "spleen", "spleen")], clip="abdomen")
+    add(spleen_shape, [(1.0, "spleen", "spleen")], clip="abdomen")
     add(gallbladder, [(1.0, "gallbladder", "gallbladder")], clip="abdomen")
     perirenal_at = len(ops)  # the perirenal fat goes here, once the patient size is known (below)
     for side, name, _ in KIDNEYS_MM:
@@ -500,6 +518,26 @@ def body_anatomy(
 
 
 _SMALL_SINUS = 0.45  # of the kidney's semi-axes across (0.1 more along its length)
+
+
+def _varied_spleen(spleen: Ellipsoid, rng: np.random.Generator) -> Ellipsoid:
+    """The anatomy stream's spleen made larger, longer and lower, drawing only from ``rng``.
+
+    Facts: the adult spleen on CT is 107-314 mL (mean 215 mL; Prassopoulos et al. 1997) and 80-130 mm
+    long (Loftus & Metreweli 1998); it lies against the diaphragm under ribs 9-11, its long axis along
+    the 10th rib, and its visceral surface carries the renal impression of the upper half of the left
+    kidney, its lower pole posterolateral at the kidney's level. The typical spleen here is carved by the
+    diaphragm and its neighbours to 70-130 mL and 65-85 mm craniocaudal, its lower pole at the top third
+    of the kidney: the small, high end of those ranges. Here the ellipsoid grows by a volume factor (the
+    carving takes about half of it), stretches along its craniocaudal axis at constant volume and moves
+    down and back, so the rendered spleen covers the literature's volumes and lengths and reaches down
+    beside the kidney.
+    """
+    volume = rng.uniform(1.3, 2.4)
+    stretch = rng.uniform(1.0, 1.25)
+    shift = np.array([-rng.uniform(6.0, 20.0), -rng.uniform(0.0, 8.0), -rng.uniform(5.0, 28.0)])
+    semi = spleen.semi * np.cbrt(volume) * np.array([1 / np.sqrt(stretch), 1 / np.sqrt(stretch), stretch])
+    return Ellipsoid(spleen.center + shift, semi, spleen.rotation, spleen.modulation)
 
 
 def _sinus_scale(rng: np.random.Generator, habitus: float) -> float:

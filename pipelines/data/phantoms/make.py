@@ -156,14 +156,15 @@ def _check_anatomy(
     patient_size: str | float | None = None,
     perirenal_fat: bool = False,
     renal_sinus: str = "small",
+    spleen: str = "typical",
 ) -> None:
     if anatomy not in ANATOMIES:
         raise ValueError(f"anatomy: expected one of {', '.join(ANATOMIES)}, got {anatomy!r}")
     if not isinstance(perirenal_fat, bool):
         raise ValueError(f"perirenal_fat: expected true or false, got {perirenal_fat!r}")
-    if anatomy == "classic" and (region is not None or patient_size is not None):
-        raise ValueError('region and patient_size need anatomy="body"; the classic anatomy has neither')
-    check_body_options(region, patient_size, renal_sinus)
+    if anatomy == "classic" and (region is not None or patient_size is not None or spleen != "typical"):
+        raise ValueError('region, patient_size and spleen need anatomy="body"; the classic anatomy has none of them')
+    check_body_options(region, patient_size, renal_sinus, spleen)
     if renal_sinus != "small" and not (anatomy == "body" and perirenal_fat):
         raise ValueError(
             f'renal_sinus={renal_sinus!r} needs anatomy="body" and perirenal_fat=true: only those kidneys have a sinus'
@@ -194,6 +195,7 @@ def make_ct_phantom(
     patient_size: str | float | None = None,
     perirenal_fat: bool = False,
     renal_sinus: str = "small",
+    spleen: str = "typical",
 ) -> Phantom:
     """A contrast-enhanced abdominal CT phantom with its organ labels.
 
@@ -222,6 +224,9 @@ def make_ct_phantom(
         renal_sinus: With "body" and ``perirenal_fat``: "small" (default, every sinus 0.45 of its kidney's
             semi-axes) or "varied" (0.45 to 0.70, larger in heavier patients, the parenchyma then a rim;
             :data:`~pipelines.data.phantoms.body.RENAL_SINUSES`). The rest of the case is unchanged.
+        spleen: With "body": "typical" (default) or "varied" (larger, longer and lower over the
+            literature's range, :data:`~pipelines.data.phantoms.body.SPLEENS`); only the spleen and the
+            left diaphragm dome change.
 
     Returns:
         A :class:`Phantom` with an int16 HU image in [-1024, 3071], uint8 labels, its RAS affine
@@ -232,8 +237,8 @@ def make_ct_phantom(
     """
     seed, shape, spacing, codes = _validated_common(seed, shape, spacing_mm, orientation)
     ids = _check_label_ids(label_ids, CT_STRUCTURES)
-    _check_anatomy(anatomy, region, patient_size, perirenal_fat, renal_sinus)
-    body = (region, patient_size, perirenal_fat, renal_sinus) if anatomy == "body" else None
+    _check_anatomy(anatomy, region, patient_size, perirenal_fat, renal_sinus, spleen)
+    body = (region, patient_size, perirenal_fat, renal_sinus, spleen) if anatomy == "body" else None
     tissue, label, grid, transform, streams = _abdomen_maps(
         seed, shape, spacing, codes, ids, lesions, body, perirenal_fat
     )
@@ -263,12 +268,12 @@ def _abdomen_maps(
     codes: tuple[str, str, str],
     ids: Mapping[str, int],
     lesions: bool,
-    body: tuple[str | None, str | float | None, bool, str] | None = None,
+    body: tuple[str | None, str | float | None, bool, str, str] | None = None,
     perirenal_fat: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, CanonicalGrid, np.ndarray, tuple[np.random.Generator, np.random.Generator]]:
     """Tissue and label maps of a seed's abdomen (canonical grid), the grid, its reorientation
     and the intensity and noise random streams, in that order. ``body``: (region, patient_size, perirenal_fat,
-    renal_sinus) for the "body" anatomy, None for the classic one, whose perirenal fat is ``perirenal_fat``."""
+    renal_sinus, spleen) for the "body" anatomy, None for the classic one, whose perirenal fat is ``perirenal_fat``."""
     grid, transform = canonical_grid(shape, spacing, codes)
     anatomy_ss, lesion_ss, intensity_ss, noise_ss = np.random.SeedSequence(seed).spawn(4)
     if body is None:
@@ -300,6 +305,7 @@ def make_mr_phantom(
     patient_size: str | float | None = None,
     perirenal_fat: bool = False,
     renal_sinus: str = "small",
+    spleen: str = "typical",
 ) -> Phantom:
     """A T1-weighted-like abdominal MR phantom: the anatomy of :func:`make_ct_phantom` for the
     same seed, with MR signal (fat bright, fluid and flowing blood dark), a smooth multiplicative
@@ -314,7 +320,7 @@ def make_mr_phantom(
             "liver_tumor" unless ``lesions``.
         lesions: Draw T1-hypointense liver lesions.
         blur_sigma_mm: Gaussian partial-volume blur (mm).
-        anatomy, region, patient_size, perirenal_fat, renal_sinus: As for :func:`make_ct_phantom`.
+        anatomy, region, patient_size, perirenal_fat, renal_sinus, spleen: As for :func:`make_ct_phantom`.
 
     Returns:
         A :class:`Phantom` with an int16 image (signal >= 0), uint8 labels and its RAS affine.
@@ -327,8 +333,8 @@ def make_mr_phantom(
     if not lesions:
         default.pop("liver_tumor")
     ids = _check_label_ids(label_ids, default)
-    _check_anatomy(anatomy, region, patient_size, perirenal_fat, renal_sinus)
-    body = (region, patient_size, perirenal_fat, renal_sinus) if anatomy == "body" else None
+    _check_anatomy(anatomy, region, patient_size, perirenal_fat, renal_sinus, spleen)
+    body = (region, patient_size, perirenal_fat, renal_sinus, spleen) if anatomy == "body" else None
     tissue, label, grid, transform, streams = _abdomen_maps(
         seed, shape, spacing, codes, ids, lesions, body, perirenal_fat
     )
