@@ -36,6 +36,14 @@ from pipelines.data.phantoms.abdomen import (
 from pipelines.data.phantoms.anatomy_facts import FACTS, PATIENT_SIZES
 from pipelines.data.phantoms.render import Op
 from pipelines.data.phantoms.shapes import CanonicalGrid, Ellipsoid, Tube, Warp, capped, rotation_matrix
+from pipelines.data.phantoms.variants import (
+    RENAL_SINUSES,
+    SMALL_SINUS,
+    SPLEENS,
+    renal_sinus_shapes,
+    sinus_scale,
+    varied_spleen,
+)
 
 __all__ = ["REGIONS", "RENAL_SINUSES", "SPLEENS", "Body", "body_anatomy", "check_body_options"]
 
@@ -43,16 +51,6 @@ REGIONS: tuple[str, ...] = ("chest", "abdomen", "pelvis", "trunk")
 """Where a field of view can be placed: ``chest`` (top at the lung apices), ``abdomen`` (top just above the
 diaphragm domes, like BTCV), ``pelvis`` (bottom just below the pubic symphysis), ``trunk`` (centred between
 the apices and the symphysis). How far a field reaches from there is set by its size (shape x spacing)."""
-
-RENAL_SINUSES: tuple[str, ...] = ("small", "varied")
-"""How large the renal sinus of the ``perirenal_fat`` kidneys is: ``small`` (0.45 of the kidney's semi-axes in
-every case, a young slim adult's) or ``varied`` (0.45 to 0.70, larger in heavier patients; see
-:func:`_sinus_scale`)."""
-
-SPLEENS: tuple[str, ...] = ("typical", "varied")
-"""How the spleen is sized and placed: ``typical`` (the anatomy stream's spleen, which renders at about
-70-130 mL and 65-85 mm craniocaudal, high under the left dome) or ``varied`` (larger, longer and lower
-over the literature's range; see :func:`_varied_spleen`)."""
 
 _REGION_WEIGHTS = (0.15, 0.55, 0.15, 0.15)  # when the region is drawn from the seed
 _WARP_EXTENT_MM = np.array([400.0, 320.0, 700.0])  # body-frame extent of the deformation field
@@ -221,7 +219,8 @@ def body_anatomy(
         renal_sinus: With ``perirenal_fat``, one of :data:`RENAL_SINUSES`. ``varied`` draws each sinus's size
             from a stream of its own (spawned from ``placement_rng``), so the rest of the case is unchanged.
         spleen: One of :data:`SPLEENS`. ``varied`` resizes, stretches and moves the anatomy stream's spleen
-            from a second stream of its own; the diaphragm's left dome follows it, nothing else changes.
+            from a second stream of its own; the diaphragm's left dome follows it and it covers what
+            was painted before it there (stomach, bowel, liver); the kidneys and every other draw are unchanged.
     """
     check_body_options(region, patient_size, renal_sinus, spleen)
     d = _Draw(rng)
@@ -248,7 +247,7 @@ def body_anatomy(
         rng.uniform(*_inner("spleen_volume", 0.25, 0.2)) / 0.92,
     )[0]
     if spleen_stream is not None and spleen == "varied":
-        spleen_shape = _varied_spleen(spleen_shape, spleen_stream)
+        spleen_shape = varied_spleen(spleen_shape, spleen_stream)
     gallbladder = _fit_volume(
         [d.ellipsoid((38, 50, -14), (14, 15, 30), (20, 0, 25))], rng.uniform(*_inner("gallbladder_volume", 0.15, 0.2))
     )[0]
@@ -378,8 +377,8 @@ def body_anatomy(
         add(kidney, [(1.0, "kidney_cortex", name), (0.66, "kidney_medulla", name)], clip="abdomen")
         if not perirenal_fat:
             continue
-        scale = _SMALL_SINUS if sinus_rng is None else _sinus_scale(sinus_rng, habitus)
-        sinus, pelvis = _renal_sinus(kidney, side, scale)
+        scale = SMALL_SINUS if sinus_rng is None else sinus_scale(sinus_rng, habitus)
+        sinus, pelvis = renal_sinus_shapes(kidney, side, scale)
         add(sinus, [(1.0, "visceral_fat", None)], only_in=("kidney_cortex", "kidney_medulla"), clip="abdomen")
         add(pelvis, [(1.0, "urine", None)], only_in=("visceral_fat",), clip="abdomen")
     adrenals: list[Ellipsoid] = []
@@ -515,66 +514,6 @@ def body_anatomy(
     offset = np.array([placement_rng.normal(0, 8), 4.0 + placement_rng.normal(0, 10), centre_z])
     warp = Warp(rng, _WARP_EXTENT_MM, rng.uniform(6.0, 12.0))
     return Body(ops, bone_ops, lesion_ops, warp, wall, landmarks, offset, region, habitus)
-
-
-_SMALL_SINUS = 0.45  # of the kidney's semi-axes across (0.1 more along its length)
-
-
-def _varied_spleen(spleen: Ellipsoid, rng: np.random.Generator) -> Ellipsoid:
-    """The anatomy stream's spleen made larger, longer and lower, drawing only from ``rng``.
-
-    Facts: the adult spleen on CT is 107-314 mL (mean 215 mL; Prassopoulos et al. 1997) and 80-130 mm
-    long (Loftus & Metreweli 1998); it lies against the diaphragm under ribs 9-11, its long axis along
-    the 10th rib, and its visceral surface carries the renal impression of the upper half of the left
-    kidney, its lower pole posterolateral at the kidney's level. The typical spleen here is carved by the
-    diaphragm and its neighbours to 70-130 mL and 65-85 mm craniocaudal, its lower pole at the top third
-    of the kidney: the small, high end of those ranges. Here the ellipsoid grows by a volume factor (the
-    carving takes about half of it), stretches along its craniocaudal axis at constant volume and moves
-    down and back, so the rendered spleen covers the literature's volumes and lengths and reaches down
-    beside the kidney.
-    """
-    volume = rng.uniform(1.3, 2.4)
-    stretch = rng.uniform(1.0, 1.25)
-    shift = np.array([-rng.uniform(6.0, 20.0), -rng.uniform(0.0, 8.0), -rng.uniform(5.0, 28.0)])
-    semi = spleen.semi * np.cbrt(volume) * np.array([1 / np.sqrt(stretch), 1 / np.sqrt(stretch), stretch])
-    return Ellipsoid(spleen.center + shift, semi, spleen.rotation, spleen.modulation)
-
-
-def _sinus_scale(rng: np.random.Generator, habitus: float) -> float:
-    """The size of one renal sinus, as a fraction of its kidney's semi-axes across: 0.45 to 0.70.
-
-    Facts: renal sinus fat grows with age and with visceral adiposity (Foster et al. 2011, Hypertension
-    58:784, Framingham Heart Study CT: sinus fat volume rises with body mass index and visceral fat),
-    while the parenchyma thins with age (normal adult parenchymal thickness about 15-20 mm, less in the
-    elderly). In an older or heavier adult the sinus fills much of the kidney's central cross-section and
-    the parenchyma is a rim around it. Here the size leans on the patient size and keeps a random part for
-    age, which the phantoms do not otherwise model.
-    """
-    return _SMALL_SINUS + 0.25 * float(np.clip(0.6 * habitus + 0.4 * rng.uniform(), 0.0, 1.0))
-
-
-def _renal_sinus(kidney: Ellipsoid, side: int, scale: float = _SMALL_SINUS) -> tuple[Ellipsoid, Ellipsoid]:
-    """The renal sinus (fat) and pelvis (urine) of a kidney, which make it a bean, not a solid ellipsoid.
-
-    Facts: the sinus is the cavity inside the kidney's medial border, opening at the hilum, which faces
-    medially and somewhat anteriorly; it holds fat, the renal vessels' branches and the collecting
-    system, whose pelvis leaves through the hilum into the ureter. Renal sinus fat on adult CT is of the
-    order of 10 mL per kidney (more with age and body mass). The sinus and pelvis are not part of the
-    kidney's label (the parenchyma is), and are painted only where the kidney is (the pelvis only into
-    the sinus fat). Derived from the kidney and ``scale`` (the sinus's semi-axes across, as a fraction of
-    the kidney's), so they draw nothing from the random stream. A larger sinus sits nearer the kidney's
-    centre, so that parenchyma encloses it above and below the hilum (a ring on axial slices) and it opens
-    medially at the hilum.
-    """
-    medial = np.array([-side * 0.87, 0.5, 0.0])  # towards the spine and a little anterior (RAS: +x right, +y anterior)
-    local = kidney.rotation.T @ medial
-    reach = 1.0 / float(np.sqrt(((local / kidney.semi) ** 2).sum()))  # the kidney's radius towards the hilum (mm)
-    shift = 0.72 - 1.2 * (scale - _SMALL_SINUS)  # 0.72 of the way to the hilum for the small sinus
-    sinus = Ellipsoid(
-        kidney.center + medial * shift * reach, kidney.semi * [scale, scale, scale + 0.1], kidney.rotation
-    )
-    pelvis = Ellipsoid(kidney.center + medial * 0.95 * reach, kidney.semi * [0.24, 0.24, 0.3], kidney.rotation)
-    return sinus, pelvis
 
 
 def _perirenal_fat(kidneys: Sequence[Ellipsoid], adrenals: Sequence[Ellipsoid], habitus: float) -> list[Op]:

@@ -223,10 +223,10 @@ def make_ct_phantom(
             and adds only the fat (:func:`~pipelines.data.phantoms.abdomen.abdomen_anatomy`).
         renal_sinus: With "body" and ``perirenal_fat``: "small" (default, every sinus 0.45 of its kidney's
             semi-axes) or "varied" (0.45 to 0.70, larger in heavier patients, the parenchyma then a rim;
-            :data:`~pipelines.data.phantoms.body.RENAL_SINUSES`). The rest of the case is unchanged.
+            :data:`~pipelines.data.phantoms.variants.RENAL_SINUSES`). The rest of the case is unchanged.
         spleen: With "body": "typical" (default) or "varied" (larger, longer and lower over the
-            literature's range, :data:`~pipelines.data.phantoms.body.SPLEENS`); only the spleen and the
-            left diaphragm dome change.
+            literature's range, :data:`~pipelines.data.phantoms.variants.SPLEENS`); the spleen, what it
+            covers and the left diaphragm dome change, the rest of the case does not.
 
     Returns:
         A :class:`Phantom` with an int16 HU image in [-1024, 3071], uint8 labels, its RAS affine
