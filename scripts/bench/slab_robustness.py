@@ -175,6 +175,8 @@ def score(prediction: Path, truth: Path, names: dict[int, str], spacing_ml: floa
 
 
 def main() -> int:
+    from pipelines.data.phantoms.variants import RENAL_SINUSES, SPLEENS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=REPO / "bundles" / "ct_abdomen_unet")
     parser.add_argument("--weights", nargs="+", default=None, help="NAME=PATH (default: the bundle's own weights)")
@@ -195,13 +197,13 @@ def main() -> int:
     )
     parser.add_argument(
         "--renal-sinus",
-        choices=("small", "varied"),
+        choices=RENAL_SINUSES,
         default="small",
         help="with --perirenal-fat: the kidneys' renal sinus, small (default) or varied (larger in heavier patients)",
     )
     parser.add_argument(
         "--spleen",
-        choices=("typical", "varied"),
+        choices=SPLEENS,
         default="typical",
         help="the abdomens' spleen: typical (default) or varied (larger, longer and lower, see make_ct_phantom)",
     )

@@ -45,7 +45,7 @@ from pipelines.data.phantoms.variants import (
     varied_spleen,
 )
 
-__all__ = ["REGIONS", "RENAL_SINUSES", "SPLEENS", "Body", "body_anatomy", "check_body_options"]
+__all__ = ["REGIONS", "Body", "body_anatomy", "check_body_options"]
 
 REGIONS: tuple[str, ...] = ("chest", "abdomen", "pelvis", "trunk")
 """Where a field of view can be placed: ``chest`` (top at the lung apices), ``abdomen`` (top just above the
@@ -216,11 +216,13 @@ def body_anatomy(
             default: without it the kidneys are solid ellipsoids painted over their neighbours, the anatomy
             the shipped CT weights were trained on (their recipe stays reproducible); same anatomy stream
             either way.
-        renal_sinus: With ``perirenal_fat``, one of :data:`RENAL_SINUSES`. ``varied`` draws each sinus's size
-            from a stream of its own (spawned from ``placement_rng``), so the rest of the case is unchanged.
-        spleen: One of :data:`SPLEENS`. ``varied`` resizes, stretches and moves the anatomy stream's spleen
-            from a second stream of its own; the diaphragm's left dome follows it and it covers what
-            was painted before it there (stomach, bowel, liver); the kidneys and every other draw are unchanged.
+        renal_sinus: With ``perirenal_fat``, one of :data:`~pipelines.data.phantoms.variants.RENAL_SINUSES`.
+            ``varied`` draws each sinus's size from a stream of its own (spawned from ``placement_rng``), so
+            the rest of the case is unchanged.
+        spleen: One of :data:`~pipelines.data.phantoms.variants.SPLEENS`. ``varied`` resizes, stretches and
+            moves the anatomy stream's spleen from a second stream of its own; the diaphragm's left dome
+            follows it and it covers what was painted before it there (stomach, bowel, liver); the kidneys and
+            every other draw are unchanged.
     """
     check_body_options(region, patient_size, renal_sinus, spleen)
     d = _Draw(rng)
@@ -229,6 +231,7 @@ def body_anatomy(
     # spawning draws nothing from placement_rng, and child k is the same however many are spawned
     sinus_stream, spleen_stream = placement_rng.spawn(2) if "varied" in (renal_sinus, spleen) else (None, None)
     sinus_rng = sinus_stream if renal_sinus == "varied" else None
+    spleen_rng = spleen_stream if spleen == "varied" else None
     ops: list[Op] = []
 
     def add(shape, layers, **kwargs) -> None:
@@ -246,8 +249,8 @@ def body_anatomy(
         [d.ellipsoid((-68, -28, 44), (26, 56, 42), (30, 0, 10))],
         rng.uniform(*_inner("spleen_volume", 0.25, 0.2)) / 0.92,
     )[0]
-    if spleen_stream is not None and spleen == "varied":
-        spleen_shape = varied_spleen(spleen_shape, spleen_stream)
+    if spleen_rng is not None:
+        spleen_shape = varied_spleen(spleen_shape, spleen_rng)
     gallbladder = _fit_volume(
         [d.ellipsoid((38, 50, -14), (14, 15, 30), (20, 0, 25))], rng.uniform(*_inner("gallbladder_volume", 0.15, 0.2))
     )[0]
