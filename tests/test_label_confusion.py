@@ -121,3 +121,5 @@ def test_the_script_reads_a_manifest_and_saved_predictions_and_writes_its_record
         cwd=REPO,
     )
     assert bad.returncode != 0 and "no label 'spleen'" in bad.stderr and "Traceback" not in bad.stderr
+    unnamed = subprocess.run([*command[:6], "--predictions", str(tmp_path)], capture_output=True, text=True, cwd=REPO)
+    assert unnamed.returncode != 0 and "expected NAME=FOLDER" in unnamed.stderr and "Traceback" not in unnamed.stderr

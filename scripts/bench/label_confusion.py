@@ -93,19 +93,25 @@ def main() -> int:
     from pipelines.io.readers import read_volume
     from pipelines.train import datalist
 
-    names = {int(i): n for i, n in json.loads(args.manifest.read_text())["labels"].items()}
+    try:
+        names = {int(i): n for i, n in json.loads(args.manifest.read_text())["labels"].items()}
+    except (OSError, ValueError, KeyError, AttributeError) as error:
+        raise SystemExit(f"{args.manifest}: not a readable manifest with a 'labels' table ({error})") from None
     ids = {n: i for i, n in names.items()}
     for wanted in (args.structure, args.contrast_against):
         if wanted is not None and wanted not in ids:
             raise SystemExit(f"{args.manifest}: no label {wanted!r}; expected one of {sorted(ids)}")
+    if bad := [item for item in args.predictions if "=" not in item]:
+        raise SystemExit(f"--predictions {bad[0]}: expected NAME=FOLDER")
     runs = dict(item.split("=", 1) for item in args.predictions)
+    if missing := [folder for folder in runs.values() if not Path(folder).is_dir()]:
+        raise SystemExit(f"{missing[0]}: no such folder of saved predictions")
     structure, n_labels = ids[args.structure], max(names) + 1
     rows: dict[str, list[dict]] = {name: [] for name in runs}
     contrast: list[float] = []
     for case in datalist(args.manifest, args.split):
         case_id = Path(case["label"]).parent.name
-        truth_volume = read_volume(case["label"])
-        truth = np.asarray(truth_volume.array).astype(np.uint8)
+        truth = np.asarray(read_volume(case["label"]).array).astype(np.uint8)
         for name, folder in runs.items():
             found = sorted((Path(folder) / case_id).glob("*.nii.gz"))
             if not found:
