@@ -8,7 +8,7 @@ from pathlib import Path
 from tests.helpers import REPO
 
 sys.path.insert(0, str(REPO / "scripts" / "bench"))
-from machine import without_machine_paths
+from machine import outside_repository, without_machine_paths
 
 
 def test_paths_under_a_root_become_its_placeholder_the_innermost_root_first(tmp_path: Path) -> None:
@@ -32,3 +32,11 @@ def test_a_relative_root_is_matched_only_where_it_resolves(tmp_path: Path, monke
     monkeypatch.chdir(tmp_path)
     shown = without_machine_paths({"a": f"{tmp_path}/out/x", "b": "routes out"}, {Path("out"): "$OUT"})
     assert shown == {"a": "$OUT/x", "b": "routes out"}
+
+
+def test_a_folder_inside_the_repository_keeps_no_placeholder_of_its_own(tmp_path: Path) -> None:
+    """Only the repository itself and folders outside it get placeholders: inside it, "./..." says where."""
+    roots = {REPO: ".", REPO / "scripts" / "bench" / "results": "$JSON_DIR", tmp_path: "$DATA"}
+    assert outside_repository(roots, REPO) == {REPO: ".", tmp_path: "$DATA"}
+    shown = without_machine_paths(f"{REPO}/scripts/bench/results/r.json", outside_repository(roots, REPO))
+    assert shown == "./scripts/bench/results/r.json"

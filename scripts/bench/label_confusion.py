@@ -31,7 +31,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
-from machine import command_line, cpu_model, without_machine_paths, write_report  # noqa: E402
+from machine import command_line, cpu_model, write_record  # noqa: E402
 
 
 def truth_fates(truth: np.ndarray, pred: np.ndarray, structure: int, n_labels: int) -> np.ndarray:
@@ -160,12 +160,8 @@ def main() -> int:
                 f"{pair}: Dice change {split['change_low_contrast']} below the median contrast "
                 f"{split['median_contrast']}, {split['change_high_contrast']} above; correlation {split['correlation']}"
             )
-    shown = {args.manifest.parent: "$DATA", REPO: "."}
-    shown.update({Path(folder): f"$PREDICTIONS_{i}" for i, folder in enumerate(runs.values(), 1)})
-    if args.json is not None:
-        shown[args.json.parent] = "$JSON_DIR"
-    shown = {root: name for root, name in shown.items() if root == REPO or not root.resolve().is_relative_to(REPO)}
-    write_report(without_machine_paths(report, shown), args.json, "label-confusion")
+    roots = {args.manifest.parent: "$DATA"} | {Path(f): f"$PREDICTIONS_{i}" for i, f in enumerate(runs.values(), 1)}
+    write_record(report, roots, args.json, "label-confusion", REPO)
     return 0
 
 

@@ -70,6 +70,19 @@ def parse_overrides(items: list[str]) -> dict:
     return overrides
 
 
+def outside_repository(roots: Mapping[Path, str], repo: Path) -> dict[Path, str]:
+    """Of a record's folder placeholders, those to use: the repository's own ("."), and every folder outside it.
+    A folder inside the repository is then shown from "." like any other repository path."""
+    return {root: name for root, name in roots.items() if root == repo or not Path(root).resolve().is_relative_to(repo)}
+
+
+def write_record(report: dict, roots: Mapping[Path, str], path: Path | None, stem: str, repo: Path) -> Path:
+    """``write_report`` of ``report`` with the folders in ``roots``, the JSON's own folder (``$JSON_DIR``) and the
+    repository (".") written as placeholders, never as this machine's paths."""
+    roots = {**roots, repo: "."} | ({path.parent: "$JSON_DIR"} if path is not None else {})
+    return write_report(without_machine_paths(report, outside_repository(roots, repo)), path, stem)
+
+
 def without_machine_paths(value, roots: Mapping[Path, str]):
     """``value`` (a record: dicts, lists, strings) with every path under a root written from that root's
     placeholder (``$RESULTS/x.json``, ``./data_manifests/...``), so that a committed record names no machine.

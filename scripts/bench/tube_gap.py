@@ -24,7 +24,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
-from machine import command_line, cpu_model, without_machine_paths, write_report  # noqa: E402
+from machine import command_line, cpu_model, write_record  # noqa: E402
 
 VARIANTS = {
     "largest only (before)": (None, ()),
@@ -90,12 +90,9 @@ def main() -> int:
         "variants": summary,
     }
     # folders outside the repository are written as placeholders, never as this machine's paths
-    roots = {args.predictions: "$PREDICTIONS", args.manifest.parent: "$MANIFESTS", REPO: "."}
-    if args.json is not None:
-        roots[args.json.parent] = "$JSON_DIR"
-    # a folder inside the repository is shown from "." instead
-    shown = {root: name for root, name in roots.items() if root == REPO or not root.resolve().is_relative_to(REPO)}
-    write_report(without_machine_paths(report, shown), args.json, "tube-gap")
+    write_record(
+        report, {args.predictions: "$PREDICTIONS", args.manifest.parent: "$MANIFESTS"}, args.json, "tube-gap", REPO
+    )
     return 0
 
 
