@@ -57,7 +57,12 @@ def test_contrast_split_puts_the_loss_in_the_faint_half() -> None:
     assert label_confusion.contrast_split(contrast, [0.8] * 4, [0.8] * 4)["correlation"] is None  # no change
 
 
-def test_the_script_reads_a_manifest_and_saved_predictions_and_writes_its_record(tmp_path: Path) -> None:
+SCRIPT = REPO / "scripts" / "bench" / "label_confusion.py"
+
+
+def _dataset(tmp_path: Path) -> Path:
+    """Two cases of ``_case`` (rims 0 and 3, lesion contrast 20 and 40) under a manifest, with the truth saved as
+    ``before/`` predictions and ``_case``'s predictions as ``after/``; returns the manifest."""
     affine = np.diag([1.5, 1.5, 2.0, 1.0])
     cases = []
     for index, rim in enumerate((0, 3)):
@@ -78,35 +83,21 @@ def test_the_script_reads_a_manifest_and_saved_predictions_and_writes_its_record
             }
         )
     manifest = tmp_path / "manifest.json"
-    manifest.write_text(
-        json.dumps(
-            {
-                "name": "t",
-                "modality": {"0": "CT"},
-                "labels": {str(k): v for k, v in NAMES.items()},
-                "training": [],
-                "validation": [],
-                "test": cases,
-            }
-        )
-    )
-    out = tmp_path / "record.json"
-    command = [
-        sys.executable,
-        str(REPO / "scripts" / "bench" / "label_confusion.py"),
-        "--manifest",
-        str(manifest),
-        "--structure",
-        "tumour",
-        "--contrast-against",
-        "liver",
-        "--json",
-        str(out),
-        "--predictions",
-        f"before={tmp_path / 'before'}",
-        f"after={tmp_path / 'after'}",
-    ]
-    subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO)
+    document = {"name": "t", "modality": {"0": "CT"}, "labels": {str(k): v for k, v in NAMES.items()}, "test": cases}
+    manifest.write_text(json.dumps(document | {"training": [], "validation": []}))
+    return manifest
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=REPO)
+
+
+def test_the_script_reads_a_manifest_and_saved_predictions_and_writes_its_record(tmp_path: Path) -> None:
+    manifest, out = _dataset(tmp_path), tmp_path / "record.json"
+    before, after = f"before={tmp_path / 'before'}", f"after={tmp_path / 'after'}"
+    done = _run("--manifest", str(manifest), "--structure", "tumour", "--contrast-against", "liver",
+                "--json", str(out), "--predictions", before, after)  # fmt: skip
+    assert done.returncode == 0, done.stderr
     record = json.loads(out.read_text())
     assert record["cases"] == 2
     assert record["summary"]["before"]["truth_labelled_as"]["tumour"] == 1.0
@@ -114,12 +105,33 @@ def test_the_script_reads_a_manifest_and_saved_predictions_and_writes_its_record
     assert record["contrast"]["after - before"]["median_contrast"] == 30.0  # contrasts 20 and 40 HU
     assert str(tmp_path) not in out.read_text()  # placeholders, not this machine's folders
 
-    bad = subprocess.run(
-        [*command[:4], "--structure", "spleen", "--predictions", f"x={tmp_path}"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
-    assert bad.returncode != 0 and "no label 'spleen'" in bad.stderr and "Traceback" not in bad.stderr
-    unnamed = subprocess.run([*command[:6], "--predictions", str(tmp_path)], capture_output=True, text=True, cwd=REPO)
-    assert unnamed.returncode != 0 and "expected NAME=FOLDER" in unnamed.stderr and "Traceback" not in unnamed.stderr
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"manifest": "missing.json"}, "missing.json: manifest file not found"),
+        ({"split": "tests"}, "unknown split 'tests'; expected one of training, validation, test or 'all'"),
+        ({"structure": "spleen"}, "manifest.json: no label 'spleen'; expected one of"),
+        ({"predictions": "{root}/after"}, "--predictions {root}/after: expected NAME=FOLDER"),
+        ({"predictions": "x={root}/nowhere"}, "{root}/nowhere: no such folder of saved predictions"),
+        ({"predictions": "x={root}/empty"}, "{root}/empty: no saved prediction of case_0"),
+        ({"predictions": "x={root}/shrunk"}, "image_seg.nii.gz: shape (24, 24, 12), expected the label's (24, 24, 24)"),
+    ],
+)
+def test_bad_input_is_refused_in_one_line_naming_the_file(tmp_path: Path, change: dict, message: str) -> None:
+    manifest = _dataset(tmp_path)
+    (tmp_path / "empty").mkdir()
+    for index in (0, 1):  # predictions on another grid than the labels'
+        shrunk = tmp_path / "shrunk" / f"case_{index}"
+        shrunk.mkdir(parents=True)
+        nib.save(nib.Nifti1Image(np.zeros((24, 24, 12), np.uint8), np.eye(4)), shrunk / "image_seg.nii.gz")
+    options = {"manifest": "manifest.json", "split": "test", "structure": "tumour", "predictions": "x={root}/after"}
+    options |= change
+    done = _run(
+        "--manifest", str(manifest.parent / options["manifest"]),
+        "--split", options["split"],
+        "--structure", options["structure"],
+        "--predictions", options["predictions"].format(root=tmp_path),
+    )  # fmt: skip
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert message.format(root=tmp_path) in done.stderr.strip().splitlines()[-1]

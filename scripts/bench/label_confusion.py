@@ -3,8 +3,8 @@
 
 For each weights' predictions, the structure's truth voxels are counted by the label predicted there (pooled
 over the cases), with the median predicted / true volume and the voxels predicted as the structure outside
-its truth. With ``--contrast-against``, each case's contrast (mean image value in that structure minus in
-this one) is set beside the change in the structure's Dice between the first weights and each other:
+its truth. With ``--contrast-against``, each case's contrast (the mean of its image's first channel in that
+structure minus in this one) is set beside the change in the structure's Dice between the first weights and each other:
 the cases are split at the median contrast, and the correlation is given. This is how the CT bundle's docs
 found that the spleen-and-sinus runs lose the tumour's rim to the liver, most in faint lesions.
 
@@ -42,14 +42,15 @@ def truth_fates(truth: np.ndarray, pred: np.ndarray, structure: int, n_labels: i
 def case_row(truth: np.ndarray, pred: np.ndarray, structure: int, n_labels: int) -> dict:
     """One case: the truth's fates, the true and predicted volumes in voxels, the false voxels, the Dice."""
     inside, predicted = truth == structure, pred == structure
-    both = int((inside & predicted).sum())
-    total = int(inside.sum() + predicted.sum())
+    fates = truth_fates(truth, pred, structure, n_labels)
+    n_truth, n_predicted = int(inside.sum()), int(predicted.sum())
+    total = n_truth + n_predicted
     return {
-        "fates": truth_fates(truth, pred, structure, n_labels).tolist(),
-        "truth_voxels": int(inside.sum()),
-        "predicted_voxels": int(predicted.sum()),
-        "false_voxels": int((predicted & ~inside).sum()),
-        "dice": 2 * both / total if total else 1.0,
+        "fates": fates.tolist(),
+        "truth_voxels": n_truth,
+        "predicted_voxels": n_predicted,
+        "false_voxels": n_predicted - int(fates[structure]),
+        "dice": 2 * int(fates[structure]) / total if total else 1.0,
     }
 
 
@@ -88,15 +89,15 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    import json
-
+    from pipelines.data.manifests.model import load_manifest
     from pipelines.io.readers import read_volume
-    from pipelines.train import datalist
 
     try:
-        names = {int(i): n for i, n in json.loads(args.manifest.read_text())["labels"].items()}
-    except (OSError, ValueError, KeyError, AttributeError) as error:
-        raise SystemExit(f"{args.manifest}: not a readable manifest with a 'labels' table ({error})") from None
+        manifest = load_manifest(args.manifest)
+        cases = manifest.split(args.split)  # ManifestError is a ValueError, as is an unknown split
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(str(error)) from None
+    names = manifest.labels
     ids = {n: i for i, n in names.items()}
     for wanted in (args.structure, args.contrast_against):
         if wanted is not None and wanted not in ids:
@@ -109,19 +110,20 @@ def main() -> int:
     structure, n_labels = ids[args.structure], max(names) + 1
     rows: dict[str, list[dict]] = {name: [] for name in runs}
     contrast: list[float] = []
-    for case in datalist(args.manifest, args.split):
-        case_id = Path(case["label"]).parent.name
-        truth = np.asarray(read_volume(case["label"]).array).astype(np.uint8)
+    for case in cases:
+        if case.label is None:
+            raise SystemExit(f"{args.manifest}: case {case.case_id} has no label to score against")
+        truth = np.asarray(read_volume(case.label).array).astype(np.uint8)
         for name, folder in runs.items():
-            found = sorted((Path(folder) / case_id).glob("*.nii.gz"))
+            found = sorted((Path(folder) / case.case_id).glob("*.nii.gz"))
             if not found:
-                raise SystemExit(f"{folder}: no saved prediction of {case_id}")
+                raise SystemExit(f"{folder}: no saved prediction of {case.case_id}")
             pred = np.asarray(read_volume(found[0]).array).astype(np.uint8)
             if pred.shape != truth.shape:
                 raise SystemExit(f"{found[0]}: shape {pred.shape}, expected the label's {truth.shape}")
-            rows[name].append(case_row(truth, pred, structure, n_labels) | {"case": case_id})
+            rows[name].append(case_row(truth, pred, structure, n_labels) | {"case": case.case_id})
         if args.contrast_against is not None:
-            image = np.asarray(read_volume(case["image"]).array, dtype=np.float32)
+            image = np.asarray(read_volume(case.image_paths[0]).array, dtype=np.float32)
             other, ours = image[truth == ids[args.contrast_against]], image[truth == structure]
             contrast.append(float(other.mean() - ours.mean()) if other.size and ours.size else float("nan"))
 
