@@ -2,12 +2,14 @@
 """UNETR sizes for the CT multi-organ bundle: parameters, weights file, CPU seconds per window and per training patch.
 
 MONAI's ``UNETR`` exposes the encoder width (``hidden_size``), the MLP width (``mlp_dim``), the
-heads (``num_heads``) and the decoder width (``feature_size``); the number of transformer layers
-is fixed at 12 (the decoder taps layers 3, 6 and 9), so depth is not a choice here. Each size is
-built at its input (96³, or 64³ where its name says so; the position embeddings fix it) with 14
-outputs and timed in this process, one after the other:
+heads (``num_heads``) and the decoder width (``feature_size``); its patch is fixed at 16 voxels and
+its depth at 12 layers (the decoder taps layers 3, 6 and 9). The sizes named "patch 8" are
+:class:`pipelines.networks.PatchUNETR`, the same architecture from MONAI's blocks with the patch
+size and the depth as parameters. Each size is built at its input (96³, or 64³ where its name says
+so; the position embeddings fix it) with 14 outputs and timed in this process, one after the other:
 
-* parameters, and the ``models/model.pt`` size as float32 and as float16 (what the bundle stores);
+* parameters, and the ``models/model.pt`` size as float32 and as float16 (what the bundle stores),
+  and the float16 file zlib-compressed (about what git stores, which the bundle's budget counts);
 * inference: median seconds per window (batch of 4 windows, no gradient) in float32 and bf16;
 * training: median seconds per patch (batch of 2, forward + backward + AdamW step).
 
@@ -28,6 +30,7 @@ import os
 import statistics
 import sys
 import time
+import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -49,6 +52,34 @@ SIZES = {
     },
     # the largest that fits the 4.1 MB left of the bundle's repository budget (float16, 3.8 MB compressed)
     "width 64, features 12, 64³": {"hidden_size": 64, "mlp_dim": 128, "num_heads": 4, "feature_size": 12, "img": 64},
+    # PatchUNETR: 8-voxel tokens (12 mm at 1.5 mm), one decoder level fewer
+    "patch 8, width 96, 8 layers, features 16, 64³": {
+        "patch_size": 8,
+        "num_layers": 8,
+        "hidden_size": 96,
+        "mlp_dim": 384,
+        "num_heads": 4,
+        "feature_size": 16,
+        "img": 64,
+    },
+    "patch 8, width 96, 12 layers, features 16, 64³": {
+        "patch_size": 8,
+        "num_layers": 12,
+        "hidden_size": 96,
+        "mlp_dim": 384,
+        "num_heads": 4,
+        "feature_size": 16,
+        "img": 64,
+    },
+    "patch 8, width 64, 12 layers, features 16, 64³": {
+        "patch_size": 8,
+        "num_layers": 12,
+        "hidden_size": 64,
+        "mlp_dim": 256,
+        "num_heads": 4,
+        "feature_size": 16,
+        "img": 64,
+    },
 }
 
 
@@ -66,10 +97,13 @@ def measure(name: str, shape: dict[str, int], repeats: int) -> dict:
     import torch
     from monai.networks.nets import UNETR
 
+    from pipelines.networks import PatchUNETR
+
     torch.manual_seed(0)
     shape = dict(shape)
     img = shape.pop("img", 96)
-    net = UNETR(
+    network = PatchUNETR if "patch_size" in shape else UNETR
+    net = network(
         in_channels=1, out_channels=14, img_size=img, proj_type="conv", norm_name="instance", res_block=True, **shape
     )
     state = net.state_dict()
@@ -78,6 +112,7 @@ def measure(name: str, shape: dict[str, int], repeats: int) -> dict:
         buffer = io.BytesIO()
         torch.save({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, buffer)
         sizes[label] = round(len(buffer.getvalue()) / 1e6, 1)
+    sizes["float16_zlib"] = round(len(zlib.compress(buffer.getvalue())) / 1e6, 1)
     row = {
         "size": name,
         "input": img,
