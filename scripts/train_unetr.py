@@ -1,12 +1,13 @@
 #!/usr/bin/env python
 """Train the CT multi-organ UNETR bundle on generated phantoms and evaluate it on held-out phantoms.
 
-This is how ``bundles/ct_multiorgan_unetr/models/model.pt`` is made. The phantoms carry the 13
-BTCV organs (liver lesions labelled as liver). Every step is deterministic under the seeds it uses.
-The defaults are the CPU recipe the bundle's docs report: 48 training, 6 validation and 10 test
-phantoms, 2 class-balanced 64³ patches per case and iteration, 64 epochs (3072 iterations) of a
-compact UNETR (transformer width 160, 6.8 M parameters), AdamW 1e-3 with a 100-iteration warm-up and
-cosine decay. Validation takes 6 cases so that it holds wide square torso fields of view (2 of the
+This is how ``bundles/ct_multiorgan_unetr/models/model.pt`` is made: since 0.5.0 with ``--phantoms
+perirenal_fat`` (the phantoms whose kidneys and adrenal glands lie in their perirenal fat). The phantoms
+carry the 13 BTCV organs (liver lesions labelled as liver). Every step is deterministic under the seeds
+it uses. The defaults are the CPU recipe the bundle's docs report: 48 training, 6 validation and 10 test
+phantoms, 2 class-balanced 64³ patches per case and iteration, 64 epochs (3072 iterations) of the
+bundle's network (0.5.0: a UNETR with 8³ tokens, 1.65 M parameters), AdamW 1e-3 with a 100-iteration
+warm-up and cosine decay. Validation takes 6 cases so that it holds wide square torso fields of view (2 of the
 6) as the test split does (5 of 10): a model can fail on those alone, and checkpoints are chosen on
 validation. Stage 2 (``configs/train_small_structures.json``) continues from stage 1's best weights
 for 8 epochs at AdamW 3e-4, with patch centres and DiceCE class weights tilted towards the
@@ -16,11 +17,11 @@ phantoms are scored with those stored weights. Stage 3, an experiment whose weig
 runs stage 2's schedule again from its weights on phantoms whose kidneys and adrenal glands lie in their
 perirenal fat (the right adrenal gland out of the liver; ``<data-dir>/perirenal_fat/``).
 
-    python scripts/train_unetr.py                         # the documented CPU recipe (stages 1 and 2)
+    python scripts/train_unetr.py --phantoms perirenal_fat   # the CPU recipe of the shipped weights (stages 1 and 2)
+    python scripts/train_unetr.py                         # the same on the classic phantoms (0.3.0-0.4.x)
     python scripts/train_unetr.py --stage finetune --init-weights STAGE1.pt   # stage 2 alone
     python scripts/train_unetr.py --stage finetune --from-stage 3 --bundle COPY --data-dir DIR \\
         --init-weights bundles/ct_multiorgan_unetr/models/model.pt   # the stage-3 experiment, on a copy
-    python scripts/train_unetr.py --phantoms perirenal_fat   # every stage on them (in <data-dir>/perirenal_fat)
     python scripts/train_unetr.py --device cuda --max-epochs 200 --val-interval 10
     python scripts/train_unetr.py --stage evaluate        # evaluate models/model.pt only
     python scripts/train_unetr.py --bundle /tmp/unetr_copy --data-dir /tmp/unetr_data \\
