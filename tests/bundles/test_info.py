@@ -20,7 +20,7 @@ SHIPPED = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs").is_dir())
             "ct_multiorgan_unetr",
             {
                 "modality": "CT",
-                "network": "UNETR",
+                "network": "PatchUNETR",
                 "pixdim": [1.5, 1.5, 2.0],
                 "roi_size": [64, 64, 64],
                 "num_channels": 1,
