@@ -19,11 +19,11 @@ perirenal fat (the right adrenal gland out of the liver; ``<data-dir>/perirenal_
 
     python scripts/train_unetr.py --phantoms perirenal_fat   # the CPU recipe of the shipped weights (stages 1 and 2)
     python scripts/train_unetr.py                         # the same on the classic phantoms (0.3.0-0.4.x)
-    python scripts/train_unetr.py --stage finetune --init-weights STAGE1.pt   # stage 2 alone
+    python scripts/train_unetr.py --phantoms perirenal_fat --stage finetune --init-weights STAGE1.pt   # stage 2 alone
     python scripts/train_unetr.py --stage finetune --from-stage 3 --bundle COPY --data-dir DIR \\
         --init-weights bundles/ct_multiorgan_unetr/models/model.pt   # the stage-3 experiment, on a copy
     python scripts/train_unetr.py --device cuda --max-epochs 200 --val-interval 10
-    python scripts/train_unetr.py --stage evaluate        # evaluate models/model.pt only
+    python scripts/train_unetr.py --phantoms perirenal_fat --stage evaluate   # evaluate models/model.pt only
     python scripts/train_unetr.py --bundle /tmp/unetr_copy --data-dir /tmp/unetr_data \\
         --train 2 --val 1 --test 1 --max-epochs 1 --val-interval 1 --fov-scale 0.4 --samples-per-case 1
                                                           # smoke run on a copy of the bundle

@@ -41,9 +41,8 @@ def truth_fates(truth: np.ndarray, pred: np.ndarray, structure: int, n_labels: i
 
 def case_row(truth: np.ndarray, pred: np.ndarray, structure: int, n_labels: int) -> dict:
     """One case: the truth's fates, the true and predicted volumes in voxels, the false voxels, the Dice."""
-    inside, predicted = truth == structure, pred == structure
     fates = truth_fates(truth, pred, structure, n_labels)
-    n_truth, n_predicted = int(inside.sum()), int(predicted.sum())
+    n_truth, n_predicted = int(fates.sum()), int((pred == structure).sum())  # every truth voxel has one fate
     total = n_truth + n_predicted
     return {
         "fates": fates.tolist(),
