@@ -74,3 +74,30 @@ def test_write_changes_only_the_medseg_qc_block_and_the_docs_section(tmp_path: P
     assert docs.count("## QC thresholds per structure (calibrated)") == 1
     assert "| liver_tumor | `min_confidence` | 0.4 | 0.4 | 50% of 2 | 0% of 4 |" in docs
     assert "python scripts/bench/qc_calibrate.py --seeds 1 --write" in docs
+    assert "13 calibration phantoms of the validation seeds" in docs
+    qc_calibrate.write_docs(
+        bundle, table, "python scripts/bench/qc_calibrate.py --perirenal-fat", [10000], 13, perirenal_fat=True
+    )
+    docs = (bundle / "docs" / "README.md").read_text()
+    assert (
+        "13 calibration phantoms with the kidneys and adrenal glands in their perirenal fat of the validation" in docs
+    )
+
+
+def test_perirenal_fat_calibration_cases_draw_the_recipes_anatomy() -> None:
+    """``--perirenal-fat`` calibrates on the anatomy a bundle like the UNETR was trained on, not the classic one."""
+    import numpy as np
+    import qc_signals
+
+    from pipelines.data.phantoms.make import make_ct_phantom
+
+    labels = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 4: "liver"}
+    name, fat, wrong = next(qc_signals.cases([10000], labels, perirenal_fat=True))
+    assert (name, wrong) == ("10000_clean", False)
+    ids = {v: k for k, v in labels.items()}
+    expected = make_ct_phantom(
+        10000, shape=qc_signals.SHAPE, spacing_mm=qc_signals.SPACING, label_ids=ids, perirenal_fat=True
+    )
+    classic = next(qc_signals.cases([10000], labels))[1]
+    assert np.array_equal(fat.label, expected.label) and np.array_equal(fat.image, expected.image)
+    assert not np.array_equal(fat.image, classic.image)  # the fat plane changes the image around the kidneys

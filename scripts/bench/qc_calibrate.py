@@ -21,6 +21,11 @@ value fitted on a dozen good calibration cases would be fitted to their noise (a
 
     .venv/bin/python scripts/bench/qc_calibrate.py --seeds 3 --json qc_calibration.json --write  # ~12 min, 2 cores
     .venv/bin/python scripts/bench/qc_calibrate.py --from-json qc_calibration.json --write       # no rerun
+    .venv/bin/python scripts/bench/qc_calibrate.py --bundle bundles/ct_multiorgan_unetr --perirenal-fat --write
+
+``--perirenal-fat`` draws the calibration phantoms with the kidneys and adrenal glands in their perirenal
+fat: the anatomy of a bundle whose recipe trains on it (the UNETR's), so that its thresholds are
+chosen on the cases it was made for and not on anatomy it never saw.
 
 ``--write`` puts the thresholds into the bundle's ``configs/metadata.json`` (``medseg_qc.structures``,
 only that block is rewritten) and a table with the command into ``docs/README.md`` (between
@@ -46,6 +51,7 @@ import qc_signals
 
 REPO = qc_signals.REPO
 MARK = "<!-- qc-calibration -->"
+FAT_PHRASE = " with the kidneys and adrenal glands in their perirenal fat"
 METRICS = (
     ("min_confidence", "confidence", -1),
     ("max_high_entropy_fraction", "high_entropy_fraction", +1),
@@ -54,7 +60,7 @@ METRICS = (
 """(threshold key, stats column, direction): -1 flags values below the threshold, +1 above it."""
 
 
-def collect(bundle: Path, seeds: list[int]) -> list[dict[str, Any]]:
+def collect(bundle: Path, seeds: list[int], *, perirenal_fat: bool = False) -> list[dict[str, Any]]:
     """Segment every calibration case; one row per case (see ``qc_signals.run_case``) with ``bad``."""
     import torch
 
@@ -65,7 +71,7 @@ def collect(bundle: Path, seeds: list[int]) -> list[dict[str, Any]]:
     labels = {k: v for k, v in segmenter.bundle.labels.items() if k}
     rows = []
     with tempfile.TemporaryDirectory(prefix="qc_calibrate_") as tmp:
-        for name, phantom, wrong_input in qc_signals.cases(seeds, labels):
+        for name, phantom, wrong_input in qc_signals.cases(seeds, labels, perirenal_fat=perirenal_fat):
             row = qc_signals.run_case(segmenter, phantom, name, Path(tmp), labels)
             row["bad"] = wrong_input or row["mean_organ_dice"] < qc_signals.BAD_DICE
             rows.append(row)
@@ -182,7 +188,15 @@ def write_metadata(bundle: Path, structures: dict[str, dict[str, float]]) -> Pat
     return path
 
 
-def write_docs(bundle: Path, table: dict[str, dict[str, Any]], command: str, seeds: list[int], n_cases: int) -> Path:
+def write_docs(
+    bundle: Path,
+    table: dict[str, dict[str, Any]],
+    command: str,
+    seeds: list[int],
+    n_cases: int,
+    *,
+    perirenal_fat: bool = False,
+) -> Path:
     """The calibration table and the command that made it, between the markers of the bundle's docs/README.md."""
     path = bundle / "docs" / "README.md"
     text = path.read_text(encoding="utf-8")
@@ -196,7 +210,8 @@ def write_docs(bundle: Path, table: dict[str, dict[str, Any]], command: str, see
     section = (
         f"{MARK}\n## QC thresholds per structure (calibrated)\n\n"
         f"`configs/metadata.json` `medseg_qc.structures` was chosen by `scripts/bench/qc_calibrate.py` on "
-        f"{n_cases} calibration phantoms of the validation seeds {seeds[0]}..{seeds[-1]} (disjoint from the QC "
+        f"{n_cases} calibration phantoms{FAT_PHRASE if perirenal_fat else ''} "
+        f"of the validation seeds {seeds[0]}..{seeds[-1]} (disjoint from the QC "
         "benchmark's evaluation seeds, 50000 on; phantoms only, no real scans):\n\n"
         f"```bash\n{command} --write\n```\n\n"
         "Per structure and threshold: the value with the best Youden's J (bad cases flagged minus good cases "
@@ -226,6 +241,11 @@ def main() -> int:
     parser.add_argument("--max-false-rate", type=float, default=0.05, help="most good cases a flag may fire on")
     parser.add_argument("--json", type=Path, default=None, help="write the calibration cases and thresholds here")
     parser.add_argument("--from-json", type=Path, default=None, help="reuse the cases of an earlier --json")
+    parser.add_argument(
+        "--perirenal-fat",
+        action="store_true",
+        help="calibration phantoms with the kidneys and adrenal glands in their perirenal fat (the UNETR's recipe)",
+    )
     parser.add_argument("--write", action="store_true", help="write metadata.json medseg_qc.structures and the docs")
     parser.add_argument(
         "--allow-tighter", action="store_true", help="let a structure's value be stricter than the case-wide one"
@@ -243,8 +263,10 @@ def main() -> int:
     if args.from_json:
         record = json.loads(args.from_json.read_text())
         rows, seeds, command = record["cases"], record["seeds"], record.get("command", command)
+        perirenal_fat = bool(record.get("perirenal_fat", False))
     else:
-        rows = collect(args.bundle, seeds)
+        perirenal_fat = args.perirenal_fat
+        rows = collect(args.bundle, seeds, perirenal_fat=perirenal_fat)
     from pipelines.outputs.quality import read_quality_spec
 
     spec = read_quality_spec(json.loads((args.bundle / "configs" / "metadata.json").read_text()))
@@ -260,11 +282,17 @@ def main() -> int:
                 f"good flagged {c['good_flagged']:.0%} of {c['n_good']}"
             )
     if args.json:
-        record = {"command": command, "seeds": seeds, "cases": rows, "thresholds": table}
+        record = {
+            "command": command,
+            "seeds": seeds,
+            "perirenal_fat": perirenal_fat,
+            "cases": rows,
+            "thresholds": table,
+        }
         args.json.write_text(json.dumps(record, indent=1, default=str))
     if args.write:
         print(f"wrote {write_metadata(args.bundle, structures)}")
-        print(f"wrote {write_docs(args.bundle, table, command.strip(), seeds, len(rows))}")
+        print(f"wrote {write_docs(args.bundle, table, command.strip(), seeds, len(rows), perirenal_fat=perirenal_fat)}")
     print(f"wall time {time.perf_counter() - start:.0f} s")
     return 0 if all(not math.isnan(c["threshold"]) for k in table.values() for c in k.values()) else 1
 

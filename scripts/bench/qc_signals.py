@@ -26,6 +26,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,24 +59,27 @@ def auroc(scores: list[float], bad: list[bool]) -> float:
     return float(mannwhitneyu(positives, negatives).statistic / (len(positives) * len(negatives)))
 
 
-def cases(seeds: list[int], labels: dict[int, str]) -> list[tuple[str, Any, bool]]:
-    """(name, phantom, wrong input) for every case of the study."""
+def cases(seeds: list[int], labels: dict[int, str], *, perirenal_fat: bool = False) -> Iterator[tuple[str, Any, bool]]:
+    """(name, phantom, wrong input) for every case of the study, drawn one at a time.
+
+    ``perirenal_fat`` draws the CT and MR phantoms with the kidneys and adrenal glands in their
+    perirenal fat (``make_ct_phantom(..., perirenal_fat=True)``), the anatomy a bundle trained on it
+    (the UNETR's recipe) should be judged on; the head-only CT is the same either way.
+    """
     from pipelines.data.phantoms.degrade import DEGRADATIONS, degrade_ct, make_head_ct_phantom
     from pipelines.data.phantoms.make import make_ct_phantom, make_mr_phantom
 
     ids = {name: label for label, name in labels.items() if label}
-    out = []
     for seed in seeds:
-        clean = make_ct_phantom(seed, shape=SHAPE, spacing_mm=SPACING, label_ids=ids)
-        out.append((f"{seed}_clean", clean, False))
+        clean = make_ct_phantom(seed, shape=SHAPE, spacing_mm=SPACING, label_ids=ids, perirenal_fat=perirenal_fat)
+        yield f"{seed}_clean", clean, False
         for kind in DEGRADATIONS:
             for level in LEVELS:
-                out.append((f"{seed}_{kind}_{level}", degrade_ct(clean, kind, level, seed), False))
+                yield f"{seed}_{kind}_{level}", degrade_ct(clean, kind, level, seed), False
         mr_ids = {k: v for k, v in ids.items() if k != "liver_tumor"}
-        mr = make_mr_phantom(seed, shape=SHAPE, spacing_mm=SPACING, label_ids=mr_ids)
-        out.append((f"{seed}_mr", mr, True))
-        out.append((f"{seed}_head", make_head_ct_phantom(seed, labels), True))
-    return out
+        mr = make_mr_phantom(seed, shape=SHAPE, spacing_mm=SPACING, label_ids=mr_ids, perirenal_fat=perirenal_fat)
+        yield f"{seed}_mr", mr, True
+        yield f"{seed}_head", make_head_ct_phantom(seed, labels), True
 
 
 def run_case(segmenter: Any, phantom: Any, name: str, work: Path, labels: dict[int, str]) -> dict[str, Any]:
