@@ -21,11 +21,13 @@ value fitted on a dozen good calibration cases would be fitted to their noise (a
 
     .venv/bin/python scripts/bench/qc_calibrate.py --seeds 3 --json qc_calibration.json --write  # ~12 min, 2 cores
     .venv/bin/python scripts/bench/qc_calibrate.py --from-json qc_calibration.json --write       # no rerun
-    .venv/bin/python scripts/bench/qc_calibrate.py --bundle bundles/ct_multiorgan_unetr --perirenal-fat --write
+    .venv/bin/python scripts/bench/qc_calibrate.py --bundle bundles/ct_multiorgan_unetr --perirenal-fat --json out.json
 
 ``--perirenal-fat`` draws the calibration phantoms with the kidneys and adrenal glands in their perirenal
 fat: the anatomy of a bundle whose recipe trains on it (the UNETR's), so that its thresholds are
-chosen on the cases it was made for and not on anatomy it never saw.
+chosen on the cases it was made for and not on anatomy it never saw. Before such thresholds replace
+the ones in use, ``qc_signals.py --perirenal-fat`` should show on held-out phantoms that they flag the
+bad results at least as well (for the UNETR they were looser nearly everywhere and are not written yet).
 
 ``--write`` puts the thresholds into the bundle's ``configs/metadata.json`` (``medseg_qc.structures``,
 only that block is rewritten) and a table with the command into ``docs/README.md`` (between

@@ -15,6 +15,7 @@ with the shipped CT bundle (``bundles/ct_abdomen_unet``) and reports:
 
     .venv/bin/python scripts/bench/qc_signals.py                      # 3 seeds, about 6 min on 2 cores
     .venv/bin/python scripts/bench/qc_signals.py --seeds 1 --tta-cases 1 --json out.json
+    .venv/bin/python scripts/bench/qc_signals.py --bundle bundles/ct_multiorgan_unetr --perirenal-fat --tta-cases 0
 
 The figures go to stdout (with the CPU model) and to ``--json``.
 """
@@ -118,6 +119,11 @@ def main() -> int:
     parser.add_argument("--bundle", type=Path, default=REPO / "bundles" / "ct_abdomen_unet")
     parser.add_argument("--seeds", type=int, default=3, help="test phantoms (default 3)")
     parser.add_argument("--tta-cases", type=int, default=2, help="seeds for the TTA comparison (0: skip)")
+    parser.add_argument(
+        "--perirenal-fat",
+        action="store_true",
+        help="test phantoms with the kidneys and adrenal glands in their perirenal fat (the UNETR's recipe)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     args = parser.parse_args()
 
@@ -138,7 +144,7 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="qc_signals_") as tmp:
         work = Path(tmp)
-        for name, phantom, wrong_input in cases(seeds, labels):
+        for name, phantom, wrong_input in cases(seeds, labels, perirenal_fat=args.perirenal_fat):
             row = run_case(plain, phantom, name, work, labels)
             row["bad"] = wrong_input or row["mean_organ_dice"] < BAD_DICE
             rows.append(row)
@@ -156,7 +162,11 @@ def main() -> int:
             flips.tta = "flips"
             for seed in seeds[: args.tta_cases]:
                 clean = make_ct_phantom(
-                    seed, shape=SHAPE, spacing_mm=SPACING, label_ids={v: k for k, v in labels.items()}
+                    seed,
+                    shape=SHAPE,
+                    spacing_mm=SPACING,
+                    label_ids={v: k for k, v in labels.items()},
+                    perirenal_fat=args.perirenal_fat,
                 )
                 for name, phantom in (
                     (f"{seed}_clean", clean),
@@ -201,7 +211,13 @@ def main() -> int:
         summary["tta"] = {"dice_change": gain, "time_factor": factor, "spearman_agreement_dice": rho_tta}
     print(f"wall time {time.perf_counter() - start:.0f} s")
     if args.json:
-        record = {"cpu": cpu_model(), "summary": summary, "cases": rows, "tta_cases": tta_rows}
+        record = {
+            "cpu": cpu_model(),
+            "perirenal_fat": args.perirenal_fat,
+            "summary": summary,
+            "cases": rows,
+            "tta_cases": tta_rows,
+        }
         args.json.write_text(json.dumps(record, indent=1, default=str))
     return 0
 
